@@ -1,0 +1,2 @@
+//! inferd (placeholder until its issue lands).
+fn main() {}

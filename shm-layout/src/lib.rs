@@ -1,0 +1,64 @@
+//! The shared-memory metrics segment: the contract between inferd, which writes it, and the
+//! exporter, which reads it.
+//!
+//! # Brief overview
+//!
+//! - [`layout`] is the segment's bytes: `#[repr(C)]` structs of atomics, pinned by `const`
+//!   assertions and documented field by field in `docs/shm-layout.md`.
+//! - [`SegmentWriter`] creates the segment on tmpfs (mode 0640), fills the model and robot-type
+//!   registries, and hands each recording thread a [`ShardWriter`]. Recording a request is a
+//!   handful of relaxed loads and stores into that thread's shard: no lock, syscall, allocation
+//!   or locked instruction.
+//! - [`SegmentReader`] maps a segment read-only, validates it, and takes [`Snapshot`]s: plain
+//!   values summed over shards, with self-consistent cumulative histograms.
+//!
+//! # Example
+//!
+//! ```
+//! use shm_layout::{ModelInfo, RequestSample, SegmentOptions, SegmentReader, SegmentWriter, ShardKind, Status};
+//! use std::time::Duration;
+//!
+//! let opts = SegmentOptions::new(format!("doc-example-{}", std::process::id()));
+//! let writer = SegmentWriter::create(&opts)?;
+//! let model = writer.register_model(&ModelInfo { name: "demo".into(), ..Default::default() }, Duration::ZERO);
+//! let robot = writer.robot_type("anymal");
+//! let shard = writer.claim_shard(ShardKind::Worker)?;
+//! shard.record_request(&RequestSample {
+//!     model, robot_type: robot, status: Status::Ok, e2e_ns: 120_000,
+//!     queue_wait_ns: Some(20_000), compute_ns: Some(90_000), request_bytes: 300, response_bytes: 120,
+//! });
+//!
+//! let snapshot = SegmentReader::open(writer.path())?.snapshot()?;
+//! assert_eq!(snapshot.requests(model.index(), robot.index(), Status::Ok), 1);
+//! # std::fs::remove_file(writer.path()).ok();
+//! # Ok::<(), shm_layout::Error>(())
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod buckets;
+mod error;
+mod labels;
+pub mod layout;
+mod reader;
+mod snapshot;
+mod writer;
+
+pub use crate::error::{Error, Result};
+pub use crate::labels::{SafetyReason, ShardKind, State, Status};
+pub use crate::reader::SegmentReader;
+pub use crate::snapshot::{
+    GaugesSnapshot, HeaderInfo, HistogramSnapshot, ModelSlotInfo, ModelStatsSnapshot,
+    ShardSnapshot, Snapshot,
+};
+pub use crate::writer::{
+    unix_ns, Gauge, GaugeWriter, ModelId, ModelInfo, RequestSample, RobotTypeId, SegmentOptions,
+    SegmentWriter, ShardWriter,
+};
+
+/// Where segments live by default: tmpfs, never a disk-backed file.
+pub const DEFAULT_DIR: &str = "/dev/shm";
+/// The segment name inferd uses by default.
+pub const DEFAULT_NAME: &str = "inferd";
+/// The label of the overflow slot of the model and robot-type dimensions.
+pub const OTHER_LABEL: &str = "other";
