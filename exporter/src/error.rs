@@ -1,0 +1,55 @@
+//! The one error type of this crate.
+
+use std::net::SocketAddr;
+
+/// Everything that can stop the exporter from starting or a collector from reading.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The listen socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The runtime or a thread could not be started.
+    #[error("cannot start {what}: {source}")]
+    Start {
+        /// What was being started.
+        what: &'static str,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// A `--segment` pattern is not a valid glob.
+    #[error("invalid segment pattern {pattern:?}: {source}")]
+    Pattern {
+        /// The pattern as given.
+        pattern: String,
+        /// Why glob refused it.
+        source: glob::PatternError,
+    },
+    /// The namespace is not a valid metric name prefix.
+    #[error("invalid namespace {0:?}: use [a-zA-Z_][a-zA-Z0-9_]*")]
+    Namespace(String),
+    /// A segment could not be opened or read.
+    #[error(transparent)]
+    Segment(#[from] shm_layout::Error),
+    /// A file under /proc could not be read or parsed.
+    #[error("/proc/{pid}/{file}: {message}")]
+    Proc {
+        /// The process.
+        pid: u64,
+        /// The file under /proc/<pid>.
+        file: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// NVML failed (not installed, no driver, or a call failed).
+    #[error("nvml: {0}")]
+    Nvml(String),
+}
+
+/// This crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

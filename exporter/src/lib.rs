@@ -1,0 +1,53 @@
+//! A Prometheus exporter for inferd: inference metrics from its shared-memory segments, GPU
+//! metrics from NVML, and process metrics from `/proc`, without ever touching inferd's hot path.
+//!
+//! # Overview
+//!
+//! - [`Options`] are the command-line flags; each has a default.
+//! - [`Exporter`] owns the collectors, one per source in the style of node_exporter: the
+//!   segment collector ([`Discovery`] finds the segments, follows restarts and refuses bad
+//!   ones), the process collector (`/proc/<pid>` of each inferd), the NVML collector (serving
+//!   the [`GpuSampler`]'s latest sample, taken on a background thread from a [`GpuSource`]:
+//!   [`NvmlSource`] for real, [`FakeGpuSource`] in tests) and the exporter's own metrics.
+//!   [`Exporter::scrape`] reads them all into one [`Scrape`]; [`Exporter::render`] writes it
+//!   in a [`Format`] through the [`MetricsWriter`], and the JSON endpoints read the same scrape.
+//! - [`server`] serves it all over hyper: `/metrics`, `/health`, `/gpu/stats`,
+//!   `/queue/stats`, `/models/stats`; [`Server`] runs it on its own thread.
+//!
+//! Metric names and meanings are catalogued in `docs/metrics.md`.
+//!
+//! # Example
+//!
+//! ```
+//! use exporter::{Exporter, FakeGpuSource, Format, Options};
+//!
+//! let dir = tempfile::tempdir_in("/dev/shm")?;
+//! let options = Options::local(dir.path(), &["inferd*"]);
+//! let exporter = Exporter::new(&options, Box::new(FakeGpuSource::missing()))?;
+//! let page = exporter.metrics(Format::Prometheus);
+//! assert!(page.contains("# TYPE inferd_requests_total counter"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod collector;
+mod discovery;
+mod error;
+mod exporter;
+mod gpu;
+pub mod json;
+mod options;
+mod scrape;
+pub mod server;
+mod text;
+
+pub use crate::discovery::{Discovery, Refusal, SegmentView, FORGET_DELETED_AFTER};
+pub use crate::error::{Error, Result};
+pub use crate::exporter::Exporter;
+pub use crate::gpu::{
+    FakeDevice, FakeGpuSource, GpuIdentity, GpuProcess, GpuSample, GpuSampler, GpuSource, GpuStats,
+    NvmlSource, SourceError, THROTTLE_REASONS,
+};
+pub use crate::options::{Options, DEFAULT_PORT};
+pub use crate::scrape::{CollectorRun, Daemon, ProcessStats, Scrape, HEARTBEAT_TIMEOUT};
+pub use crate::server::Server;
+pub use crate::text::{Format, Kind, Labels, MetricsWriter, Value};

@@ -1,0 +1,91 @@
+//! Command-line options: every one has a default, so `exporter` alone is a working setup.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// The default port: 9464 is taken by the OpenTelemetry Prometheus exporter, and 9470 is free
+/// in the Prometheus port registry's neighbourhood of GPU and inference exporters.
+pub const DEFAULT_PORT: u16 = 9470;
+
+/// How the exporter is run.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "exporter",
+    version,
+    about = "Prometheus exporter for inferd and its GPUs"
+)]
+pub struct Options {
+    /// Address and port to serve /metrics and the JSON endpoints on.
+    #[arg(long, env = "EXPORTER_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
+    pub listen: SocketAddr,
+
+    /// Segments to read: names or globs inside --segment-dir; may be given several times.
+    /// Hosts that run one inferd per GPU name their segments inferd-0, inferd-1, ...; the
+    /// default finds them all. Dot-files are skipped: they are writers' temporary files.
+    #[arg(long = "segment", default_value = "inferd*")]
+    pub segments: Vec<String>,
+
+    /// Directory the segments live in.
+    #[arg(long, default_value = shm_layout::DEFAULT_DIR)]
+    pub segment_dir: PathBuf,
+
+    /// How often the background thread samples NVML, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub nvml_interval_ms: u64,
+
+    /// Also sample PCIe throughput. Off by default: each read blocks the sampler for 20 ms.
+    #[arg(long)]
+    pub nvml_pcie: bool,
+
+    /// Prefix of every metric name.
+    #[arg(long, default_value = "inferd")]
+    pub namespace: String,
+
+    /// Print one /metrics page to stdout and exit, instead of serving. Waits one NVML interval
+    /// first so that the page carries a GPU sample.
+    #[arg(long)]
+    pub once: bool,
+}
+
+impl Options {
+    /// The NVML sampling interval.
+    pub fn nvml_interval(&self) -> Duration {
+        Duration::from_millis(self.nvml_interval_ms)
+    }
+
+    /// Options for tests and embedding: the defaults, listening on an ephemeral local port,
+    /// reading `segments` in `segment_dir`.
+    pub fn local(segment_dir: impl Into<PathBuf>, segments: &[&str]) -> Options {
+        let mut opts = Options::parse_from(["exporter"]);
+        opts.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        opts.segment_dir = segment_dir.into();
+        opts.segments = segments.iter().map(|s| (*s).to_owned()).collect();
+        opts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let o = Options::parse_from(["exporter"]);
+        assert_eq!(o.listen.port(), DEFAULT_PORT);
+        assert_eq!(o.segments, vec!["inferd*".to_owned()]);
+        assert_eq!(o.segment_dir, PathBuf::from("/dev/shm"));
+        assert_eq!(o.nvml_interval(), Duration::from_secs(1));
+        assert_eq!(o.namespace, "inferd");
+        assert!(!o.nvml_pcie && !o.once);
+    }
+
+    #[test]
+    fn segments_repeat_and_interval_has_a_floor() {
+        let o = Options::parse_from(["exporter", "--segment", "a", "--segment", "b*"]);
+        assert_eq!(o.segments, vec!["a".to_owned(), "b*".to_owned()]);
+        assert!(Options::try_parse_from(["exporter", "--nvml-interval-ms", "1"]).is_err());
+    }
+}
