@@ -1,0 +1,207 @@
+//! Shared helpers.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use exporter::{FakeDevice, FakeGpuSource, Options, Server};
+use shm_layout::{
+    ModelId, ModelInfo, RequestSample, RobotTypeId, SegmentOptions, SegmentWriter, ShardKind,
+    State, Status,
+};
+
+/// A unique name for this test process and call.
+pub fn unique(tag: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A fresh directory on tmpfs, removed (segments and all) when dropped.
+pub fn shm_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&unique("exporter-test")).tempdir_in("/dev/shm").unwrap()
+}
+
+/// Creates a segment called `name` in `dir`, in state ready, with a fresh heartbeat.
+pub fn writer(dir: &Path, name: &str) -> SegmentWriter {
+    let mut opts = SegmentOptions::new(name);
+    opts.dir = dir.to_owned();
+    opts.inferd_version = "0.1.0-test".into();
+    let w = SegmentWriter::create(&opts).unwrap();
+    w.set_state(State::Ready);
+    w.heartbeat();
+    w
+}
+
+/// A model and robot type registered, and `n` requests of each status recorded.
+pub struct Populated {
+    /// The model's id.
+    pub model: ModelId,
+    /// The robot type's id.
+    pub robot: RobotTypeId,
+}
+
+/// Registers model `policy` v1 and robot type `anymal`, records `ok` requests and
+/// `n_overloaded` overloaded ones, and one batch.
+pub fn populate(w: &SegmentWriter, n_ok: u64, n_overloaded: u64) -> Populated {
+    let info = ModelInfo {
+        name: "policy".into(),
+        version: "v1".into(),
+        backend: "cpu".into(),
+        device: "cpu".into(),
+    };
+    let model = w.register_model(&info, Duration::from_millis(1500));
+    w.set_active_model(model);
+    let robot = w.robot_type("anymal");
+    let shard = w.claim_shard(ShardKind::Worker).unwrap();
+    for i in 0..n_ok + n_overloaded {
+        let status = if i < n_ok { Status::Ok } else { Status::Overloaded };
+        shard.record_request(&RequestSample {
+            model,
+            robot_type: robot,
+            status,
+            e2e_ns: 2_000_000,
+            queue_wait_ns: Some(500_000),
+            compute_ns: Some(1_000_000),
+            request_bytes: 300,
+            response_bytes: 100,
+        });
+    }
+    shard.record_batch(model, 4, 3_000_000_000);
+    shard.record_safety(model, 2, Some(shm_layout::SafetyReason::Nan));
+    w.gauges().set(shm_layout::Gauge::QueueCapacity, 64);
+    w.gauges().set(shm_layout::Gauge::QueueDepth, 16);
+    w.gauges().set(shm_layout::Gauge::Connections, 3);
+    Populated { model, robot }
+}
+
+/// A fake NVML with one H100 whose compute processes include this test process.
+pub fn fake_gpu() -> FakeGpuSource {
+    let mut dev = FakeDevice::h100(0);
+    dev.compute_processes = vec![(std::process::id(), Some(1 << 30)), (1, Some(5))];
+    FakeGpuSource::with_devices(vec![dev])
+}
+
+/// Starts a server on 127.0.0.1:0 reading `patterns` in `dir`, sampling NVML every 50 ms.
+pub fn start(dir: &Path, patterns: &[&str], gpu: FakeGpuSource) -> Server {
+    let mut opts = Options::local(dir, patterns);
+    opts.nvml_interval_ms = 50;
+    Server::start(&opts, Box::new(gpu)).unwrap()
+}
+
+/// An HTTP response.
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body, gunzipped if it came gzipped.
+    pub body: String,
+    /// Whether it came gzipped.
+    pub gzipped: bool,
+}
+
+impl Response {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap()
+    }
+}
+
+/// `GET path` with extra headers, over a fresh connection.
+pub fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Response {
+    try_get(addr, path, headers).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// `GET path`, or why it failed (connection refused, malformed answer).
+pub fn try_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|x| e(&x))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|x| e(&x))?;
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).map_err(|x| e(&x))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|x| e(&x))?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no header end")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let body = &raw[split + 4..];
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or("no status line")?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let gzipped = headers.iter().any(|(k, v)| k == "content-encoding" && v == "gzip");
+    let body = if gzipped {
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(body).read_to_string(&mut out).map_err(|x| e(&x))?;
+        out
+    } else {
+        String::from_utf8(body.to_vec()).map_err(|x| e(&x))?
+    };
+    Ok(Response { status, headers, body, gzipped })
+}
+
+/// `GET /metrics` in the Prometheus text format.
+pub fn metrics(addr: SocketAddr) -> String {
+    let r = get(addr, "/metrics", &[]);
+    assert_eq!(r.status, 200);
+    r.body
+}
+
+/// The value of the first sample line starting with `prefix` (name and labels).
+pub fn value(page: &str, prefix: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(prefix) && l.as_bytes().get(prefix.len()) == Some(&b' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse().unwrap())
+}
+
+/// Polls `f` until it returns true or `timeout` passes; returns whether it did.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// Every family name (`# TYPE` lines) in a page, and whether it has samples.
+pub fn families(page: &str) -> Vec<(String, String, bool)> {
+    let mut out: Vec<(String, String, bool)> = Vec::new();
+    for line in page.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            out.push((it.next().unwrap().to_owned(), it.next().unwrap().to_owned(), false));
+        } else if !line.starts_with('#') && !line.is_empty() {
+            if let Some(last) = out.last_mut() {
+                last.2 = true;
+            }
+        }
+    }
+    out
+}

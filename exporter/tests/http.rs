@@ -1,0 +1,130 @@
+//! `/metrics` and the JSON endpoints over real HTTP, against segments written by the real
+//! `SegmentWriter`.
+
+use crate::common::*;
+
+#[test]
+fn metrics_page_carries_every_source() {
+    let dir = shm_dir();
+    let w = writer(dir.path(), "inferd-a");
+    populate(&w, 7, 2);
+    let server = start(dir.path(), &["inferd*"], fake_gpu());
+    assert!(eventually(std::time::Duration::from_secs(10), || {
+        metrics(server.addr()).contains("inferd_nvml_up 1")
+    }));
+    w.heartbeat();
+    let r = get(server.addr(), "/metrics", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    assert!(!r.gzipped);
+    let page = &r.body;
+    let ok = "inferd_requests_total{daemon=\"inferd-a\",model=\"policy\",version=\"v1\",robot_type=\"anymal\",status=\"ok\"}";
+    assert_eq!(value(page, ok), Some(7.0), "{page}");
+    let over = ok.replace("\"ok\"", "\"overloaded\"");
+    assert_eq!(value(page, &over), Some(2.0));
+    let lat = "inferd_request_duration_seconds_count{daemon=\"inferd-a\",model=\"policy\",version=\"v1\"}";
+    assert_eq!(value(page, lat), Some(9.0));
+    let sum = lat.replace("_count", "_sum");
+    assert!((value(page, &sum).unwrap() - 9.0 * 0.002).abs() < 1e-9, "ns become seconds");
+    assert!(page.contains("inferd_request_duration_seconds_bucket{daemon=\"inferd-a\",model=\"policy\",version=\"v1\",le=\"0.002048\"} 9\n"));
+    assert_eq!(value(page, "inferd_up{daemon=\"inferd-a\"}"), Some(1.0));
+    assert_eq!(value(page, "inferd_state{daemon=\"inferd-a\",state=\"ready\"}"), Some(1.0));
+    assert_eq!(value(page, "inferd_queue_utilization_ratio{daemon=\"inferd-a\"}"), Some(0.25));
+    assert_eq!(value(page, "inferd_worker_busy_seconds_total{daemon=\"inferd-a\",worker=\"0\",kind=\"worker\"}"), Some(3.0));
+    assert_eq!(value(page, "inferd_model_load_seconds{daemon=\"inferd-a\",model=\"policy\",version=\"v1\"}"), Some(1.5));
+    assert_eq!(value(page, "inferd_model_active{daemon=\"inferd-a\",model=\"policy\",version=\"v1\"}"), Some(1.0));
+    assert_eq!(value(page, "inferd_safety_outputs_rejected_total{daemon=\"inferd-a\",model=\"policy\",version=\"v1\",reason=\"nan\"}"), Some(1.0));
+    // /proc of the writer, which is this test process.
+    assert!(value(page, "inferd_process_threads{daemon=\"inferd-a\"}").unwrap() >= 1.0);
+    // NVML: the fake GPU, and this process's GPU memory matched by pid.
+    assert!(page.contains("inferd_gpu_info{gpu=\"0\",uuid=\"GPU-00000000-0000-0000-0000-000000000000\",name=\"NVIDIA H100 80GB HBM3\",pci_bus_id=\"00000000:18:00.0\",driver_version=\"550.54.15\"} 1\n"));
+    assert_eq!(value(page, "inferd_gpu_power_watts{gpu=\"0\",uuid=\"GPU-00000000-0000-0000-0000-000000000000\"}"), Some(350.0));
+    let pid = std::process::id();
+    let mem = format!("inferd_gpu_process_memory_bytes{{daemon=\"inferd-a\",pid=\"{pid}\",gpu=\"0\",uuid=\"GPU-00000000-0000-0000-0000-000000000000\"}}");
+    assert_eq!(value(page, &mem), Some(f64::from(1u32 << 30)));
+    assert!(!page.contains("pid=\"1\""), "processes that are not inferd are left out");
+    for c in ["segment", "process", "nvml", "exporter"] {
+        let l = format!("inferd_scrape_collector_success{{collector=\"{c}\"}}");
+        assert_eq!(value(page, &l), Some(1.0), "{c}");
+    }
+    server.stop().unwrap();
+}
+
+#[test]
+fn openmetrics_and_gzip_are_negotiated() {
+    let dir = shm_dir();
+    let w = writer(dir.path(), "inferd-om");
+    populate(&w, 3, 0);
+    let server = start(dir.path(), &["inferd-om"], fake_gpu());
+    let accept = "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3";
+    let r = get(server.addr(), "/metrics", &[("Accept", accept), ("Accept-Encoding", "gzip")]);
+    assert_eq!(r.status, 200);
+    assert!(r.gzipped);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(r.body.ends_with("# EOF\n"));
+    assert!(r.body.contains("# TYPE inferd_requests counter\n"));
+    assert!(r.body.contains("inferd_requests_total{daemon=\"inferd-om\",model=\"policy\",version=\"v1\",robot_type=\"anymal\",status=\"ok\"} 3\n"));
+    // Gzip without OpenMetrics, and neither.
+    let plain = get(server.addr(), "/metrics", &[("Accept-Encoding", "gzip;q=0")]);
+    assert!(!plain.gzipped && !plain.body.contains("# EOF"));
+    assert!(plain.body.contains("# TYPE inferd_requests_total counter\n"));
+}
+
+#[test]
+fn json_endpoints_come_from_the_same_snapshot() {
+    let dir = shm_dir();
+    let w = writer(dir.path(), "inferd-json");
+    populate(&w, 5, 1);
+    let server = start(dir.path(), &["inferd-json"], fake_gpu());
+    assert!(eventually(std::time::Duration::from_secs(10), || {
+        get(server.addr(), "/gpu/stats", &[]).json()["nvml_up"] == true
+    }));
+    w.heartbeat();
+    let health = get(server.addr(), "/health", &[]);
+    assert_eq!(health.status, 200);
+    assert_eq!(health.header("content-type"), Some("application/json"));
+    let h = health.json();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["daemons"][0]["daemon"], "inferd-json");
+    assert_eq!(h["daemons"][0]["up"], true);
+    assert_eq!(h["daemons"][0]["state"], "ready");
+    assert_eq!(h["daemons"][0]["generation"], w.generation());
+    assert_eq!(h["nvml"]["up"], true);
+
+    let gpu = get(server.addr(), "/gpu/stats", &[]).json();
+    assert_eq!(gpu["gpus"][0]["power_watts"], 350.0);
+    let mine = gpu["processes"].as_array().unwrap().iter().find(|p| p["pid"] == std::process::id());
+    assert_eq!(mine.unwrap()["daemon"], "inferd-json");
+
+    let q = get(server.addr(), "/queue/stats", &[]).json();
+    assert_eq!(q["daemons"][0]["queue_depth"], 16);
+    assert_eq!(q["daemons"][0]["queue_utilization_ratio"], 0.25);
+
+    let m = get(server.addr(), "/models/stats", &[]).json();
+    let policy = &m["daemons"][0]["models"][0];
+    assert_eq!(policy["model"], "policy");
+    assert_eq!(policy["requests"]["ok"], 5);
+    assert_eq!(policy["requests"]["overloaded"], 1);
+    assert_eq!(policy["request_duration_seconds"]["count"], 6);
+    assert_eq!(policy["request_duration_seconds"]["p50"], 0.002048);
+    assert_eq!(policy["active"], true);
+}
+
+#[test]
+fn unknown_paths_and_methods_are_refused_cleanly() {
+    let dir = shm_dir();
+    let server = start(dir.path(), &["inferd*"], fake_gpu());
+    assert_eq!(get(server.addr(), "/nope", &[]).status, 404);
+    let index = get(server.addr(), "/", &[]);
+    assert!(index.status == 200 && index.body.contains("/metrics"));
+    // A malformed request gets an HTTP error, and the server keeps serving.
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(server.addr()).unwrap();
+    s.write_all(b"\x00\x01garbage\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert_eq!(get(server.addr(), "/metrics", &[]).status, 200);
+}

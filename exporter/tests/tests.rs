@@ -1,0 +1,17 @@
+//! The exporter's integration tests: one binary, one module per concern.
+
+/// Helpers: unique segment directories, populated segments, a tiny HTTP client.
+mod common;
+
+/// `/metrics` (Prometheus text, OpenMetrics, gzip) and the JSON endpoints over real HTTP.
+mod http;
+
+/// Discovery and failure handling: late segments, restarts, unlinked and bad segments, NVML.
+mod robustness;
+
+/// `docs/metrics.md` against a real `/metrics` page.
+mod catalog;
+
+/// `promtool check metrics`, and a real Prometheus server scraping the exporter.
+mod prometheus;
+
