@@ -15,12 +15,19 @@ use shm_layout::{
 /// A unique name for this test process and call.
 pub fn unique(tag: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
-    format!("{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A fresh directory on tmpfs, removed (segments and all) when dropped.
 pub fn shm_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&unique("exporter-test")).tempdir_in("/dev/shm").unwrap()
+    tempfile::Builder::new()
+        .prefix(&unique("exporter-test"))
+        .tempdir_in("/dev/shm")
+        .unwrap()
 }
 
 /// Creates a segment called `name` in `dir`, in state ready, with a fresh heartbeat.
@@ -56,7 +63,11 @@ pub fn populate(w: &SegmentWriter, n_ok: u64, n_overloaded: u64) -> Populated {
     let robot = w.robot_type("anymal");
     let shard = w.claim_shard(ShardKind::Worker).unwrap();
     for i in 0..n_ok + n_overloaded {
-        let status = if i < n_ok { Status::Ok } else { Status::Overloaded };
+        let status = if i < n_ok {
+            Status::Ok
+        } else {
+            Status::Overloaded
+        };
         shard.record_request(&RequestSample {
             model,
             robot_type: robot,
@@ -105,7 +116,10 @@ pub struct Response {
 impl Response {
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as JSON.
@@ -123,7 +137,8 @@ pub fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Response {
 pub fn try_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|x| e(&x))?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|x| e(&x))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|x| e(&x))?;
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -132,7 +147,10 @@ pub fn try_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result
     s.write_all(req.as_bytes()).map_err(|x| e(&x))?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(|x| e(&x))?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no header end")?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no header end")?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let body = &raw[split + 4..];
     let mut lines = head.split("\r\n");
@@ -145,15 +163,24 @@ pub fn try_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    let gzipped = headers.iter().any(|(k, v)| k == "content-encoding" && v == "gzip");
+    let gzipped = headers
+        .iter()
+        .any(|(k, v)| k == "content-encoding" && v == "gzip");
     let body = if gzipped {
         let mut out = String::new();
-        flate2::read::GzDecoder::new(body).read_to_string(&mut out).map_err(|x| e(&x))?;
+        flate2::read::GzDecoder::new(body)
+            .read_to_string(&mut out)
+            .map_err(|x| e(&x))?;
         out
     } else {
         String::from_utf8(body.to_vec()).map_err(|x| e(&x))?
     };
-    Ok(Response { status, headers, body, gzipped })
+    Ok(Response {
+        status,
+        headers,
+        body,
+        gzipped,
+    })
 }
 
 /// `GET /metrics` in the Prometheus text format.
@@ -187,7 +214,10 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 /// Every family name (`# TYPE` lines) in a page, and whether it has samples.
@@ -196,7 +226,11 @@ pub fn families(page: &str) -> Vec<(String, String, bool)> {
     for line in page.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut it = rest.split(' ');
-            out.push((it.next().unwrap().to_owned(), it.next().unwrap().to_owned(), false));
+            out.push((
+                it.next().unwrap().to_owned(),
+                it.next().unwrap().to_owned(),
+                false,
+            ));
         } else if !line.starts_with('#') && !line.is_empty() {
             if let Some(last) = out.last_mut() {
                 last.2 = true;

@@ -15,7 +15,10 @@ fn metrics_page_carries_every_source() {
     w.heartbeat();
     let r = get(server.addr(), "/metrics", &[]);
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
     assert!(!r.gzipped);
     let page = &r.body;
     let ok = "inferd_requests_total{daemon=\"inferd-a\",model=\"policy\",version=\"v1\",robot_type=\"anymal\",status=\"ok\"}";
@@ -25,24 +28,60 @@ fn metrics_page_carries_every_source() {
     let lat = "inferd_request_duration_seconds_count{daemon=\"inferd-a\",model=\"policy\",version=\"v1\"}";
     assert_eq!(value(page, lat), Some(9.0));
     let sum = lat.replace("_count", "_sum");
-    assert!((value(page, &sum).unwrap() - 9.0 * 0.002).abs() < 1e-9, "ns become seconds");
+    assert!(
+        (value(page, &sum).unwrap() - 9.0 * 0.002).abs() < 1e-9,
+        "ns become seconds"
+    );
     assert!(page.contains("inferd_request_duration_seconds_bucket{daemon=\"inferd-a\",model=\"policy\",version=\"v1\",le=\"0.002048\"} 9\n"));
     assert_eq!(value(page, "inferd_up{daemon=\"inferd-a\"}"), Some(1.0));
-    assert_eq!(value(page, "inferd_state{daemon=\"inferd-a\",state=\"ready\"}"), Some(1.0));
-    assert_eq!(value(page, "inferd_queue_utilization_ratio{daemon=\"inferd-a\"}"), Some(0.25));
-    assert_eq!(value(page, "inferd_worker_busy_seconds_total{daemon=\"inferd-a\",worker=\"0\",kind=\"worker\"}"), Some(3.0));
-    assert_eq!(value(page, "inferd_model_load_seconds{daemon=\"inferd-a\",model=\"policy\",version=\"v1\"}"), Some(1.5));
-    assert_eq!(value(page, "inferd_model_active{daemon=\"inferd-a\",model=\"policy\",version=\"v1\"}"), Some(1.0));
+    assert_eq!(
+        value(page, "inferd_state{daemon=\"inferd-a\",state=\"ready\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(page, "inferd_queue_utilization_ratio{daemon=\"inferd-a\"}"),
+        Some(0.25)
+    );
+    assert_eq!(
+        value(
+            page,
+            "inferd_worker_busy_seconds_total{daemon=\"inferd-a\",worker=\"0\",kind=\"worker\"}"
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(
+            page,
+            "inferd_model_load_seconds{daemon=\"inferd-a\",model=\"policy\",version=\"v1\"}"
+        ),
+        Some(1.5)
+    );
+    assert_eq!(
+        value(
+            page,
+            "inferd_model_active{daemon=\"inferd-a\",model=\"policy\",version=\"v1\"}"
+        ),
+        Some(1.0)
+    );
     assert_eq!(value(page, "inferd_safety_outputs_rejected_total{daemon=\"inferd-a\",model=\"policy\",version=\"v1\",reason=\"nan\"}"), Some(1.0));
     // /proc of the writer, which is this test process.
     assert!(value(page, "inferd_process_threads{daemon=\"inferd-a\"}").unwrap() >= 1.0);
     // NVML: the fake GPU, and this process's GPU memory matched by pid.
     assert!(page.contains("inferd_gpu_info{gpu=\"0\",uuid=\"GPU-00000000-0000-0000-0000-000000000000\",name=\"NVIDIA H100 80GB HBM3\",pci_bus_id=\"00000000:18:00.0\",driver_version=\"550.54.15\"} 1\n"));
-    assert_eq!(value(page, "inferd_gpu_power_watts{gpu=\"0\",uuid=\"GPU-00000000-0000-0000-0000-000000000000\"}"), Some(350.0));
+    assert_eq!(
+        value(
+            page,
+            "inferd_gpu_power_watts{gpu=\"0\",uuid=\"GPU-00000000-0000-0000-0000-000000000000\"}"
+        ),
+        Some(350.0)
+    );
     let pid = std::process::id();
     let mem = format!("inferd_gpu_process_memory_bytes{{daemon=\"inferd-a\",pid=\"{pid}\",gpu=\"0\",uuid=\"GPU-00000000-0000-0000-0000-000000000000\"}}");
     assert_eq!(value(page, &mem), Some(f64::from(1u32 << 30)));
-    assert!(!page.contains("pid=\"1\""), "processes that are not inferd are left out");
+    assert!(
+        !page.contains("pid=\"1\""),
+        "processes that are not inferd are left out"
+    );
     for c in ["segment", "process", "nvml", "exporter"] {
         let l = format!("inferd_scrape_collector_success{{collector=\"{c}\"}}");
         assert_eq!(value(page, &l), Some(1.0), "{c}");
@@ -57,7 +96,11 @@ fn openmetrics_and_gzip_are_negotiated() {
     populate(&w, 3, 0);
     let server = start(dir.path(), &["inferd-om"], fake_gpu());
     let accept = "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3";
-    let r = get(server.addr(), "/metrics", &[("Accept", accept), ("Accept-Encoding", "gzip")]);
+    let r = get(
+        server.addr(),
+        "/metrics",
+        &[("Accept", accept), ("Accept-Encoding", "gzip")],
+    );
     assert_eq!(r.status, 200);
     assert!(r.gzipped);
     assert_eq!(
@@ -68,9 +111,15 @@ fn openmetrics_and_gzip_are_negotiated() {
     assert!(r.body.contains("# TYPE inferd_requests counter\n"));
     assert!(r.body.contains("inferd_requests_total{daemon=\"inferd-om\",model=\"policy\",version=\"v1\",robot_type=\"anymal\",status=\"ok\"} 3\n"));
     // Gzip without OpenMetrics, and neither.
-    let plain = get(server.addr(), "/metrics", &[("Accept-Encoding", "gzip;q=0")]);
+    let plain = get(
+        server.addr(),
+        "/metrics",
+        &[("Accept-Encoding", "gzip;q=0")],
+    );
     assert!(!plain.gzipped && !plain.body.contains("# EOF"));
-    assert!(plain.body.contains("# TYPE inferd_requests_total counter\n"));
+    assert!(plain
+        .body
+        .contains("# TYPE inferd_requests_total counter\n"));
 }
 
 #[test]
@@ -96,7 +145,11 @@ fn json_endpoints_come_from_the_same_snapshot() {
 
     let gpu = get(server.addr(), "/gpu/stats", &[]).json();
     assert_eq!(gpu["gpus"][0]["power_watts"], 350.0);
-    let mine = gpu["processes"].as_array().unwrap().iter().find(|p| p["pid"] == std::process::id());
+    let mine = gpu["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == std::process::id());
     assert_eq!(mine.unwrap()["daemon"], "inferd-json");
 
     let q = get(server.addr(), "/queue/stats", &[]).json();

@@ -16,7 +16,10 @@ fn tool(name: &str) -> String {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(found, "{name} is not installed: run scripts/setup-prometheus.sh first");
+    assert!(
+        found,
+        "{name} is not installed: run scripts/setup-prometheus.sh first"
+    );
     name.to_owned()
 }
 
@@ -39,15 +42,26 @@ fn promtool_accepts_the_page() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "promtool check metrics failed:\n{report}");
-    assert!(report.trim().is_empty(), "promtool lint findings:\n{report}");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{report}"
+    );
+    assert!(
+        report.trim().is_empty(),
+        "promtool lint findings:\n{report}"
+    );
 }
 
 /// A Prometheus server, killed (by its pid, through the handle) when dropped.
@@ -65,7 +79,11 @@ impl Drop for Prometheus {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn prometheus(target: SocketAddr) -> Prometheus {
@@ -82,13 +100,20 @@ fn prometheus(target: SocketAddr) -> Prometheus {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let child = Command::new(bin)
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address={addr}"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
         .spawn()
         .unwrap();
-    Prometheus { child, addr, _dir: dir }
+    Prometheus {
+        child,
+        addr,
+        _dir: dir,
+    }
 }
 
 fn url_encode(s: &str) -> String {
@@ -102,10 +127,17 @@ fn url_encode(s: &str) -> String {
 
 /// The value of an instant PromQL query that returns one sample, if it returns one.
 fn query(p: &Prometheus, promql: &str) -> Option<f64> {
-    let r = try_get(p.addr, &format!("/api/v1/query?query={}", url_encode(promql)), &[]).ok()?;
+    let r = try_get(
+        p.addr,
+        &format!("/api/v1/query?query={}", url_encode(promql)),
+        &[],
+    )
+    .ok()?;
     let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
     let result = v["data"]["result"].as_array()?;
-    let [one] = result.as_slice() else { return None };
+    let [one] = result.as_slice() else {
+        return None;
+    };
     one["value"][1].as_str()?.parse().ok()
 }
 
@@ -153,8 +185,14 @@ fn promql_over_a_real_scrape_returns_exactly_the_counts_written() {
     };
     let prom = prometheus(server.addr());
     let total = "sum(inferd_requests_total{daemon=\"inferd-prom\"})";
-    let seen = eventually(Duration::from_secs(90), || query(&prom, total) == Some(53.0));
-    assert!(seen, "Prometheus never saw 53 requests; last answer {:?}", query(&prom, total));
+    let seen = eventually(Duration::from_secs(90), || {
+        query(&prom, total) == Some(53.0)
+    });
+    assert!(
+        seen,
+        "Prometheus never saw 53 requests; last answer {:?}",
+        query(&prom, total)
+    );
     let series = |robot: &str, status: &str| {
         format!("inferd_requests_total{{daemon=\"inferd-prom\",model=\"policy\",robot_type=\"{robot}\",status=\"{status}\"}}")
     };
@@ -166,11 +204,19 @@ fn promql_over_a_real_scrape_returns_exactly_the_counts_written() {
 
     // More traffic: the next scrapes carry exactly the new totals.
     record(&shard, &p, spot, Status::DeadlineExceeded, 8);
-    let seen = eventually(Duration::from_secs(60), || query(&prom, total) == Some(61.0));
+    let seen = eventually(Duration::from_secs(60), || {
+        query(&prom, total) == Some(61.0)
+    });
     assert!(seen, "Prometheus never saw 61 requests");
-    assert_eq!(query(&prom, &series("spot", "deadline_exceeded")), Some(8.0));
     assert_eq!(
-        query(&prom, "sum(inferd_request_duration_seconds_count{daemon=\"inferd-prom\"})"),
+        query(&prom, &series("spot", "deadline_exceeded")),
+        Some(8.0)
+    );
+    assert_eq!(
+        query(
+            &prom,
+            "sum(inferd_request_duration_seconds_count{daemon=\"inferd-prom\"})"
+        ),
         Some(61.0)
     );
     beat.store(false, std::sync::atomic::Ordering::Relaxed);

@@ -15,7 +15,13 @@ fn starts_without_a_segment_and_attaches_when_it_appears() {
     let page = metrics(server.addr());
     assert!(page.contains("# TYPE inferd_up gauge"));
     assert!(!page.contains("inferd_up{"), "no daemon yet");
-    assert_eq!(value(&page, "inferd_scrape_collector_success{collector=\"segment\"}"), Some(1.0));
+    assert_eq!(
+        value(
+            &page,
+            "inferd_scrape_collector_success{collector=\"segment\"}"
+        ),
+        Some(1.0)
+    );
     let w = writer(dir.path(), "inferd-late");
     populate(&w, 4, 0);
     let page = metrics(server.addr());
@@ -40,7 +46,11 @@ fn remaps_when_inferd_restarts_with_a_new_generation() {
     let page = metrics(server.addr());
     let gen2 = value(&page, "inferd_generation{daemon=\"inferd-r\"}").unwrap();
     assert_ne!(gen1, gen2, "restart is visible");
-    assert_eq!(value(&page, ok), Some(1.0), "counters come from the new segment");
+    assert_eq!(
+        value(&page, ok),
+        Some(1.0),
+        "counters come from the new segment"
+    );
     let start = value(&page, "inferd_start_time_seconds{daemon=\"inferd-r\"}").unwrap();
     assert!(start > 1.6e9);
 }
@@ -51,18 +61,27 @@ fn an_unlinked_segment_reads_down_then_a_new_one_is_attached() {
     let w = writer(dir.path(), "inferd-u");
     populate(&w, 2, 0);
     let server = start(dir.path(), &["inferd-u"], fake_gpu());
-    assert_eq!(value(&metrics(server.addr()), "inferd_up{daemon=\"inferd-u\"}"), Some(1.0));
+    assert_eq!(
+        value(&metrics(server.addr()), "inferd_up{daemon=\"inferd-u\"}"),
+        Some(1.0)
+    );
     std::fs::remove_file(w.path()).unwrap();
     w.heartbeat();
     let page = metrics(server.addr());
     assert_eq!(value(&page, "inferd_up{daemon=\"inferd-u\"}"), Some(0.0));
-    assert_eq!(value(&page, "inferd_segment_deleted{daemon=\"inferd-u\"}"), Some(1.0));
+    assert_eq!(
+        value(&page, "inferd_segment_deleted{daemon=\"inferd-u\"}"),
+        Some(1.0)
+    );
     assert_eq!(value(&page, "inferd_requests_total{daemon=\"inferd-u\",model=\"policy\",version=\"v1\",robot_type=\"anymal\",status=\"ok\"}"), Some(2.0), "last values kept");
     let again = writer(dir.path(), "inferd-u");
     again.heartbeat();
     let page = metrics(server.addr());
     assert_eq!(value(&page, "inferd_up{daemon=\"inferd-u\"}"), Some(1.0));
-    assert_eq!(value(&page, "inferd_segment_deleted{daemon=\"inferd-u\"}"), Some(0.0));
+    assert_eq!(
+        value(&page, "inferd_segment_deleted{daemon=\"inferd-u\"}"),
+        Some(0.0)
+    );
 }
 
 #[test]
@@ -71,15 +90,30 @@ fn a_stale_heartbeat_or_stopped_state_reads_down() {
     let w = writer(dir.path(), "inferd-stale");
     let server = start(dir.path(), &["inferd-stale"], fake_gpu());
     assert!(eventually(WAIT, || {
-        value(&metrics(server.addr()), "inferd_up{daemon=\"inferd-stale\"}") == Some(0.0)
+        value(
+            &metrics(server.addr()),
+            "inferd_up{daemon=\"inferd-stale\"}",
+        ) == Some(0.0)
     }));
-    let age = value(&metrics(server.addr()), "inferd_heartbeat_age_seconds{daemon=\"inferd-stale\"}");
+    let age = value(
+        &metrics(server.addr()),
+        "inferd_heartbeat_age_seconds{daemon=\"inferd-stale\"}",
+    );
     assert!(age.unwrap() >= 1.0);
     w.heartbeat();
     w.set_state(shm_layout::State::Stopped);
     let page = metrics(server.addr());
-    assert_eq!(value(&page, "inferd_up{daemon=\"inferd-stale\"}"), Some(0.0));
-    assert_eq!(value(&page, "inferd_state{daemon=\"inferd-stale\",state=\"stopped\"}"), Some(1.0));
+    assert_eq!(
+        value(&page, "inferd_up{daemon=\"inferd-stale\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &page,
+            "inferd_state{daemon=\"inferd-stale\",state=\"stopped\"}"
+        ),
+        Some(1.0)
+    );
 }
 
 #[test]
@@ -94,12 +128,40 @@ fn bad_version_and_corrupt_segments_are_refused_and_shown() {
     let server = start(dir.path(), &["inferd*"], fake_gpu());
     for _ in 0..3 {
         let page = metrics(server.addr());
-        assert_eq!(value(&page, "inferd_up{daemon=\"inferd-good\"}"), Some(1.0), "{page}");
-        assert_eq!(value(&page, "inferd_segment_refused{segment=\"inferd-v99\",reason=\"version_mismatch\"}"), Some(1.0));
-        assert_eq!(value(&page, "inferd_segment_refused{segment=\"inferd-junk\",reason=\"bad_magic\"}"), Some(1.0));
-        assert_eq!(value(&page, "inferd_segment_refused{segment=\"inferd-tiny\",reason=\"too_small\"}"), Some(1.0));
+        assert_eq!(
+            value(&page, "inferd_up{daemon=\"inferd-good\"}"),
+            Some(1.0),
+            "{page}"
+        );
+        assert_eq!(
+            value(
+                &page,
+                "inferd_segment_refused{segment=\"inferd-v99\",reason=\"version_mismatch\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                &page,
+                "inferd_segment_refused{segment=\"inferd-junk\",reason=\"bad_magic\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                &page,
+                "inferd_segment_refused{segment=\"inferd-tiny\",reason=\"too_small\"}"
+            ),
+            Some(1.0)
+        );
         // Counted (and logged) once, however often it is scraped.
-        assert_eq!(value(&page, "inferd_segment_errors_total{segment=\"inferd-v99\",reason=\"version_mismatch\"}"), Some(1.0));
+        assert_eq!(
+            value(
+                &page,
+                "inferd_segment_errors_total{segment=\"inferd-v99\",reason=\"version_mismatch\"}"
+            ),
+            Some(1.0)
+        );
     }
     let health = get(server.addr(), "/health", &[]).json();
     let refused = health["refused_segments"].as_array().unwrap();
@@ -120,8 +182,11 @@ fn a_failing_nvml_field_drops_alone_and_is_counted() {
     gpu.set_failing("ecc_errors", true);
     let server = start(dir.path(), &["inferd*"], gpu.clone());
     assert!(eventually(WAIT, || {
-        value(&metrics(server.addr()), "inferd_nvml_field_errors_total{field=\"temperature_celsius\"}")
-            .is_some_and(|n| n >= 2.0)
+        value(
+            &metrics(server.addr()),
+            "inferd_nvml_field_errors_total{field=\"temperature_celsius\"}",
+        )
+        .is_some_and(|n| n >= 2.0)
     }));
     let page = metrics(server.addr());
     assert!(!page.contains("inferd_gpu_temperature_celsius{"));
@@ -129,7 +194,8 @@ fn a_failing_nvml_field_drops_alone_and_is_counted() {
     assert!(page.contains("inferd_gpu_power_watts{"));
     assert_eq!(value(&page, "inferd_nvml_up"), Some(1.0));
     gpu.set_failing("temperature_celsius", false);
-    assert!(eventually(WAIT, || metrics(server.addr()).contains("inferd_gpu_temperature_celsius{")));
+    assert!(eventually(WAIT, || metrics(server.addr())
+        .contains("inferd_gpu_temperature_celsius{")));
 }
 
 #[test]
@@ -143,13 +209,28 @@ fn without_nvml_everything_else_is_served() {
     }));
     let page = metrics(server.addr());
     assert_eq!(value(&page, "inferd_nvml_up"), Some(0.0));
-    assert_eq!(value(&page, "inferd_scrape_collector_success{collector=\"nvml\"}"), Some(0.0));
+    assert_eq!(
+        value(&page, "inferd_scrape_collector_success{collector=\"nvml\"}"),
+        Some(0.0)
+    );
     assert!(!page.contains("inferd_gpu_info{"));
-    assert_eq!(value(&page, "inferd_up{daemon=\"inferd-nogpu\"}"), Some(1.0));
-    assert_eq!(value(&page, "inferd_scrape_collector_success{collector=\"segment\"}"), Some(1.0));
+    assert_eq!(
+        value(&page, "inferd_up{daemon=\"inferd-nogpu\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &page,
+            "inferd_scrape_collector_success{collector=\"segment\"}"
+        ),
+        Some(1.0)
+    );
     let health = get(server.addr(), "/health", &[]).json();
     assert_eq!(health["nvml"]["up"], false);
-    assert!(health["nvml"]["error"].as_str().unwrap().contains("not found"));
+    assert!(health["nvml"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("not found"));
 }
 
 #[test]
@@ -172,6 +253,15 @@ fn a_missing_segment_directory_fails_the_collector_not_the_scrape() {
     let gone = dir.path().join("not-there");
     let server = start(&gone, &["inferd*"], fake_gpu());
     let page = metrics(server.addr());
-    assert_eq!(value(&page, "inferd_scrape_collector_success{collector=\"segment\"}"), Some(0.0));
-    assert_eq!(value(&page, "inferd_exporter_build_info{version=\"0.1.0\"}"), Some(1.0));
+    assert_eq!(
+        value(
+            &page,
+            "inferd_scrape_collector_success{collector=\"segment\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&page, "inferd_exporter_build_info{version=\"0.1.0\"}"),
+        Some(1.0)
+    );
 }

@@ -14,4 +14,3 @@ mod catalog;
 
 /// `promtool check metrics`, and a real Prometheus server scraping the exporter.
 mod prometheus;
-
