@@ -1,0 +1,61 @@
+//! The one error type of this crate.
+
+use std::path::PathBuf;
+
+use crate::protocol::ErrorCode;
+
+/// Everything that can go wrong when configuring, loading, serving or talking to inferd.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file or socket operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or socket.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The configuration (flags, config file or environment) is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A policy file could not be loaded.
+    #[error("model {path}: {reason}")]
+    Model {
+        /// The file, or `<demo>` for the built-in policy.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The backend failed to run a batch.
+    #[error("backend: {0}")]
+    Backend(String),
+    /// The metrics segment could not be created or a shard claimed.
+    #[error(transparent)]
+    Segment(#[from] shm_layout::Error),
+    /// A peer sent bytes that break the protocol.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The server answered a request with an error.
+    #[error("server answered {code}: {message}")]
+    Server {
+        /// The documented error code.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// A connection-level I/O failure (the peer went away, a read timed out, ...).
+    #[error("connection: {0}")]
+    Connection(#[source] std::io::Error),
+}
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}
+
+/// This crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,93 @@
+//! The built-in demo policy, so that `inferd` with no arguments serves something real.
+
+use crate::policy::{Activation, Linear, MlpPolicy, ObsNormalization};
+
+/// Layer widths of the demo: a 48-input, 12-action locomotion-sized network.
+pub const DEMO_WIDTHS: [usize; 4] = [48, 256, 128, 12];
+
+/// SplitMix64: tiny, and deterministic across platforms, which is all the demo weights need.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[-bound, bound)`, from the top 24 bits so every value is an exact f32.
+    fn uniform(&mut self, bound: f32) -> f32 {
+        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        (unit * 2.0 - 1.0) * bound
+    }
+}
+
+impl MlpPolicy {
+    /// The demo policy: 48→256→128→12 with ELU, PyTorch's default `nn.Linear` init scale
+    /// (uniform ±1/√fan_in) from a fixed seed, observation normalization and ±1 action limits.
+    /// The same weights on every machine and every run.
+    pub fn demo() -> MlpPolicy {
+        let mut rng = SplitMix64(0x1f3d_5eed);
+        let layers = DEMO_WIDTHS
+            .windows(2)
+            .map(|w| {
+                let (inputs, outputs) = (w[0], w[1]);
+                let bound = 1.0 / (inputs as f32).sqrt();
+                Linear {
+                    inputs,
+                    outputs,
+                    weight: (0..inputs * outputs).map(|_| rng.uniform(bound)).collect(),
+                    bias: (0..outputs).map(|_| rng.uniform(bound)).collect(),
+                }
+            })
+            .collect();
+        let n_in = DEMO_WIDTHS[0];
+        let n_out = DEMO_WIDTHS[DEMO_WIDTHS.len() - 1];
+        MlpPolicy {
+            name: "demo-mlp".into(),
+            version: "1".into(),
+            input_name: "obs".into(),
+            output_name: "actions".into(),
+            activation: Activation::Elu,
+            layers,
+            obs_normalization: Some(ObsNormalization {
+                mean: (0..n_in).map(|_| rng.uniform(0.1)).collect(),
+                std: (0..n_in).map(|_| 1.0 + rng.uniform(0.5)).collect(),
+                eps: 1e-2,
+            }),
+            action_scale: vec![0.5; n_out],
+            action_limits: Some((vec![-1.0; n_out], vec![1.0; n_out])),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_is_deterministic_and_valid() {
+        let a = MlpPolicy::demo();
+        assert_eq!(a, MlpPolicy::demo());
+        assert_eq!(a.validate(), Ok(()));
+        assert_eq!((a.input_size(), a.output_size()), (48, 12));
+        assert_eq!(
+            a.layers.iter().map(|l| l.outputs).collect::<Vec<_>>(),
+            [256, 128, 12]
+        );
+        let bound = 1.0 / 48f32.sqrt();
+        assert!(a.layers[0].weight.iter().all(|w| w.abs() <= bound));
+        // Not degenerate: weights differ.
+        assert_ne!(a.layers[0].weight[0], a.layers[0].weight[1]);
+    }
+
+    #[test]
+    fn splitmix_matches_its_reference_sequence() {
+        // First outputs of SplitMix64 seeded with 0, from the reference implementation.
+        let mut r = SplitMix64(0);
+        assert_eq!(r.next_u64(), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(r.next_u64(), 0x6e78_9e6a_a1b9_65f4);
+    }
+}

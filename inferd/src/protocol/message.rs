@@ -1,0 +1,728 @@
+//! The messages, as typed values, and their msgpack maps.
+//!
+//! Each side decodes what the other encodes with the same functions, so the server, the Rust
+//! client and the examples in `docs/protocol.md` cannot drift apart.
+
+use rmpv::ValueRef;
+
+use crate::protocol::frame::encode_frame;
+use crate::protocol::{ErrorCode, Tensor};
+use crate::{Error, Result};
+
+/// The protocol version in the metadata frame; bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The longest robot type accepted in a hello: the segment's label width.
+pub const MAX_ROBOT_TYPE_BYTES: usize = shm_layout::layout::ROBOT_TYPE_BYTES;
+
+/// Who the model is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelDescription {
+    /// Model name.
+    pub name: String,
+    /// Model version.
+    pub version: String,
+    /// Backend serving it, e.g. `cpu`.
+    pub backend: String,
+    /// Device it runs on, e.g. `cpu`.
+    pub device: String,
+}
+
+/// The name, dtype and shape of one input or output, for a single observation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Name used as the key in `inputs` or `outputs`.
+    pub name: String,
+    /// numpy dtype string; always `<f4`.
+    pub dtype: String,
+    /// Shape of one observation's tensor. A request may add a leading batch dimension.
+    pub shape: Vec<u64>,
+}
+
+/// Per-dimension bounds that actions are clamped to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActionLimits {
+    /// Lower bounds, one per action dimension.
+    pub low: Vec<f32>,
+    /// Upper bounds, one per action dimension.
+    pub high: Vec<f32>,
+}
+
+/// The first frame the server sends on every connection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metadata {
+    /// [`PROTOCOL_VERSION`] of the server.
+    pub protocol_version: u32,
+    /// Server name and version, e.g. `inferd 0.1.0`.
+    pub server: String,
+    /// The model being served.
+    pub model: ModelDescription,
+    /// The inputs a request must carry.
+    pub inputs: Vec<TensorSpec>,
+    /// The outputs a result carries.
+    pub outputs: Vec<TensorSpec>,
+    /// The bounds actions are clamped to, if any.
+    pub action_limits: Option<ActionLimits>,
+    /// The largest frame body the server accepts, bytes.
+    pub max_frame_bytes: u64,
+    /// How many requests one connection may have in flight.
+    pub max_in_flight: u64,
+}
+
+/// A client's introduction; optional, and sent before its requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// The robot's type, e.g. `anymal_c`: the label its requests are counted under.
+    pub robot_type: String,
+    /// This robot's identity, for logs.
+    pub robot_id: Option<String>,
+}
+
+/// One inference request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InferRequest {
+    /// Chosen by the client; its answer carries it back.
+    pub id: u64,
+    /// Input tensors by name.
+    pub inputs: Vec<(String, Tensor)>,
+    /// Budget in microseconds from the server's receipt of the frame; past it, the request
+    /// is answered `deadline_exceeded` instead of being computed.
+    pub deadline_us: Option<u64>,
+}
+
+/// Where a request's time went, microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timing {
+    /// Waiting in the queue and for its batch to fill.
+    pub queue_us: u64,
+    /// Running its batch on the backend.
+    pub compute_us: u64,
+    /// From the frame's arrival until the answer was ready.
+    pub total_us: u64,
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InferResult {
+    /// The request's id.
+    pub id: u64,
+    /// Output tensors by name.
+    pub outputs: Vec<(String, Tensor)>,
+    /// Latency breakdown.
+    pub timing: Timing,
+}
+
+/// An error answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorReply {
+    /// The request's id, or `None` when the message had no readable id.
+    pub id: Option<u64>,
+    /// What went wrong.
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    pub message: String,
+}
+
+/// A message from client to server.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientMessage {
+    /// `{"type": "hello", ...}`
+    Hello(Hello),
+    /// `{"type": "infer", ...}`
+    Infer(InferRequest),
+}
+
+/// A message from server to client.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServerMessage {
+    /// `{"type": "metadata", ...}`, the first frame on every connection.
+    Metadata(Metadata),
+    /// `{"type": "result", ...}`
+    Result(InferResult),
+    /// `{"type": "error", ...}`
+    Error(ErrorReply),
+}
+
+/// Why the server could not accept a client message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// A msgpack value that is not a map: the peer does not speak the protocol.
+    NotAMap,
+    /// A map that is not a valid message; answered `invalid_input`, echoing the id if readable.
+    Invalid {
+        /// The message's id, if it had a readable one.
+        id: Option<u64>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A borrowed view of a msgpack map, looked up by key (str or bin).
+pub(crate) struct MapRef<'v, 'a> {
+    entries: &'v [(ValueRef<'a>, ValueRef<'a>)],
+}
+
+impl<'v, 'a> MapRef<'v, 'a> {
+    pub(crate) fn new(value: &'v ValueRef<'a>) -> Option<MapRef<'v, 'a>> {
+        match value {
+            ValueRef::Map(entries) => Some(MapRef { entries }),
+            _ => None,
+        }
+    }
+
+    /// The value under `key`, which may be encoded as str or as bin.
+    pub(crate) fn get(&self, key: &str) -> Option<&'v ValueRef<'a>> {
+        self.entries
+            .iter()
+            .find(|(k, _)| key_bytes(k) == Some(key.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    fn entries(&self) -> &'v [(ValueRef<'a>, ValueRef<'a>)] {
+        self.entries
+    }
+}
+
+fn key_bytes<'v>(key: &'v ValueRef<'_>) -> Option<&'v [u8]> {
+    match key {
+        ValueRef::String(s) => Some(s.as_bytes()),
+        ValueRef::Binary(b) => Some(b),
+        _ => None,
+    }
+}
+
+/// The value under `key`, or an error naming the missing field.
+pub(crate) fn field<'v, 'a>(map: &MapRef<'v, 'a>, key: &str) -> Result<&'v ValueRef<'a>, String> {
+    map.get(key).ok_or_else(|| format!("missing field {key:?}"))
+}
+
+fn text<'v>(map: &MapRef<'v, '_>, key: &str) -> Result<&'v str, String> {
+    match field(map, key)? {
+        ValueRef::String(s) => s
+            .as_str()
+            .ok_or_else(|| format!("field {key:?} is not UTF-8")),
+        _ => Err(format!("field {key:?} must be a string")),
+    }
+}
+
+fn uint(map: &MapRef<'_, '_>, key: &str) -> Result<u64, String> {
+    field(map, key)?
+        .as_u64()
+        .ok_or_else(|| format!("field {key:?} must be a non-negative integer"))
+}
+
+fn optional<'v, 'a>(map: &MapRef<'v, 'a>, key: &str) -> Option<&'v ValueRef<'a>> {
+    map.get(key).filter(|v| !matches!(v, ValueRef::Nil))
+}
+
+fn obj<'a>(entries: Vec<(&'a str, ValueRef<'a>)>) -> ValueRef<'a> {
+    ValueRef::Map(
+        entries
+            .into_iter()
+            .map(|(k, v)| (ValueRef::from(k), v))
+            .collect(),
+    )
+}
+
+/// Decodes `{"name": <ndarray>, ...}`.
+fn decode_tensors(value: &ValueRef<'_>, what: &str) -> Result<Vec<(String, Tensor)>, String> {
+    let map = MapRef::new(value).ok_or_else(|| format!("{what:?} must be a map of arrays"))?;
+    map.entries()
+        .iter()
+        .map(|(k, v)| {
+            let name = key_bytes(k)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .ok_or_else(|| format!("{what:?} keys must be strings"))?;
+            let tensor = Tensor::from_value(v).map_err(|e| format!("{what} {name:?}: {e}"))?;
+            Ok((name.to_owned(), tensor))
+        })
+        .collect()
+}
+
+fn encode_tensors<'a>(tensors: &'a [(String, Tensor)], bytes: &'a [Vec<u8>]) -> ValueRef<'a> {
+    ValueRef::Map(
+        tensors
+            .iter()
+            .zip(bytes)
+            .map(|((name, t), b)| (ValueRef::from(name.as_str()), t.to_value(b)))
+            .collect(),
+    )
+}
+
+fn tensor_bytes(tensors: &[(String, Tensor)]) -> Vec<Vec<u8>> {
+    tensors.iter().map(|(_, t)| t.data_bytes()).collect()
+}
+
+impl ClientMessage {
+    /// Encodes this message as one frame.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            ClientMessage::Hello(h) => {
+                let mut fields = vec![("type", ValueRef::from("hello"))];
+                fields.push(("robot_type", ValueRef::from(h.robot_type.as_str())));
+                if let Some(id) = &h.robot_id {
+                    fields.push(("robot_id", ValueRef::from(id.as_str())));
+                }
+                encode_frame(&obj(fields))
+            }
+            ClientMessage::Infer(r) => {
+                let bytes = tensor_bytes(&r.inputs);
+                let mut fields = vec![
+                    ("type", ValueRef::from("infer")),
+                    ("id", ValueRef::from(r.id)),
+                    ("inputs", encode_tensors(&r.inputs, &bytes)),
+                ];
+                if let Some(d) = r.deadline_us {
+                    fields.push(("deadline_us", ValueRef::from(d)));
+                }
+                encode_frame(&obj(fields))
+            }
+        }
+    }
+
+    /// Decodes a frame body's value. Anything but a well-formed hello or infer is rejected,
+    /// keeping the id when it can be read so that the answer reaches the right request.
+    pub fn decode(value: &ValueRef<'_>) -> Result<ClientMessage, Rejection> {
+        let map = MapRef::new(value).ok_or(Rejection::NotAMap)?;
+        let id = map.get("id").and_then(ValueRef::as_u64);
+        let invalid = |message: String| Rejection::Invalid { id, message };
+        let kind = match map.get("type") {
+            Some(ValueRef::String(s)) => s.as_str().unwrap_or("<not utf-8>"),
+            Some(_) => return Err(invalid("field \"type\" must be a string".into())),
+            None => return Err(invalid("missing field \"type\"".into())),
+        };
+        match kind {
+            "hello" => decode_hello(&map)
+                .map(ClientMessage::Hello)
+                .map_err(invalid),
+            "infer" => decode_infer(&map)
+                .map(ClientMessage::Infer)
+                .map_err(invalid),
+            other => Err(invalid(format!(
+                "unknown message type {other:?}; a client sends \"hello\" or \"infer\""
+            ))),
+        }
+    }
+}
+
+fn decode_hello(map: &MapRef<'_, '_>) -> Result<Hello, String> {
+    let robot_type = text(map, "robot_type")?;
+    if robot_type.is_empty() || robot_type.len() > MAX_ROBOT_TYPE_BYTES || robot_type.contains('\0')
+    {
+        return Err(format!(
+            "robot_type must be 1 to {MAX_ROBOT_TYPE_BYTES} bytes without NUL, got {} bytes",
+            robot_type.len()
+        ));
+    }
+    let robot_id = match optional(map, "robot_id") {
+        None => None,
+        Some(ValueRef::String(s)) => Some(s.as_str().ok_or("robot_id is not UTF-8")?.to_owned()),
+        Some(ValueRef::Integer(n)) => Some(n.to_string()),
+        Some(_) => return Err("robot_id must be a string or an integer".into()),
+    };
+    Ok(Hello {
+        robot_type: robot_type.to_owned(),
+        robot_id,
+    })
+}
+
+fn decode_infer(map: &MapRef<'_, '_>) -> Result<InferRequest, String> {
+    let id = uint(map, "id")?;
+    let inputs = decode_tensors(field(map, "inputs")?, "input")?;
+    let deadline_us = match optional(map, "deadline_us") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or("deadline_us must be a non-negative integer")?,
+        ),
+    };
+    Ok(InferRequest {
+        id,
+        inputs,
+        deadline_us,
+    })
+}
+
+impl ServerMessage {
+    /// Encodes this message as one frame.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            ServerMessage::Metadata(m) => encode_metadata(m),
+            ServerMessage::Result(r) => {
+                let bytes = tensor_bytes(&r.outputs);
+                encode_frame(&obj(vec![
+                    ("type", ValueRef::from("result")),
+                    ("id", ValueRef::from(r.id)),
+                    ("outputs", encode_tensors(&r.outputs, &bytes)),
+                    (
+                        "timing",
+                        obj(vec![
+                            ("queue_us", ValueRef::from(r.timing.queue_us)),
+                            ("compute_us", ValueRef::from(r.timing.compute_us)),
+                            ("total_us", ValueRef::from(r.timing.total_us)),
+                        ]),
+                    ),
+                ]))
+            }
+            ServerMessage::Error(e) => encode_frame(&obj(vec![
+                ("type", ValueRef::from("error")),
+                ("id", e.id.map_or(ValueRef::Nil, ValueRef::from)),
+                (
+                    "error",
+                    obj(vec![
+                        ("code", ValueRef::from(e.code.as_str())),
+                        ("message", ValueRef::from(e.message.as_str())),
+                    ]),
+                ),
+            ])),
+        }
+    }
+
+    /// Decodes a frame body from the server.
+    pub fn decode(body: &[u8]) -> Result<ServerMessage> {
+        let value = crate::protocol::decode_body(body).map_err(Error::Protocol)?;
+        decode_server(&value).map_err(|e| Error::Protocol(format!("bad server message: {e}")))
+    }
+}
+
+fn encode_spec(s: &TensorSpec) -> ValueRef<'_> {
+    obj(vec![
+        ("name", ValueRef::from(s.name.as_str())),
+        ("dtype", ValueRef::from(s.dtype.as_str())),
+        (
+            "shape",
+            ValueRef::Array(s.shape.iter().map(|&d| ValueRef::from(d)).collect()),
+        ),
+    ])
+}
+
+fn encode_specs(list: &[TensorSpec]) -> ValueRef<'_> {
+    ValueRef::Array(list.iter().map(encode_spec).collect())
+}
+
+fn encode_metadata(m: &Metadata) -> Vec<u8> {
+    let specs = encode_specs;
+    let floats = |v: &[f32]| ValueRef::Array(v.iter().map(|&x| ValueRef::F32(x)).collect());
+    let limits = match &m.action_limits {
+        Some(l) => obj(vec![("low", floats(&l.low)), ("high", floats(&l.high))]),
+        None => ValueRef::Nil,
+    };
+    encode_frame(&obj(vec![
+        ("type", ValueRef::from("metadata")),
+        ("protocol_version", ValueRef::from(m.protocol_version)),
+        ("server", ValueRef::from(m.server.as_str())),
+        (
+            "model",
+            obj(vec![
+                ("name", ValueRef::from(m.model.name.as_str())),
+                ("version", ValueRef::from(m.model.version.as_str())),
+                ("backend", ValueRef::from(m.model.backend.as_str())),
+                ("device", ValueRef::from(m.model.device.as_str())),
+            ]),
+        ),
+        ("inputs", specs(&m.inputs)),
+        ("outputs", specs(&m.outputs)),
+        ("action_limits", limits),
+        ("max_frame_bytes", ValueRef::from(m.max_frame_bytes)),
+        ("max_in_flight", ValueRef::from(m.max_in_flight)),
+    ]))
+}
+
+fn decode_server(value: &ValueRef<'_>) -> Result<ServerMessage, String> {
+    let map = MapRef::new(value).ok_or("not a map")?;
+    match text(&map, "type")? {
+        "metadata" => decode_metadata(&map).map(ServerMessage::Metadata),
+        "result" => {
+            let timing = MapRef::new(field(&map, "timing")?).ok_or("timing must be a map")?;
+            Ok(ServerMessage::Result(InferResult {
+                id: uint(&map, "id")?,
+                outputs: decode_tensors(field(&map, "outputs")?, "output")?,
+                timing: Timing {
+                    queue_us: uint(&timing, "queue_us")?,
+                    compute_us: uint(&timing, "compute_us")?,
+                    total_us: uint(&timing, "total_us")?,
+                },
+            }))
+        }
+        "error" => {
+            let id = match optional(&map, "id") {
+                None => None,
+                Some(v) => Some(v.as_u64().ok_or("id must be an integer or nil")?),
+            };
+            let error = MapRef::new(field(&map, "error")?).ok_or("error must be a map")?;
+            let code = text(&error, "code")?;
+            Ok(ServerMessage::Error(ErrorReply {
+                id,
+                code: ErrorCode::from_name(code).ok_or_else(|| format!("unknown code {code:?}"))?,
+                message: text(&error, "message")?.to_owned(),
+            }))
+        }
+        other => Err(format!("unknown message type {other:?}")),
+    }
+}
+
+fn decode_metadata(map: &MapRef<'_, '_>) -> Result<Metadata, String> {
+    let specs = |key: &str| -> Result<Vec<TensorSpec>, String> {
+        let ValueRef::Array(list) = field(map, key)? else {
+            return Err(format!("{key} must be an array"));
+        };
+        list.iter()
+            .map(|v| {
+                let s = MapRef::new(v).ok_or_else(|| format!("{key} entries must be maps"))?;
+                let ValueRef::Array(dims) = field(&s, "shape")? else {
+                    return Err("shape must be an array".into());
+                };
+                Ok(TensorSpec {
+                    name: text(&s, "name")?.to_owned(),
+                    dtype: text(&s, "dtype")?.to_owned(),
+                    shape: dims
+                        .iter()
+                        .map(ValueRef::as_u64)
+                        .collect::<Option<_>>()
+                        .ok_or("shape must hold integers")?,
+                })
+            })
+            .collect()
+    };
+    let floats = |m: &MapRef<'_, '_>, key: &str| -> Result<Vec<f32>, String> {
+        let ValueRef::Array(list) = field(m, key)? else {
+            return Err(format!("action_limits.{key} must be an array"));
+        };
+        list.iter()
+            .map(|v| match v {
+                ValueRef::F32(x) => Ok(*x),
+                ValueRef::F64(x) => Ok(*x as f32),
+                _ => Err(format!("action_limits.{key} must hold floats")),
+            })
+            .collect()
+    };
+    let action_limits = match optional(map, "action_limits") {
+        None => None,
+        Some(v) => {
+            let l = MapRef::new(v).ok_or("action_limits must be a map or nil")?;
+            Some(ActionLimits {
+                low: floats(&l, "low")?,
+                high: floats(&l, "high")?,
+            })
+        }
+    };
+    let model = MapRef::new(field(map, "model")?).ok_or("model must be a map")?;
+    Ok(Metadata {
+        protocol_version: u32::try_from(uint(map, "protocol_version")?)
+            .map_err(|_| "protocol_version out of range")?,
+        server: text(map, "server")?.to_owned(),
+        model: ModelDescription {
+            name: text(&model, "name")?.to_owned(),
+            version: text(&model, "version")?.to_owned(),
+            backend: text(&model, "backend")?.to_owned(),
+            device: text(&model, "device")?.to_owned(),
+        },
+        inputs: specs("inputs")?,
+        outputs: specs("outputs")?,
+        action_limits,
+        max_frame_bytes: uint(map, "max_frame_bytes")?,
+        max_in_flight: uint(map, "max_in_flight")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::decode_body;
+
+    fn obs(n: usize) -> Tensor {
+        Tensor::new(vec![n], (0..n).map(|i| i as f32 * 0.5).collect()).unwrap()
+    }
+
+    fn client_round_trip(m: &ClientMessage) -> ClientMessage {
+        let frame = m.encode();
+        ClientMessage::decode(&decode_body(&frame[4..]).unwrap()).unwrap()
+    }
+
+    fn server_round_trip(m: &ServerMessage) -> ServerMessage {
+        ServerMessage::decode(&m.encode()[4..]).unwrap()
+    }
+
+    #[test]
+    fn client_messages_round_trip() {
+        let hello = ClientMessage::Hello(Hello {
+            robot_type: "anymal_c".into(),
+            robot_id: Some("7".into()),
+        });
+        assert_eq!(client_round_trip(&hello), hello);
+        let infer = ClientMessage::Infer(InferRequest {
+            id: u64::MAX,
+            inputs: vec![("obs".into(), obs(48))],
+            deadline_us: Some(2_000),
+        });
+        assert_eq!(client_round_trip(&infer), infer);
+    }
+
+    #[test]
+    fn server_messages_round_trip() {
+        let metadata = ServerMessage::Metadata(Metadata {
+            protocol_version: PROTOCOL_VERSION,
+            server: "inferd 0.1.0".into(),
+            model: ModelDescription {
+                name: "demo".into(),
+                version: "1".into(),
+                backend: "cpu".into(),
+                device: "cpu".into(),
+            },
+            inputs: vec![TensorSpec {
+                name: "obs".into(),
+                dtype: "<f4".into(),
+                shape: vec![48],
+            }],
+            outputs: vec![TensorSpec {
+                name: "actions".into(),
+                dtype: "<f4".into(),
+                shape: vec![12],
+            }],
+            action_limits: Some(ActionLimits {
+                low: vec![-1.0; 12],
+                high: vec![1.0; 12],
+            }),
+            max_frame_bytes: 1 << 20,
+            max_in_flight: 64,
+        });
+        assert_eq!(server_round_trip(&metadata), metadata);
+        let result = ServerMessage::Result(InferResult {
+            id: 3,
+            outputs: vec![("actions".into(), obs(12))],
+            timing: Timing {
+                queue_us: 1,
+                compute_us: 2,
+                total_us: 4,
+            },
+        });
+        assert_eq!(server_round_trip(&result), result);
+        for id in [None, Some(9)] {
+            let error = ServerMessage::Error(ErrorReply {
+                id,
+                code: ErrorCode::DeadlineExceeded,
+                message: "late".into(),
+            });
+            assert_eq!(server_round_trip(&error), error);
+        }
+    }
+
+    fn reject(fields: Vec<(&'static str, ValueRef<'static>)>) -> Rejection {
+        ClientMessage::decode(&obj(fields)).unwrap_err()
+    }
+
+    fn invalid(r: Rejection) -> (Option<u64>, String) {
+        match r {
+            Rejection::Invalid { id, message } => (id, message),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_client_messages_are_rejected_with_their_id() {
+        assert_eq!(
+            ClientMessage::decode(&ValueRef::from(1u64)),
+            Err(Rejection::NotAMap)
+        );
+
+        let (id, msg) = invalid(reject(vec![
+            ("type", ValueRef::from("fly")),
+            ("id", 5u64.into()),
+        ]));
+        assert_eq!(id, Some(5));
+        assert!(msg.contains("unknown message type \"fly\""), "{msg}");
+
+        let (id, msg) = invalid(reject(vec![("id", 5u64.into())]));
+        assert_eq!(id, Some(5));
+        assert!(msg.contains("missing field \"type\""), "{msg}");
+
+        let (id, msg) = invalid(reject(vec![
+            ("type", "infer".into()),
+            ("id", (-1i64).into()),
+        ]));
+        assert_eq!(id, None);
+        assert!(
+            msg.contains("\"id\" must be a non-negative integer"),
+            "{msg}"
+        );
+
+        let (id, msg) = invalid(reject(vec![("type", "infer".into()), ("id", 2u64.into())]));
+        assert_eq!(id, Some(2));
+        assert!(msg.contains("missing field \"inputs\""), "{msg}");
+
+        let (_, msg) = invalid(reject(vec![
+            ("type", "infer".into()),
+            ("id", 2u64.into()),
+            ("inputs", obj(vec![("obs", ValueRef::from(1u64))])),
+        ]));
+        assert!(msg.contains("input \"obs\""), "{msg}");
+
+        let (_, msg) = invalid(reject(vec![
+            ("type", "infer".into()),
+            ("id", 2u64.into()),
+            ("inputs", obj(vec![])),
+            ("deadline_us", ValueRef::from("soon")),
+        ]));
+        assert!(msg.contains("deadline_us"), "{msg}");
+
+        let (_, msg) = invalid(reject(vec![
+            ("type", "hello".into()),
+            ("robot_type", "".into()),
+        ]));
+        assert!(msg.contains("robot_type must be 1 to"), "{msg}");
+        let (_, msg) = invalid(reject(vec![("type", "hello".into())]));
+        assert!(msg.contains("missing field \"robot_type\""), "{msg}");
+    }
+
+    #[test]
+    fn hello_accepts_an_integer_robot_id_and_nil_deadline() {
+        let m = ClientMessage::decode(&obj(vec![
+            ("type", "hello".into()),
+            ("robot_type", "go2".into()),
+            ("robot_id", 42u64.into()),
+        ]))
+        .unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Hello(Hello {
+                robot_type: "go2".into(),
+                robot_id: Some("42".into())
+            })
+        );
+        let bytes = obs(2).data_bytes();
+        let t = obs(2);
+        let m = ClientMessage::decode(&obj(vec![
+            ("type", "infer".into()),
+            ("id", 1u64.into()),
+            ("inputs", obj(vec![("obs", t.to_value(&bytes))])),
+            ("deadline_us", ValueRef::Nil),
+        ]))
+        .unwrap();
+        assert!(matches!(
+            m,
+            ClientMessage::Infer(InferRequest {
+                deadline_us: None,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn unknown_server_codes_and_types_are_protocol_errors() {
+        let frame = encode_frame(&obj(vec![("type", "gossip".into())]));
+        assert!(matches!(
+            ServerMessage::decode(&frame[4..]),
+            Err(Error::Protocol(_))
+        ));
+        let frame = encode_frame(&obj(vec![
+            ("type", "error".into()),
+            ("id", ValueRef::Nil),
+            (
+                "error",
+                obj(vec![("code", "weird".into()), ("message", "".into())]),
+            ),
+        ]));
+        let err = ServerMessage::decode(&frame[4..]).unwrap_err().to_string();
+        assert!(err.contains("unknown code \"weird\""), "{err}");
+    }
+}

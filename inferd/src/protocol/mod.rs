@@ -1,0 +1,18 @@
+//! The wire protocol: frames of msgpack maps over a Unix stream socket, specified in
+//! `docs/protocol.md`.
+
+mod code;
+mod frame;
+mod message;
+mod ndarray;
+
+pub use self::code::ErrorCode;
+pub use self::frame::{
+    decode_body, encode_frame, FrameCodec, FrameError, DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES,
+};
+pub use self::message::{
+    ActionLimits, ClientMessage, ErrorReply, Hello, InferRequest, InferResult, Metadata,
+    ModelDescription, Rejection, ServerMessage, TensorSpec, Timing, MAX_ROBOT_TYPE_BYTES,
+    PROTOCOL_VERSION,
+};
+pub use self::ndarray::{Tensor, DTYPE_F32, MAX_RANK};

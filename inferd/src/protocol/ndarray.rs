@@ -1,0 +1,217 @@
+//! Arrays as openpi's `msgpack_numpy` encodes them:
+//! `{b"__ndarray__": true, b"data": <bin>, b"dtype": "<f4", b"shape": [..]}`.
+//!
+//! openpi packs the four keys as msgpack bin (Python `bytes`) and its unpacker looks them up as
+//! bytes, so arrays are written with bin keys; keys are accepted as bin or str.
+
+use rmpv::ValueRef;
+
+use crate::protocol::message::{field, MapRef};
+
+/// The only dtype on the wire: little-endian float32, as numpy spells it.
+pub const DTYPE_F32: &str = "<f4";
+
+/// The most dimensions an array may have.
+pub const MAX_RANK: usize = 8;
+
+/// A float32 array: its shape and its values in row-major order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    /// Dimensions, outermost first.
+    pub shape: Vec<usize>,
+    /// `shape.iter().product()` values, row-major.
+    pub data: Vec<f32>,
+}
+
+impl Tensor {
+    /// A tensor of `shape` holding `data`; `None` if the sizes disagree.
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Option<Tensor> {
+        (element_count(&shape) == Some(data.len())).then_some(Tensor { shape, data })
+    }
+
+    /// The little-endian bytes of the values, as the `data` field carries them.
+    pub fn data_bytes(&self) -> Vec<u8> {
+        self.data.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    /// The msgpack-numpy map of this tensor, borrowing `data_bytes` (from [`Tensor::data_bytes`]).
+    pub fn to_value<'a>(&'a self, data_bytes: &'a [u8]) -> ValueRef<'a> {
+        let shape = self
+            .shape
+            .iter()
+            .map(|&d| ValueRef::from(d as u64))
+            .collect();
+        ValueRef::Map(vec![
+            (ValueRef::Binary(b"__ndarray__"), ValueRef::Boolean(true)),
+            (ValueRef::Binary(b"data"), ValueRef::Binary(data_bytes)),
+            (ValueRef::Binary(b"dtype"), ValueRef::from(DTYPE_F32)),
+            (ValueRef::Binary(b"shape"), ValueRef::Array(shape)),
+        ])
+    }
+
+    /// Decodes a msgpack-numpy map, checking the marker, dtype, shape and byte count.
+    pub fn from_value(value: &ValueRef<'_>) -> Result<Tensor, String> {
+        let map = MapRef::new(value).ok_or("an array must be a msgpack-numpy map")?;
+        if map.get("__ndarray__") != Some(&ValueRef::Boolean(true)) {
+            return Err("an array must be a map with \"__ndarray__\": true".into());
+        }
+        let dtype = match map.get("dtype") {
+            Some(ValueRef::String(s)) => s.as_str().unwrap_or("<not utf-8>"),
+            Some(ValueRef::Binary(b)) => std::str::from_utf8(b).unwrap_or("<not utf-8>"),
+            _ => return Err("array field \"dtype\" must be a string".into()),
+        };
+        if dtype != DTYPE_F32 {
+            return Err(format!(
+                "array dtype {dtype:?} is not supported; send {DTYPE_F32:?} (float32)"
+            ));
+        }
+        let shape = match field(&map, "shape")? {
+            ValueRef::Array(dims) if dims.len() <= MAX_RANK => dims
+                .iter()
+                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                .collect::<Option<Vec<usize>>>()
+                .ok_or("array shape must hold non-negative integers")?,
+            ValueRef::Array(dims) => {
+                return Err(format!(
+                    "array has {} dimensions; at most {MAX_RANK}",
+                    dims.len()
+                ))
+            }
+            _ => return Err("array field \"shape\" must be an array".into()),
+        };
+        let bytes = match field(&map, "data")? {
+            ValueRef::Binary(b) => *b,
+            _ => return Err("array field \"data\" must be bin".into()),
+        };
+        let count = element_count(&shape).ok_or("array shape overflows")?;
+        if count.checked_mul(4) != Some(bytes.len()) {
+            return Err(format!(
+                "array of shape {shape:?} needs {} data bytes, got {}",
+                count.saturating_mul(4),
+                bytes.len()
+            ));
+        }
+        let data = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(Tensor { shape, data })
+    }
+}
+
+fn element_count(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(t: &Tensor) -> Vec<u8> {
+        let bytes = t.data_bytes();
+        let mut out = Vec::new();
+        rmpv::encode::write_value_ref(&mut out, &t.to_value(&bytes)).unwrap();
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Tensor, String> {
+        Tensor::from_value(&rmpv::decode::read_value_ref(&mut &bytes[..]).unwrap())
+    }
+
+    #[test]
+    fn round_trips() {
+        let t = Tensor::new(vec![2, 3], vec![1.0, -2.5, 3.25, 0.0, f32::MAX, -0.125]).unwrap();
+        assert_eq!(decode(&encoded(&t)).unwrap(), t);
+    }
+
+    #[test]
+    fn matches_the_bytes_numpy_and_openpi_produce() {
+        // msgpack.packb({b"__ndarray__": True, b"data": np.float32([1, 2]).tobytes(),
+        //                b"dtype": "<f4", b"shape": (2,)})
+        let openpi: &[u8] =
+            b"\x84\xc4\x0b__ndarray__\xc3\xc4\x04data\xc4\x08\x00\x00\x80?\x00\x00\x00@\
+                              \xc4\x05dtype\xa3<f4\xc4\x05shape\x91\x02";
+        let t = decode(openpi).unwrap();
+        assert_eq!(t, Tensor::new(vec![2], vec![1.0, 2.0]).unwrap());
+        assert_eq!(encoded(&t), openpi);
+    }
+
+    #[test]
+    fn accepts_str_keys() {
+        let v = ValueRef::Map(vec![
+            (ValueRef::from("__ndarray__"), ValueRef::Boolean(true)),
+            (
+                ValueRef::from("data"),
+                ValueRef::Binary(&[0, 0, 0x80, 0x3f]),
+            ),
+            (ValueRef::from("dtype"), ValueRef::from("<f4")),
+            (
+                ValueRef::from("shape"),
+                ValueRef::Array(vec![ValueRef::from(1u64)]),
+            ),
+        ]);
+        assert_eq!(Tensor::from_value(&v).unwrap().data, vec![1.0]);
+    }
+
+    fn with(key: &'static str, value: ValueRef<'static>) -> ValueRef<'static> {
+        let mut fields = vec![
+            (ValueRef::from("__ndarray__"), ValueRef::Boolean(true)),
+            (ValueRef::from("data"), ValueRef::Binary(&[0; 8])),
+            (ValueRef::from("dtype"), ValueRef::from("<f4")),
+            (
+                ValueRef::from("shape"),
+                ValueRef::Array(vec![ValueRef::from(2u64)]),
+            ),
+        ];
+        for (k, v) in &mut fields {
+            if *k == ValueRef::from(key) {
+                *v = value.clone();
+            }
+        }
+        ValueRef::Map(fields)
+    }
+
+    #[test]
+    fn rejects_each_malformed_field_with_a_reason() {
+        let cases: Vec<(ValueRef<'static>, &str)> = vec![
+            (ValueRef::from(3u64), "must be a msgpack-numpy map"),
+            (with("__ndarray__", ValueRef::Boolean(false)), "__ndarray__"),
+            (
+                with("dtype", ValueRef::from("<f8")),
+                "\"<f8\" is not supported",
+            ),
+            (with("dtype", ValueRef::from(1u64)), "must be a string"),
+            (with("shape", ValueRef::from(2u64)), "must be an array"),
+            (
+                with("shape", ValueRef::Array(vec![ValueRef::from(-1i64)])),
+                "non-negative",
+            ),
+            (
+                with("shape", ValueRef::Array(vec![ValueRef::from(3u64)])),
+                "needs 12 data bytes, got 8",
+            ),
+            (
+                with("shape", ValueRef::Array(vec![ValueRef::from(1u64); 9])),
+                "at most 8",
+            ),
+            (
+                with(
+                    "shape",
+                    ValueRef::Array(vec![ValueRef::from(u64::MAX), ValueRef::from(u64::MAX)]),
+                ),
+                "overflows",
+            ),
+            (with("data", ValueRef::from("abcdefgh")), "must be bin"),
+        ];
+        for (value, want) in cases {
+            let err = Tensor::from_value(&value).unwrap_err();
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
+    }
+
+    #[test]
+    fn new_checks_the_element_count() {
+        assert!(Tensor::new(vec![2, 2], vec![0.0; 3]).is_none());
+        assert!(Tensor::new(vec![], vec![0.0]).is_some());
+    }
+}
