@@ -155,12 +155,15 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 }
 
 fn respond(content_type: &'static str, body: Vec<u8>, gzip: bool) -> Response<Full<Bytes>> {
-    let compressed = if gzip { gzip_bytes(&body) } else { None };
-    let mut r = Response::new(Full::new(Bytes::from(compressed.clone().unwrap_or(body))));
+    let (body, gzipped) = match gzip.then(|| gzip_bytes(&body)).flatten() {
+        Some(z) => (z, true),
+        None => (body, false),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    if compressed.is_some() {
+    if gzipped {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
     r

@@ -1,11 +1,13 @@
 //! The exposition formats, written directly into a `String`.
 //!
 //! Why not the `prometheus` crate's model and `TextEncoder`: `benches/encode.rs` renders the
-//! same full segment (every slot filled, ~6,000 series) both ways. Building the crate's
+//! same full segment (every slot filled, ~6,100 series) both ways. Building the crate's
 //! `MetricFamily` model allocates a `String` per label name and value of every series before
-//! the encoder walks it again; writing the text directly does neither and is several times
-//! faster (see `docs/benchmarks.md`), which is what keeps a scrape's p99 under 2 ms. The
-//! escaping and number rules below are the format's, and `promtool check metrics` and a real
+//! the encoder walks it again; writing the text directly does neither. Measured on a 2-core
+//! box: direct text p50 459 µs / p99 578 µs for the whole page, the crate p50 2630 µs /
+//! p99 3693 µs for only its request counters and histograms, which alone would break the
+//! 2 ms scrape budget. The escaping and number rules below are the format's, and
+//! `promtool check metrics` and a real
 //! Prometheus server check the output in the tests.
 
 use std::fmt::Write as _;

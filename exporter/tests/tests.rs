@@ -1,4 +1,5 @@
 //! The exporter's integration tests: one binary, one module per concern.
+#![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a failed test.
 
 /// Helpers: unique segment directories, populated segments, a tiny HTTP client.
 mod common;
