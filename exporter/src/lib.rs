@@ -11,7 +11,7 @@
 //!   [`NvmlSource`] for real, [`FakeGpuSource`] in tests) and the exporter's own metrics.
 //!   [`Exporter::scrape`] reads them all into one [`Scrape`]; [`Exporter::render`] writes it
 //!   in a [`Format`] through the [`MetricsWriter`], and the JSON endpoints read the same scrape.
-//! - [`server`] serves it all over hyper: `/metrics`, `/health`, `/gpu/stats`,
+//! - [`serve`] serves it all over hyper: `/metrics`, `/health`, `/gpu/stats`,
 //!   `/queue/stats`, `/models/stats`; [`Server`] runs it on its own thread.
 //!
 //! Metric names and meanings are catalogued in `docs/metrics.md`.
@@ -34,10 +34,10 @@ mod discovery;
 mod error;
 mod exporter;
 mod gpu;
-pub mod json;
+mod json;
 mod options;
 mod scrape;
-pub mod server;
+mod server;
 mod text;
 
 pub use crate::discovery::{Discovery, Refusal, SegmentView, FORGET_DELETED_AFTER};
@@ -49,5 +49,5 @@ pub use crate::gpu::{
 };
 pub use crate::options::{Options, DEFAULT_PORT};
 pub use crate::scrape::{CollectorRun, Daemon, ProcessStats, Scrape, HEARTBEAT_TIMEOUT};
-pub use crate::server::Server;
+pub use crate::server::{accepts_gzip, bind, handle, runtime, serve, Server};
 pub use crate::text::{Format, Kind, Labels, MetricsWriter, Value};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use exporter::{server, Exporter, Format, NvmlSource, Options};
+use exporter::{Exporter, Format, NvmlSource, Options};
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -20,11 +20,11 @@ fn main() -> anyhow::Result<()> {
             .context("writing to stdout")?;
         return Ok(());
     }
-    let listener = server::bind(options.listen)?;
+    let listener = exporter::bind(options.listen)?;
     let addr = listener.local_addr().context("reading the bound address")?;
     log::info!("listening on http://{addr}/metrics");
-    let rt = server::runtime()?;
-    rt.block_on(server::serve(
+    let rt = exporter::runtime()?;
+    rt.block_on(exporter::serve(
         listener,
         Arc::new(exporter),
         shutdown_signal(),

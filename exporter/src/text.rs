@@ -7,8 +7,7 @@
 //! box: direct text p50 459 µs / p99 578 µs for the whole page, the crate p50 2630 µs /
 //! p99 3693 µs for only its request counters and histograms, which alone would break the
 //! 2 ms scrape budget. The escaping and number rules below are the format's, and
-//! `promtool check metrics` and a real
-//! Prometheus server check the output in the tests.
+//! `promtool check metrics` and a real Prometheus server check the output in the tests.
 
 use std::fmt::Write as _;
 
