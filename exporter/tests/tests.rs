@@ -15,3 +15,6 @@ mod catalog;
 
 /// `promtool check metrics`, and a real Prometheus server scraping the exporter.
 mod prometheus;
+
+/// The `exporter` binary: `--once`, flag errors, serving and SIGTERM.
+mod binary;
