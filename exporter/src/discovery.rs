@@ -69,6 +69,10 @@ impl Discovery {
         let patterns = patterns
             .iter()
             .map(|p| {
+                // Patterns match file names inside `dir`; a path would silently match nothing.
+                if p.contains('/') {
+                    return Err(Error::PatternPath(p.clone()));
+                }
                 glob::Pattern::new(p).map_err(|source| Error::Pattern {
                     pattern: p.clone(),
                     source,
@@ -322,5 +326,7 @@ mod tests {
             Discovery::new(Path::new("/nonexistent-exporter-dir"), &["*".into()]).unwrap();
         assert!(disc.scan(Instant::now()).is_err());
         assert!(Discovery::new(Path::new("/dev/shm"), &["[".into()]).is_err());
+        let path = Discovery::new(Path::new("/dev/shm"), &["/dev/shm/inferd".into()]);
+        assert!(matches!(path, Err(Error::PatternPath(_))));
     }
 }

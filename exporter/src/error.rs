@@ -30,6 +30,9 @@ pub enum Error {
         /// Why glob refused it.
         source: glob::PatternError,
     },
+    /// A `--segment` pattern is a path; patterns are names or globs inside `--segment-dir`.
+    #[error("segment pattern {0:?} holds a '/': give a name or glob, and the directory with --segment-dir")]
+    PatternPath(String),
     /// The namespace is not a valid metric name prefix.
     #[error("invalid namespace {0:?}: use [a-zA-Z_][a-zA-Z0-9_]*")]
     Namespace(String),
