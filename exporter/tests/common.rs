@@ -239,3 +239,35 @@ pub fn families(page: &str) -> Vec<(String, String, bool)> {
     }
     out
 }
+
+/// Heartbeats a segment every 100 ms, as inferd does, until dropped: tests that expect
+/// `up 1` then hold on a loaded machine too.
+pub struct KeepAlive {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts heartbeating `w`.
+pub fn keep_alive(w: &SegmentWriter) -> KeepAlive {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (w, flag) = (w.clone(), stop.clone());
+    let thread = std::thread::spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            w.heartbeat();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    KeepAlive {
+        stop,
+        thread: Some(thread),
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

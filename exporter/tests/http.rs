@@ -8,11 +8,11 @@ fn metrics_page_carries_every_source() {
     let dir = shm_dir();
     let w = writer(dir.path(), "inferd-a");
     populate(&w, 7, 2);
+    let _alive = keep_alive(&w);
     let server = start(dir.path(), &["inferd*"], fake_gpu());
     assert!(eventually(std::time::Duration::from_secs(10), || {
         metrics(server.addr()).contains("inferd_nvml_up 1")
     }));
-    w.heartbeat();
     let r = get(server.addr(), "/metrics", &[]);
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -127,11 +127,11 @@ fn json_endpoints_come_from_the_same_snapshot() {
     let dir = shm_dir();
     let w = writer(dir.path(), "inferd-json");
     populate(&w, 5, 1);
+    let _alive = keep_alive(&w);
     let server = start(dir.path(), &["inferd-json"], fake_gpu());
     assert!(eventually(std::time::Duration::from_secs(10), || {
         get(server.addr(), "/gpu/stats", &[]).json()["nvml_up"] == true
     }));
-    w.heartbeat();
     let health = get(server.addr(), "/health", &[]);
     assert_eq!(health.status, 200);
     assert_eq!(health.header("content-type"), Some("application/json"));

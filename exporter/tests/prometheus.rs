@@ -173,16 +173,7 @@ fn promql_over_a_real_scrape_returns_exactly_the_counts_written() {
     record(&shard, &p, p.robot, Status::Overloaded, 5);
     record(&shard, &p, spot, Status::Ok, 11);
     let server = start(dir.path(), &["inferd-prom"], fake_gpu());
-    let beat = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let heart = {
-        let (w, beat) = (w.clone(), beat.clone());
-        std::thread::spawn(move || {
-            while beat.load(std::sync::atomic::Ordering::Relaxed) {
-                w.heartbeat();
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
+    let _alive = keep_alive(&w);
     let prom = prometheus(server.addr());
     let total = "sum(inferd_requests_total{daemon=\"inferd-prom\"})";
     let seen = eventually(Duration::from_secs(90), || {
@@ -219,6 +210,4 @@ fn promql_over_a_real_scrape_returns_exactly_the_counts_written() {
         ),
         Some(61.0)
     );
-    beat.store(false, std::sync::atomic::Ordering::Relaxed);
-    heart.join().unwrap();
 }

@@ -24,6 +24,7 @@ fn starts_without_a_segment_and_attaches_when_it_appears() {
     );
     let w = writer(dir.path(), "inferd-late");
     populate(&w, 4, 0);
+    let _alive = keep_alive(&w);
     let page = metrics(server.addr());
     assert_eq!(value(&page, "inferd_up{daemon=\"inferd-late\"}"), Some(1.0));
     assert_eq!(value(&page, "inferd_requests_total{daemon=\"inferd-late\",model=\"policy\",version=\"v1\",robot_type=\"anymal\",status=\"ok\"}"), Some(4.0));
@@ -60,13 +61,13 @@ fn an_unlinked_segment_reads_down_then_a_new_one_is_attached() {
     let dir = shm_dir();
     let w = writer(dir.path(), "inferd-u");
     populate(&w, 2, 0);
+    let alive = keep_alive(&w);
     let server = start(dir.path(), &["inferd-u"], fake_gpu());
     assert_eq!(
         value(&metrics(server.addr()), "inferd_up{daemon=\"inferd-u\"}"),
         Some(1.0)
     );
     std::fs::remove_file(w.path()).unwrap();
-    w.heartbeat();
     let page = metrics(server.addr());
     assert_eq!(value(&page, "inferd_up{daemon=\"inferd-u\"}"), Some(0.0));
     assert_eq!(
@@ -74,8 +75,9 @@ fn an_unlinked_segment_reads_down_then_a_new_one_is_attached() {
         Some(1.0)
     );
     assert_eq!(value(&page, "inferd_requests_total{daemon=\"inferd-u\",model=\"policy\",version=\"v1\",robot_type=\"anymal\",status=\"ok\"}"), Some(2.0), "last values kept");
+    drop(alive);
     let again = writer(dir.path(), "inferd-u");
-    again.heartbeat();
+    let _alive = keep_alive(&again);
     let page = metrics(server.addr());
     assert_eq!(value(&page, "inferd_up{daemon=\"inferd-u\"}"), Some(1.0));
     assert_eq!(
@@ -120,6 +122,7 @@ fn a_stale_heartbeat_or_stopped_state_reads_down() {
 fn bad_version_and_corrupt_segments_are_refused_and_shown() {
     let dir = shm_dir();
     let good = writer(dir.path(), "inferd-good");
+    let _alive = keep_alive(&good);
     let mut bytes = std::fs::read(good.path()).unwrap();
     bytes[8..12].copy_from_slice(&99u32.to_le_bytes()); // version_major
     std::fs::write(dir.path().join("inferd-v99"), &bytes).unwrap();
@@ -168,7 +171,8 @@ fn bad_version_and_corrupt_segments_are_refused_and_shown() {
     assert_eq!(refused.len(), 3);
     // Replacing the bad file with a good segment clears the refusal.
     std::fs::remove_file(dir.path().join("inferd-v99")).unwrap();
-    let _fixed = writer(dir.path(), "inferd-v99");
+    let fixed = writer(dir.path(), "inferd-v99");
+    let _alive_fixed = keep_alive(&fixed);
     let page = metrics(server.addr());
     assert_eq!(value(&page, "inferd_up{daemon=\"inferd-v99\"}"), Some(1.0));
     assert!(!page.contains("inferd_segment_refused{segment=\"inferd-v99\""));
@@ -203,6 +207,7 @@ fn without_nvml_everything_else_is_served() {
     let dir = shm_dir();
     let w = writer(dir.path(), "inferd-nogpu");
     populate(&w, 1, 0);
+    let _alive = keep_alive(&w);
     let server = start(dir.path(), &["inferd*"], FakeGpuSource::missing());
     assert!(eventually(WAIT, || {
         value(&metrics(server.addr()), "inferd_gpu_sample_age_seconds").is_some()
