@@ -59,7 +59,11 @@ pub const fn bytes_bounds() -> [u64; BYTES_BUCKETS - 1] {
 pub const fn duration_bucket(ns: u64) -> usize {
     // Ceiling to whole microseconds without overflow.
     let us = ns / 1_000 + (ns % 1_000 != 0) as u64;
-    let idx = if us <= 1 { 0 } else { (64 - (us - 1).leading_zeros()) as usize };
+    let idx = if us <= 1 {
+        0
+    } else {
+        (64 - (us - 1).leading_zeros()) as usize
+    };
     if idx <= DURATION_BUCKETS - 3 {
         idx
     } else if ns <= DURATION_MAX_NS {
@@ -83,7 +87,11 @@ pub const fn batch_bucket(size: usize) -> usize {
 /// The bucket of a byte count: the first whose bound is >= `bytes`.
 #[inline(always)]
 pub const fn bytes_bucket(bytes: u64) -> usize {
-    let idx = if bytes <= 64 { 0 } else { (64 - (bytes - 1).leading_zeros()) as usize - 6 };
+    let idx = if bytes <= 64 {
+        0
+    } else {
+        (64 - (bytes - 1).leading_zeros()) as usize - 6
+    };
     if idx < BYTES_BUCKETS - 1 {
         idx
     } else {

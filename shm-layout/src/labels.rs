@@ -97,8 +97,13 @@ pub enum State {
 
 impl State {
     /// Every known state, in value order.
-    pub const ALL: [State; 5] =
-        [State::Unknown, State::Starting, State::Ready, State::Draining, State::Stopped];
+    pub const ALL: [State; 5] = [
+        State::Unknown,
+        State::Starting,
+        State::Ready,
+        State::Draining,
+        State::Stopped,
+    ];
 
     /// Decodes a state word; anything unknown reads as [`State::Unknown`].
     pub const fn from_word(word: u32) -> State {

@@ -455,7 +455,8 @@ pub fn fields() -> Vec<Field> {
 
 /// The offsets table as Markdown, exactly as `docs/shm-layout.md` carries it.
 pub fn markdown_table() -> String {
-    let mut out = String::from("| struct | field | offset | size | type |\n|---|---|---:|---:|---|\n");
+    let mut out =
+        String::from("| struct | field | offset | size | type |\n|---|---|---:|---:|---|\n");
     for f in fields() {
         out.push_str(&format!(
             "| {} | {} | {} (0x{:x}) | {} | {} |\n",
@@ -477,7 +478,10 @@ pub(crate) fn write_text(field: &[AtomicU8], text: &str) -> bool {
     }
     let bytes = text.as_bytes().get(..end).unwrap_or_default();
     for (i, slot) in field.iter().enumerate() {
-        slot.store(bytes.get(i).copied().unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        slot.store(
+            bytes.get(i).copied().unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
     end < text.len()
 }

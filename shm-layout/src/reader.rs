@@ -8,8 +8,8 @@
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
 use memmap2::Mmap;
 
@@ -35,17 +35,27 @@ impl SegmentReader {
     /// `PROT_READ`, so this process cannot write it.
     pub fn open(path: impl AsRef<Path>) -> Result<SegmentReader> {
         let path = path.as_ref().to_owned();
-        let io = |source| Error::Io { path: path.clone(), source };
+        let io = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
         let file = File::open(&path).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
         if meta.len() < HEADER_SIZE as u64 {
-            return Err(Error::TooSmall { len: meta.len() as usize, need: HEADER_SIZE });
+            return Err(Error::TooSmall {
+                len: meta.len() as usize,
+                need: HEADER_SIZE,
+            });
         }
         // SAFETY: a read-only shared mapping. The writer changes the bytes under us, which is
         // why every field is read through atomics; a writer that truncates the file could make
         // accesses fault (SIGBUS), which tmpfs segments created at full size by inferd never do.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let reader = SegmentReader { map, path, inode: meta.ino() };
+        let reader = SegmentReader {
+            map,
+            path,
+            inode: meta.ino(),
+        };
         validate(reader.map.as_ptr(), reader.map.len())?;
         Ok(reader)
     }
@@ -82,12 +92,14 @@ impl Snapshot {
     /// Validates and reads a segment image held in ordinary memory: a copy, a fuzz input, or
     /// a file read from disk. It is the same code path as [`SegmentReader::snapshot`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Snapshot> {
-        // Copy into u64-aligned memory so that atomics may be formed over it.
-        let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
-        for (word, chunk) in aligned.iter_mut().zip(bytes.chunks(8)) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            *word = u64::from_le_bytes(b);
+        // Copy into memory aligned like a mapping's start (the layout's structs are 64-aligned),
+        // so that references to its atomics may be formed.
+        #[repr(C, align(64))]
+        #[derive(Clone, Copy)]
+        struct Line([u8; 64]);
+        let mut aligned = vec![Line([0; 64]); bytes.len().div_ceil(64)];
+        for (line, chunk) in aligned.iter_mut().zip(bytes.chunks(64)) {
+            line.0[..chunk.len()].copy_from_slice(chunk);
         }
         let seg = validate(aligned.as_ptr().cast::<u8>(), bytes.len())?;
         Ok(read_segment(seg))
@@ -97,11 +109,14 @@ impl Snapshot {
 /// Checks the length, then the header, and only then hands out the whole segment.
 fn validate<'a>(base: *const u8, len: usize) -> Result<&'a Segment> {
     if len < HEADER_SIZE {
-        return Err(Error::TooSmall { len, need: HEADER_SIZE });
+        return Err(Error::TooSmall {
+            len,
+            need: HEADER_SIZE,
+        });
     }
-    debug_assert_eq!(base.align_offset(64.min(std::mem::align_of::<Segment>())), 0);
-    // SAFETY: `len >= HEADER_SIZE` bytes are mapped at `base`, which is 8-aligned (a page, or a
-    // Vec<u64>); every Header field is an atomic or never-written padding, so a shared reference
+    debug_assert_eq!(base.align_offset(std::mem::align_of::<Segment>()), 0);
+    // SAFETY: `len >= HEADER_SIZE` bytes are mapped at `base`, which is 64-aligned (a page, or
+    // `from_bytes`'s aligned copy); every Header field is an atomic or never-written padding, so a shared reference
     // is sound while the writer stores into it.
     let header: &Header = unsafe { &*base.cast::<Header>() };
     let magic = header.magic.load(Relaxed);
@@ -111,7 +126,10 @@ fn validate<'a>(base: *const u8, len: usize) -> Result<&'a Segment> {
     if header.ready.load(Acquire) != layout::READY {
         return Err(Error::NotReady);
     }
-    let (major, minor) = (header.version_major.load(Relaxed), header.version_minor.load(Relaxed));
+    let (major, minor) = (
+        header.version_major.load(Relaxed),
+        header.version_minor.load(Relaxed),
+    );
     if major != layout::VERSION_MAJOR {
         return Err(Error::IncompatibleVersion {
             found_major: major,
@@ -129,22 +147,49 @@ fn validate<'a>(base: *const u8, len: usize) -> Result<&'a Segment> {
         });
     }
     if (len as u64) < total {
-        return Err(Error::TooSmall { len, need: usize::try_from(total).unwrap_or(usize::MAX) });
+        return Err(Error::TooSmall {
+            len,
+            need: usize::try_from(total).unwrap_or(usize::MAX),
+        });
     }
     let expect = |field, found: u64, expected: usize| {
         if found == expected as u64 {
             Ok(())
         } else {
-            Err(Error::LayoutMismatch { field, found, expected: expected as u64 })
+            Err(Error::LayoutMismatch {
+                field,
+                found,
+                expected: expected as u64,
+            })
         }
     };
     expect("dim_models", header.dim_models.load(Relaxed).into(), MODELS)?;
-    expect("dim_robot_types", header.dim_robot_types.load(Relaxed).into(), ROBOT_TYPES)?;
-    expect("dim_statuses", header.dim_statuses.load(Relaxed).into(), STATUSES)?;
+    expect(
+        "dim_robot_types",
+        header.dim_robot_types.load(Relaxed).into(),
+        ROBOT_TYPES,
+    )?;
+    expect(
+        "dim_statuses",
+        header.dim_statuses.load(Relaxed).into(),
+        STATUSES,
+    )?;
     expect("dim_shards", header.dim_shards.load(Relaxed).into(), SHARDS)?;
-    expect("models_offset", header.models_offset.load(Relaxed), layout::MODELS_OFFSET)?;
-    expect("shards_offset", header.shards_offset.load(Relaxed), layout::SHARDS_OFFSET)?;
-    expect("shard_stride_bytes", header.shard_stride_bytes.load(Relaxed), layout::SHARD_SIZE)?;
+    expect(
+        "models_offset",
+        header.models_offset.load(Relaxed),
+        layout::MODELS_OFFSET,
+    )?;
+    expect(
+        "shards_offset",
+        header.shards_offset.load(Relaxed),
+        layout::SHARDS_OFFSET,
+    )?;
+    expect(
+        "shard_stride_bytes",
+        header.shard_stride_bytes.load(Relaxed),
+        layout::SHARD_SIZE,
+    )?;
     // SAFETY: `len >= total >= SEGMENT_SIZE`, alignment as above, and every Segment field is an
     // atomic or padding.
     Ok(unsafe { &*base.cast::<Segment>() })
@@ -266,5 +311,13 @@ fn read_segment(seg: &Segment) -> Snapshot {
         protocol_errors_total: g.protocol_errors_total.load(Relaxed),
     };
 
-    Snapshot { header, models, robot_types, requests_by_label, model_stats, shards, gauges }
+    Snapshot {
+        header,
+        models,
+        robot_types,
+        requests_by_label,
+        model_stats,
+        shards,
+        gauges,
+    }
 }

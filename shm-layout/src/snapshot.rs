@@ -69,7 +69,11 @@ impl HistogramSnapshot {
                 total
             })
             .collect();
-        HistogramSnapshot { bounds, cumulative, sum }
+        HistogramSnapshot {
+            bounds,
+            cumulative,
+            sum,
+        }
     }
 
     /// The number of observations: the `+Inf` bucket.
@@ -186,7 +190,9 @@ impl Snapshot {
 
     /// Total requests over every label.
     pub fn total_requests(&self) -> u64 {
-        self.requests_by_label.iter().fold(0u64, |a, &b| a.saturating_add(b))
+        self.requests_by_label
+            .iter()
+            .fold(0u64, |a, &b| a.saturating_add(b))
     }
 
     /// The number of shards the layout has.

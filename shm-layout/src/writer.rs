@@ -151,8 +151,13 @@ impl SegmentWriter {
         validate_name(&opts.name)?;
         require_tmpfs(&opts.dir)?;
         let path = opts.path();
-        let tmp = opts.dir.join(format!(".{}.{}.tmp", opts.name, std::process::id()));
-        let io = |source| Error::Io { path: tmp.clone(), source };
+        let tmp = opts
+            .dir
+            .join(format!(".{}.{}.tmp", opts.name, std::process::id()));
+        let io = |source| Error::Io {
+            path: tmp.clone(),
+            source,
+        };
         let _ = fs::remove_file(&tmp);
         let file = OpenOptions::new()
             .read(true)
@@ -162,15 +167,25 @@ impl SegmentWriter {
             .open(&tmp)
             .map_err(io)?;
         // The umask may have narrowed the mode at creation; set it exactly.
-        file.set_permissions(fs::Permissions::from_mode(opts.mode)).map_err(io)?;
+        file.set_permissions(fs::Permissions::from_mode(opts.mode))
+            .map_err(io)?;
         file.set_len(layout::SEGMENT_SIZE as u64).map_err(io)?;
         // SAFETY: the file is ours, freshly created under a private name, and sized above.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(io)?;
-        let mapping = Mapping { map, path: path.clone() };
+        let mapping = Mapping {
+            map,
+            path: path.clone(),
+        };
         init_header(mapping.segment(), &opts.inferd_version);
-        fs::rename(&tmp, &path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        fs::rename(&tmp, &path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
         Ok(SegmentWriter {
-            inner: Arc::new(Inner { mapping, registry: Mutex::new(Registry::default()) }),
+            inner: Arc::new(Inner {
+                mapping,
+                registry: Mutex::new(Registry::default()),
+            }),
         })
     }
 
@@ -195,14 +210,21 @@ impl SegmentWriter {
 
     /// Stores the current time as the heartbeat. Call at least every 250 ms.
     pub fn heartbeat(&self) {
-        self.segment().header.heartbeat_unix_ns.store(unix_ns(SystemTime::now()), Release);
+        self.segment()
+            .header
+            .heartbeat_unix_ns
+            .store(unix_ns(SystemTime::now()), Release);
     }
 
     /// Registers a model (or finds it again by name and version) and returns its slot.
     /// Past capacity it returns [`ModelId::OTHER`] and counts the overflow.
     pub fn register_model(&self, info: &ModelInfo, load_duration: Duration) -> ModelId {
         let seg = self.segment();
-        let mut reg = self.inner.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut reg = self
+            .inner
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let key = (info.name.clone(), info.version.clone());
         let id = match reg.models.get(&key) {
             Some(&id) => id,
@@ -222,22 +244,31 @@ impl SegmentWriter {
             }
         };
         let slot = &seg.models[id.index()];
-        slot.load_duration_ns.store(duration_ns(load_duration), Relaxed);
-        slot.loaded_at_unix_ns.store(unix_ns(SystemTime::now()), Relaxed);
+        slot.load_duration_ns
+            .store(duration_ns(load_duration), Relaxed);
+        slot.loaded_at_unix_ns
+            .store(unix_ns(SystemTime::now()), Relaxed);
         slot.published.store(1, Release);
         id
     }
 
     /// Marks which model slot is being served now.
     pub fn set_active_model(&self, id: ModelId) {
-        self.segment().header.active_model.store(id.index() as u32, Release);
+        self.segment()
+            .header
+            .active_model
+            .store(id.index() as u32, Release);
     }
 
     /// Returns the slot of a robot type, registering it on first sight.
     /// Past capacity it returns [`RobotTypeId::OTHER`] and counts the overflow.
     pub fn robot_type(&self, name: &str) -> RobotTypeId {
         let seg = self.segment();
-        let mut reg = self.inner.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut reg = self
+            .inner
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(&id) = reg.robot_types.get(name) {
             return id;
         }
@@ -257,9 +288,17 @@ impl SegmentWriter {
     /// [`ShardWriter`] drops; its counts stay in the segment.
     pub fn claim_shard(&self, kind: ShardKind) -> Result<ShardWriter> {
         for (index, shard) in self.segment().shards.iter().enumerate() {
-            if shard.claimed.compare_exchange(0, 1, AcqRel, Relaxed).is_ok() {
+            if shard
+                .claimed
+                .compare_exchange(0, 1, AcqRel, Relaxed)
+                .is_ok()
+            {
                 shard.kind.store(kind as u32, Relaxed);
-                return Ok(ShardWriter { inner: Arc::clone(&self.inner), index, _not_sync: PhantomData });
+                return Ok(ShardWriter {
+                    inner: Arc::clone(&self.inner),
+                    index,
+                    _not_sync: PhantomData,
+                });
             }
         }
         Err(Error::ShardsExhausted(layout::SHARDS))
@@ -267,7 +306,9 @@ impl SegmentWriter {
 
     /// The process-wide gauges and rare counters, which several threads update.
     pub fn gauges(&self) -> GaugeWriter<'_> {
-        GaugeWriter { gauges: &self.segment().gauges }
+        GaugeWriter {
+            gauges: &self.segment().gauges,
+        }
     }
 }
 
@@ -387,8 +428,16 @@ impl ShardWriter {
         if let Some(c) = s.compute_ns {
             observe(&stats.compute_ns, duration_bucket(c), c);
         }
-        observe(&stats.request_bytes, bytes_bucket(s.request_bytes), s.request_bytes);
-        observe(&stats.response_bytes, bytes_bucket(s.response_bytes), s.response_bytes);
+        observe(
+            &stats.request_bytes,
+            bytes_bucket(s.request_bytes),
+            s.request_bytes,
+        );
+        observe(
+            &stats.response_bytes,
+            bytes_bucket(s.response_bytes),
+            s.response_bytes,
+        );
     }
 
     /// Records one computed batch: its size and the worker's busy time.
@@ -426,7 +475,8 @@ fn init_header(seg: &Segment, inferd_version: &str) {
     h.magic.store(layout::MAGIC, Relaxed);
     h.version_major.store(layout::VERSION_MAJOR, Relaxed);
     h.version_minor.store(layout::VERSION_MINOR, Relaxed);
-    h.total_size_bytes.store(layout::SEGMENT_SIZE as u64, Relaxed);
+    h.total_size_bytes
+        .store(layout::SEGMENT_SIZE as u64, Relaxed);
     h.writer_pid.store(u64::from(std::process::id()), Relaxed);
     let now = unix_ns(SystemTime::now());
     h.writer_start_unix_ns.store(now, Relaxed);
@@ -438,15 +488,21 @@ fn init_header(seg: &Segment, inferd_version: &str) {
     h.dim_robot_types.store(layout::ROBOT_TYPES as u32, Relaxed);
     h.dim_statuses.store(layout::STATUSES as u32, Relaxed);
     h.dim_shards.store(layout::SHARDS as u32, Relaxed);
-    h.dim_duration_buckets.store(crate::buckets::DURATION_BUCKETS as u32, Relaxed);
-    h.dim_batch_buckets.store(crate::buckets::BATCH_BUCKETS as u32, Relaxed);
-    h.dim_bytes_buckets.store(crate::buckets::BYTES_BUCKETS as u32, Relaxed);
-    h.dim_safety_reasons.store(layout::SAFETY_REASONS as u32, Relaxed);
+    h.dim_duration_buckets
+        .store(crate::buckets::DURATION_BUCKETS as u32, Relaxed);
+    h.dim_batch_buckets
+        .store(crate::buckets::BATCH_BUCKETS as u32, Relaxed);
+    h.dim_bytes_buckets
+        .store(crate::buckets::BYTES_BUCKETS as u32, Relaxed);
+    h.dim_safety_reasons
+        .store(layout::SAFETY_REASONS as u32, Relaxed);
     h.models_offset.store(layout::MODELS_OFFSET as u64, Relaxed);
-    h.robot_types_offset.store(layout::ROBOT_TYPES_OFFSET as u64, Relaxed);
+    h.robot_types_offset
+        .store(layout::ROBOT_TYPES_OFFSET as u64, Relaxed);
     h.gauges_offset.store(layout::GAUGES_OFFSET as u64, Relaxed);
     h.shards_offset.store(layout::SHARDS_OFFSET as u64, Relaxed);
-    h.shard_stride_bytes.store(layout::SHARD_SIZE as u64, Relaxed);
+    h.shard_stride_bytes
+        .store(layout::SHARD_SIZE as u64, Relaxed);
     h.heartbeat_unix_ns.store(now, Relaxed);
     // Written last: a reader that loads READY with Acquire sees everything above.
     h.ready.store(layout::READY, Release);
@@ -469,7 +525,11 @@ fn duration_ns(d: Duration) -> u64 {
 }
 
 fn validate_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty() && name.len() <= 200 && !name.contains(['/', '\0']) && name != "." && name != "..";
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.contains(['/', '\0'])
+        && name != "."
+        && name != "..";
     if ok {
         Ok(())
     } else {
@@ -488,7 +548,10 @@ fn require_tmpfs(dir: &Path) -> Result<()> {
     // SAFETY: as above.
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
     if rc != 0 {
-        return Err(Error::Io { path: dir.to_owned(), source: std::io::Error::last_os_error() });
+        return Err(Error::Io {
+            path: dir.to_owned(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     #[allow(clippy::unnecessary_cast)]
     let fs_type = st.f_type as i64;

@@ -1,0 +1,214 @@
+//! `shmdump`: print a live inferd metrics segment as tables, as AeronStat does for Aeron's
+//! counters file; or, with `--layout`, the segment's offsets table as Markdown.
+//!
+//! ```text
+//! shmdump                     # /dev/shm/inferd
+//! shmdump --name inferd-gpu1  # another segment in /dev/shm
+//! shmdump --path ./copy.bin   # a segment image anywhere
+//! shmdump --watch 1           # redraw every second
+//! shmdump --layout            # the offsets table of docs/shm-layout.md
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::Parser;
+use shm_layout::{
+    layout, unix_ns, HistogramSnapshot, SafetyReason, SegmentReader, Snapshot, Status,
+};
+
+/// Print an inferd metrics segment.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Segment name in --dir.
+    #[arg(long, default_value = shm_layout::DEFAULT_NAME)]
+    name: String,
+    /// Directory holding the segment.
+    #[arg(long, default_value = shm_layout::DEFAULT_DIR)]
+    dir: PathBuf,
+    /// A segment file path; overrides --name and --dir.
+    #[arg(long)]
+    path: Option<PathBuf>,
+    /// Redraw every this many seconds until interrupted.
+    #[arg(long, value_name = "SECONDS")]
+    watch: Option<f64>,
+    /// Print the layout's offsets table as Markdown and exit.
+    #[arg(long)]
+    layout: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.layout {
+        print!("{}", layout::markdown_table());
+        return ExitCode::SUCCESS;
+    }
+    let path = args
+        .path
+        .clone()
+        .unwrap_or_else(|| args.dir.join(&args.name));
+    loop {
+        let result = SegmentReader::open(&path).and_then(|r| r.snapshot());
+        match result {
+            Ok(snapshot) => print!("{}", render(&snapshot, SystemTime::now())),
+            Err(e) => {
+                eprintln!("shmdump: {}: {e}", path.display());
+                if args.watch.is_none() {
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        match args.watch {
+            Some(s) if s.is_finite() && s > 0.0 => {
+                std::thread::sleep(Duration::from_secs_f64(s));
+                println!();
+            }
+            _ => return ExitCode::SUCCESS,
+        }
+    }
+}
+
+fn render(s: &Snapshot, now: SystemTime) -> String {
+    use std::fmt::Write;
+    let h = &s.header;
+    let mut out = String::new();
+    let age_ms = unix_ns(now).saturating_sub(h.heartbeat_unix_ns) as f64 / 1e6;
+    let _ = writeln!(
+        out,
+        "segment v{}.{}  inferd {}  pid {}  generation {:#018x}  state {}  heartbeat {:.0} ms ago",
+        h.version_major,
+        h.version_minor,
+        h.inferd_version,
+        h.writer_pid,
+        h.generation,
+        h.state.as_str(),
+        age_ms
+    );
+    let g = &s.gauges;
+    let _ = writeln!(
+        out,
+        "queue {}/{}  in_flight {}  connections {}  gpu_memory {} B  reloads {} (failed {})  \
+         overflow models {} robot_types {}  protocol_errors {}  connections_rejected {}",
+        g.queue_depth,
+        g.queue_capacity,
+        g.in_flight,
+        g.connections,
+        g.gpu_memory_used_bytes,
+        g.reloads_total,
+        g.reload_failures_total,
+        g.model_overflow_total,
+        g.robot_type_overflow_total,
+        g.protocol_errors_total,
+        g.connections_rejected_total
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<4} {:<24} {:<12} {:<8} {:<10} {:>10}",
+        "slot", "model", "version", "backend", "device", "load_ms"
+    );
+    for (i, m) in s.models.iter().enumerate() {
+        if let Some(m) = m {
+            let active = if h.active_model == Some(i) { "*" } else { " " };
+            let _ = writeln!(
+                out,
+                "{i:<3}{active} {:<24} {:<12} {:<8} {:<10} {:>10.1}",
+                m.name,
+                m.version,
+                m.backend,
+                m.device,
+                m.load_duration_ns as f64 / 1e6
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<24} {:<24} {:<18} {:>12}",
+        "model", "robot_type", "status", "requests"
+    );
+    for m in 0..layout::MODELS {
+        for r in 0..layout::ROBOT_TYPES {
+            for status in Status::ALL {
+                let n = s.requests(m, r, status);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "{:<24} {:<24} {:<18} {n:>12}",
+                        s.model_label(m).unwrap_or("?"),
+                        s.robot_type_label(r).unwrap_or("?"),
+                        status.as_str()
+                    );
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<24} {:<14} {:>10} {:>12} {:>12}",
+        "model", "histogram", "count", "mean", "p99<="
+    );
+    for (m, stats) in s.model_stats.iter().enumerate() {
+        let rows: [(&str, &HistogramSnapshot, f64, &str); 6] = [
+            ("e2e", &stats.e2e_ns, 1e3, "us"),
+            ("queue_wait", &stats.queue_wait_ns, 1e3, "us"),
+            ("compute", &stats.compute_ns, 1e3, "us"),
+            ("batch_size", &stats.batch_size, 1.0, ""),
+            ("request_bytes", &stats.request_bytes, 1.0, "B"),
+            ("response_bytes", &stats.response_bytes, 1.0, "B"),
+        ];
+        for (name, hist, scale, unit) in rows {
+            let count = hist.count();
+            if count == 0 {
+                continue;
+            }
+            let mean = hist.sum as f64 / count as f64 / scale;
+            let p99 = quantile_bound(hist, 0.99).map_or("+Inf".to_owned(), |b| {
+                format!("{:.0}{unit}", b as f64 / scale)
+            });
+            let _ = writeln!(
+                out,
+                "{:<24} {name:<14} {count:>10} {:>12} {p99:>12}",
+                s.model_label(m).unwrap_or("?"),
+                format!("{mean:.1}{unit}")
+            );
+        }
+        if stats.actions_clamped > 0 || stats.outputs_rejected.iter().any(|&n| n > 0) {
+            let _ = write!(
+                out,
+                "{:<24} safety: clamped {}",
+                s.model_label(m).unwrap_or("?"),
+                stats.actions_clamped
+            );
+            for (reason, n) in SafetyReason::ALL.iter().zip(&stats.outputs_rejected) {
+                let _ = write!(out, "  rejected_{} {n}", reason.as_str());
+            }
+            out.push('\n');
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<6} {:<8} {:>12} {:>10} {:>12}",
+        "shard", "kind", "requests", "batches", "busy_ms"
+    );
+    for (i, sh) in s.shards.iter().enumerate() {
+        if sh.requests > 0 || sh.batches > 0 {
+            let _ = writeln!(
+                out,
+                "{i:<6} {:<8} {:>12} {:>10} {:>12.1}",
+                sh.kind.as_str(),
+                sh.requests,
+                sh.batches,
+                sh.busy_ns as f64 / 1e6
+            );
+        }
+    }
+    out
+}
+
+/// The upper bound of the bucket holding quantile `q`, or `None` for `+Inf`.
+fn quantile_bound(h: &HistogramSnapshot, q: f64) -> Option<u64> {
+    let rank = (h.count() as f64 * q).ceil() as u64;
+    let i = h.cumulative.iter().position(|&c| c >= rank)?;
+    h.bounds.get(i).copied()
+}

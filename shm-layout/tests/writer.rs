@@ -1,0 +1,269 @@
+//! The writer's promises: placement, permissions, registries, shards, versions, liveness.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use shm_layout::{
+    layout, Error, Gauge, ModelId, ModelInfo, RobotTypeId, SegmentOptions, SegmentReader,
+    SegmentWriter, ShardKind, Snapshot, State,
+};
+
+use crate::util::{fresh, unique_name, Cleanup};
+
+#[test]
+fn created_on_tmpfs_with_mode_0640() {
+    let (writer, _c) = fresh("mode");
+    assert!(writer.path().starts_with("/dev/shm"));
+    let mode = std::fs::metadata(writer.path())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o640);
+    assert_eq!(
+        std::fs::metadata(writer.path()).unwrap().len(),
+        layout::SEGMENT_SIZE as u64
+    );
+}
+
+#[test]
+fn disk_backed_directory_is_refused() {
+    let mut opts = SegmentOptions::new(unique_name("disk"));
+    opts.dir = std::env::current_dir().unwrap();
+    match SegmentWriter::create(&opts) {
+        Err(Error::NotTmpfs(_)) => {}
+        Ok(w) => {
+            let _ = std::fs::remove_file(w.path());
+            panic!("a segment was created on a disk-backed directory");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[test]
+fn bad_names_are_refused() {
+    for name in ["", "a/b", "..", "x\0y"] {
+        assert!(
+            matches!(
+                SegmentWriter::create(&SegmentOptions::new(name)),
+                Err(Error::InvalidName(_))
+            ),
+            "{name:?}"
+        );
+    }
+}
+
+#[test]
+fn header_is_published_with_identity() {
+    let (writer, _c) = fresh("header");
+    let h = SegmentReader::open(writer.path())
+        .unwrap()
+        .header()
+        .unwrap();
+    assert_eq!(h.writer_pid, u64::from(std::process::id()));
+    assert_eq!(h.state, State::Starting);
+    assert_eq!(h.inferd_version, "test-1.2.3");
+    assert_eq!(
+        (h.version_major, h.version_minor),
+        (layout::VERSION_MAJOR, layout::VERSION_MINOR)
+    );
+    assert_ne!(h.generation, 0);
+    assert_eq!(h.active_model, None);
+    writer.set_state(State::Ready);
+    let before = h.heartbeat_unix_ns;
+    std::thread::sleep(Duration::from_millis(2));
+    writer.heartbeat();
+    let h = SegmentReader::open(writer.path())
+        .unwrap()
+        .header()
+        .unwrap();
+    assert_eq!(h.state, State::Ready);
+    assert!(h.heartbeat_unix_ns > before);
+}
+
+#[test]
+fn a_new_start_gets_a_new_generation_and_inode() {
+    let name = unique_name("gen");
+    let _c = Cleanup(std::path::Path::new("/dev/shm").join(&name));
+    let first = SegmentWriter::create(&SegmentOptions::new(&name)).unwrap();
+    let old = SegmentReader::open(first.path()).unwrap();
+    let second = SegmentWriter::create(&SegmentOptions::new(&name)).unwrap();
+    let new = SegmentReader::open(second.path()).unwrap();
+    assert_ne!(old.inode(), new.inode());
+    assert_ne!(
+        old.header().unwrap().generation,
+        new.header().unwrap().generation
+    );
+    // The old mapping stays readable after its file was replaced (unlinked).
+    assert!(old.snapshot().is_ok());
+}
+
+#[test]
+fn registries_fill_then_overflow_to_other() {
+    let (writer, _c) = fresh("overflow");
+    let ids: Vec<RobotTypeId> = (0..layout::ROBOT_TYPE_SLOTS + 6)
+        .map(|i| writer.robot_type(&format!("robot-{i}")))
+        .collect();
+    assert_eq!(
+        writer.robot_type("robot-3"),
+        ids[3],
+        "lookups are idempotent"
+    );
+    assert!(ids[..layout::ROBOT_TYPE_SLOTS]
+        .iter()
+        .all(|&id| id != RobotTypeId::OTHER));
+    assert!(ids[layout::ROBOT_TYPE_SLOTS..]
+        .iter()
+        .all(|&id| id == RobotTypeId::OTHER));
+    let models: Vec<ModelId> = (0..layout::MODEL_SLOTS + 2)
+        .map(|i| {
+            writer.register_model(
+                &ModelInfo {
+                    name: format!("m{i}"),
+                    version: "v".into(),
+                    ..Default::default()
+                },
+                Duration::from_millis(i as u64),
+            )
+        })
+        .collect();
+    assert_eq!(models[layout::MODEL_SLOTS], ModelId::OTHER);
+    writer.set_active_model(models[2]);
+
+    let s = SegmentReader::open(writer.path())
+        .unwrap()
+        .snapshot()
+        .unwrap();
+    assert_eq!(s.gauges.robot_type_overflow_total, 6);
+    assert_eq!(s.gauges.model_overflow_total, 2);
+    assert_eq!(s.robot_type_label(3), Some("robot-3"));
+    assert_eq!(s.robot_type_label(layout::ROBOT_TYPES - 1), Some("other"));
+    assert_eq!(s.model_label(layout::MODELS - 1), Some("other"));
+    assert_eq!(s.header.active_model, Some(2));
+    assert_eq!(s.models[2].as_ref().unwrap().load_duration_ns, 2_000_000);
+}
+
+#[test]
+fn long_names_are_cut_at_a_char_boundary() {
+    let (writer, _c) = fresh("long");
+    let long = "é".repeat(100);
+    let id = writer.robot_type(&long);
+    let s = SegmentReader::open(writer.path())
+        .unwrap()
+        .snapshot()
+        .unwrap();
+    let name = s.robot_type_label(id.index()).unwrap();
+    assert!(name.len() <= layout::ROBOT_TYPE_BYTES && long.starts_with(name) && !name.is_empty());
+}
+
+#[test]
+fn shards_are_exclusive_until_released() {
+    let (writer, _c) = fresh("shards");
+    let mut held: Vec<_> = (0..layout::SHARDS)
+        .map(|_| writer.claim_shard(ShardKind::Io).unwrap())
+        .collect();
+    let mut indices: Vec<usize> = held.iter().map(|s| s.index()).collect();
+    indices.dedup();
+    assert_eq!(indices.len(), layout::SHARDS);
+    assert!(matches!(
+        writer.claim_shard(ShardKind::Io),
+        Err(Error::ShardsExhausted(_))
+    ));
+    let released = held.pop().unwrap().index();
+    assert_eq!(
+        writer.claim_shard(ShardKind::Worker).unwrap().index(),
+        released
+    );
+}
+
+#[test]
+fn gauges_add_and_set() {
+    let (writer, _c) = fresh("gauges");
+    let g = writer.gauges();
+    g.add(Gauge::QueueDepth, 3);
+    g.add(Gauge::QueueDepth, -1);
+    g.set(Gauge::QueueCapacity, 128);
+    g.add(Gauge::ReloadFailuresTotal, 1);
+    g.add(Gauge::ReloadFailuresTotal, -5);
+    g.add(Gauge::Connections, -2);
+    let s = SegmentReader::open(writer.path())
+        .unwrap()
+        .snapshot()
+        .unwrap();
+    assert_eq!(s.gauges.queue_depth, 2);
+    assert_eq!(s.gauges.queue_capacity, 128);
+    assert_eq!(s.gauges.reload_failures_total, 1, "counters only go up");
+    assert_eq!(
+        s.gauges.connections, 0,
+        "a transiently negative gauge reads as 0"
+    );
+}
+
+fn image_with(edit: impl FnOnce(&mut [u8])) -> Result<Snapshot, Error> {
+    let (writer, _c) = fresh("version");
+    let mut image = std::fs::read(writer.path()).unwrap();
+    edit(&mut image);
+    Snapshot::from_bytes(&image)
+}
+
+#[test]
+fn versions_other_major_refused_higher_minor_accepted() {
+    let major = std::mem::offset_of!(layout::Header, version_major);
+    let minor = std::mem::offset_of!(layout::Header, version_minor);
+    let err = image_with(|b| b[major..major + 4].copy_from_slice(&2u32.to_le_bytes())).unwrap_err();
+    assert!(
+        matches!(err, Error::IncompatibleVersion { found_major: 2, .. }),
+        "{err}"
+    );
+    let s = image_with(|b| b[minor..minor + 4].copy_from_slice(&7u32.to_le_bytes())).unwrap();
+    assert_eq!(s.header.version_minor, 7);
+    let err = image_with(|b| b[0] ^= 0xff).unwrap_err();
+    assert!(matches!(err, Error::BadMagic(_)), "{err}");
+    let ready = std::mem::offset_of!(layout::Header, ready);
+    let err = image_with(|b| b[ready] = 0).unwrap_err();
+    assert!(matches!(err, Error::NotReady), "{err}");
+    let total = std::mem::offset_of!(layout::Header, total_size_bytes);
+    let err =
+        image_with(|b| b[total..total + 8].copy_from_slice(&u64::MAX.to_le_bytes())).unwrap_err();
+    assert!(matches!(err, Error::TooSmall { .. }), "{err}");
+}
+
+/// Runs in a child: writes through the reader's mapping, which must fault.
+#[test]
+#[ignore = "run by writer::reader_mapping_is_read_only in a child process"]
+fn child_writes_through_reader_mapping() {
+    let Ok(path) = std::env::var("SHM_LAYOUT_READONLY_PATH") else {
+        return;
+    };
+    let reader = SegmentReader::open(path).unwrap();
+    let p = reader.as_ptr() as *mut u8;
+    // SAFETY: deliberately unsound: the point is that the kernel refuses the write (SIGSEGV).
+    unsafe { p.write_volatile(0x42) };
+    println!("WROTE");
+}
+
+#[test]
+fn reader_mapping_is_read_only() {
+    use std::os::unix::process::ExitStatusExt;
+    let (writer, _c) = fresh("readonly");
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "writer::child_writes_through_reader_mapping",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("SHM_LAYOUT_READONLY_PATH", writer.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGSEGV),
+        "the write must fault: {out:?}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("WROTE"));
+    assert!(SegmentReader::open(writer.path())
+        .unwrap()
+        .snapshot()
+        .is_ok());
+}
