@@ -57,8 +57,8 @@ pub const fn bytes_bounds() -> [u64; BYTES_BUCKETS - 1] {
 /// The bucket of a duration: the first whose bound is >= `ns`.
 #[inline(always)]
 pub const fn duration_bucket(ns: u64) -> usize {
-    // Ceiling to whole microseconds without overflow.
-    let us = ns / 1_000 + (ns % 1_000 != 0) as u64;
+    // Ceiling to whole microseconds; saturating, so u64::MAX still lands in +Inf.
+    let us = ns.saturating_add(999) / 1_000;
     let idx = if us <= 1 {
         0
     } else {

@@ -237,12 +237,11 @@ pub struct Shard {
     pub kind: AtomicU32,
     /// Nanoseconds this worker spent computing batches.
     pub busy_ns: AtomicU64,
-    /// Requests this thread recorded, whatever their status.
-    pub requests: AtomicU64,
     /// Batches this worker computed.
     pub batches: AtomicU64,
-    /// Named padding to the end of the first line.
-    pub _pad0: [u8; 32],
+    /// Named padding to the end of the first line. (A shard's request count is the sum of its
+    /// `requests_by_label`; keeping it twice would cost the hot path a store.)
+    pub _pad0: [u8; 40],
     /// Request counters by model × robot type × status.
     pub requests_by_label: [[[AtomicU64; STATUSES]; ROBOT_TYPES]; MODELS],
     /// Histograms and safety counters by model.
@@ -421,9 +420,8 @@ pub fn fields() -> Vec<Field> {
         claimed: "u32",
         kind: "u32 (0 unused, 1 worker, 2 io)",
         busy_ns: "u64",
-        requests: "u64",
         batches: "u64",
-        _pad0: "u8[32]",
+        _pad0: "u8[40]",
         requests_by_label: "u64[9][65][7] (model, robot type, status)",
         models: "ModelStats[9]",
     ));

@@ -291,7 +291,12 @@ fn read_segment(seg: &Segment) -> Snapshot {
         .map(|s| ShardSnapshot {
             kind: ShardKind::from_word(s.kind.load(Relaxed)),
             busy_ns: s.busy_ns.load(Relaxed),
-            requests: s.requests.load(Relaxed),
+            requests: s
+                .requests_by_label
+                .iter()
+                .flatten()
+                .flatten()
+                .fold(0u64, |acc, v| acc.saturating_add(v.load(Relaxed))),
             batches: s.batches.load(Relaxed),
         })
         .collect();

@@ -419,7 +419,6 @@ impl ShardWriter {
         let m = s.model.index().min(layout::MODELS - 1);
         let r = s.robot_type.index().min(layout::ROBOT_TYPES - 1);
         bump(&shard.requests_by_label[m][r][s.status.index()], 1);
-        bump(&shard.requests, 1);
         let stats = &shard.models[m];
         observe(&stats.e2e_ns, duration_bucket(s.e2e_ns), s.e2e_ns);
         if let Some(q) = s.queue_wait_ns {
