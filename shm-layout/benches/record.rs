@@ -4,6 +4,8 @@
 //!
 //! Last line: `BENCH record ns_per_request=<x> prometheus_ns_per_request=<y> ratio=<y/x> ns_per_request_2threads=<z>`
 
+#![allow(clippy::unwrap_used)] // A benchmark: failing loudly on setup is what we want.
+
 use std::hint::black_box;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};

@@ -1,4 +1,5 @@
 //! shm-layout's integration tests, in one binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a failed setup should fail loudly.
 
 /// Helpers shared by the modules below: unique segment names and cleanup.
 mod util;

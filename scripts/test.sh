@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test run: README's test command, and what CI runs (.ci/run calls this).
+# It installs what the tests need (promtool and Prometheus, cargo-fuzz, numpy and msgpack) only when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+step() { printf '\n==> %s\n' "$*"; }
+
+step "tools the tests need"
+bash scripts/setup-prometheus.sh
+bash scripts/setup-fuzz.sh
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build (the end-to-end tests spawn these binaries)"
+cargo build --workspace --all-targets --locked
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "benchmarks: a quick smoke pass of each (numbers come from scripts/bench.sh)"
+cargo test --workspace --benches --locked
+
+step "fuzz targets build"
+(cd shm-layout/fuzz && cargo +nightly fuzz build)
+
+if [[ -f tests/python/run.sh ]]; then
+  step "python client against the real daemon"
+  INFERD_BIN="$PWD/target/debug/inferd" bash tests/python/run.sh
+fi
+
+step "all tests passed"
