@@ -16,6 +16,9 @@ pub enum Error {
         /// What the operating system said.
         source: std::io::Error,
     },
+    /// The command line did not parse, or asked for `--help` or `--version`; clap's text.
+    #[error("{0}")]
+    Cli(#[from] clap::Error),
     /// The configuration (flags, config file or environment) is unusable.
     #[error("configuration: {0}")]
     Config(String),

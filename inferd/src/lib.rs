@@ -1,8 +1,61 @@
-//! inferd (work in progress).
+//! inferd serves robot policies over a Unix socket: dynamic batching, deadlines, a safety
+//! filter, and every request recorded in the shared-memory metrics segment (shm-layout).
+//!
+//! # Overview
+//!
+//! - [`Config`] is every option (clap flags, or a TOML file with the same keys).
+//! - [`run`] is the daemon. It creates the segment, loads the model through a [`Backend`]
+//!   ([`CpuBackend`] runs the built-in [`MlpPolicy`] format), starts compute workers behind
+//!   a bounded queue, and serves the socket until SIGTERM drains it; SIGHUP reloads the model.
+//! - Connections speak the [`protocol`] of `docs/protocol.md`: frames of msgpack maps with
+//!   openpi's msgpack-numpy arrays. Answers go back by id, so requests may be pipelined.
+//! - Workers batch requests as Triton's dynamic batcher does, refuse expired deadlines before
+//!   compute, and pass every output through the [`SafetyFilter`].
+//! - [`Client`] is the Rust client; [`run_bench`] and [`serve_echo`] are the load generator
+//!   and the baseline server behind `inferctl bench` and `inferctl echo-serve`.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo() -> inferd::Result<()> {
+//! // A server started with `inferd --socket /tmp/inferd.sock` serves the demo policy.
+//! let mut client = inferd::Client::connect("/tmp/inferd.sock").await?;
+//! client.hello("anymal_c", Some("7")).await?;
+//! let result = client.infer(&[0.0; 48], Some(10_000)).await?;
+//! assert_eq!(result.outputs[0].1.shape, [12]);
+//! # Ok(()) }
+//! ```
+
 #![deny(missing_docs)]
-pub mod backend;
+
+mod backend;
+mod bench;
+mod client;
+mod config;
+mod echo;
 mod error;
-pub mod policy;
+mod logging;
+mod metrics;
+mod model;
+mod policy;
 pub mod protocol;
-pub mod safety;
+mod safety;
+mod scheduler;
+mod server;
+mod signals;
+
+pub use crate::backend::{
+    Backend, BackendKind, Batch, BatchOutput, CpuBackend, ModelMetadata, ModelSource,
+};
+pub use crate::bench::{run_bench, BenchOptions, BenchReport, Latency};
+pub use crate::client::{AnswerReceiver, Client, RequestSender, CLIENT_MAX_FRAME_BYTES};
+pub use crate::config::{default_socket_path, Config, IO_THREADS};
+pub use crate::echo::{demo_metadata_frame, serve_echo};
 pub use crate::error::{Error, Result};
+pub use crate::logging::init_logging;
+pub use crate::policy::{
+    check_limits, Activation, Linear, MlpPolicy, ObsNormalization, DEFAULT_OBS_EPS, DEMO_WIDTHS,
+    MAX_POLICY_FILE_BYTES, MLP_FORMAT, MLP_FORMAT_VERSION,
+};
+pub use crate::safety::{SafetyFilter, Verdict};
+pub use crate::server::run;

@@ -1,19 +1,4 @@
-//! The safetensors file of an MLP policy.
-//!
-//! Tensors, all `F32`:
-//!
-//! | name | shape | |
-//! |---|---|---|
-//! | `layers.{i}.weight` | `[out, in]` | `i = 0, 1, ...` with no gaps |
-//! | `layers.{i}.bias` | `[out]` | |
-//! | `obs_mean`, `obs_std` | `[in]` | optional, both or neither |
-//! | `action_scale` | `[out]` or `[1]` | optional, default 1 |
-//! | `action_low`, `action_high` | `[out]` | optional, both or neither |
-//!
-//! `__metadata__` (all values strings): `format` = `inferd-mlp`, `format_version` = `1`,
-//! `activation` (`elu`, `relu`, `tanh`, `gelu`), and optionally `obs_eps` (default `1e-8`),
-//! `name`, `version`, `input_name` (default `obs`), `output_name` (default `actions`).
-//! Any other tensor is an error, so that a misnamed one cannot be silently ignored.
+//! The safetensors file of an MLP policy: reading, checking and writing it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,13 +12,13 @@ use crate::{Error, Result};
 type Named = (Vec<usize>, Vec<f32>);
 
 /// The `format` metadata value.
-pub const FORMAT: &str = "inferd-mlp";
+pub const MLP_FORMAT: &str = "inferd-mlp";
 /// The `format_version` this build reads and writes.
-pub const FORMAT_VERSION: &str = "1";
+pub const MLP_FORMAT_VERSION: &str = "1";
 /// `obs_eps` when the file does not set it.
 pub const DEFAULT_OBS_EPS: f32 = 1e-8;
 /// The largest policy file read, bytes; far above any MLP policy.
-pub const MAX_FILE_BYTES: u64 = 1 << 30;
+pub const MAX_POLICY_FILE_BYTES: u64 = 1 << 30;
 
 impl MlpPolicy {
     /// Reads and checks a policy file.
@@ -43,9 +28,9 @@ impl MlpPolicy {
             reason,
         };
         let len = std::fs::metadata(path).map_err(Error::io(path))?.len();
-        if len > MAX_FILE_BYTES {
+        if len > MAX_POLICY_FILE_BYTES {
             return Err(model_error(format!(
-                "{len} bytes is over the {MAX_FILE_BYTES}-byte limit"
+                "{len} bytes is over the {MAX_POLICY_FILE_BYTES}-byte limit"
             )));
         }
         let bytes = std::fs::read(path).map_err(Error::io(path))?;
@@ -53,6 +38,21 @@ impl MlpPolicy {
     }
 
     /// Parses and checks a policy from safetensors bytes.
+    ///
+    /// Tensors, all `F32`:
+    ///
+    /// | name | shape | |
+    /// |---|---|---|
+    /// | `layers.{i}.weight` | `[out, in]` | `i = 0, 1, ...` with no gaps |
+    /// | `layers.{i}.bias` | `[out]` | |
+    /// | `obs_mean`, `obs_std` | `[in]` | optional, both or neither |
+    /// | `action_scale` | `[out]` or `[1]` | optional, default 1 |
+    /// | `action_low`, `action_high` | `[out]` | optional, both or neither |
+    ///
+    /// `__metadata__` (all values strings): `format` = `inferd-mlp`, `format_version` = `1`,
+    /// `activation` (`elu`, `relu`, `tanh`, `gelu`), and optionally `obs_eps` (default `1e-8`),
+    /// `name`, `version`, `input_name` (default `obs`), `output_name` (default `actions`).
+    /// Any other tensor is an error, so that a misnamed one cannot be silently ignored.
     pub fn from_safetensors(bytes: &[u8]) -> Result<MlpPolicy, String> {
         let (_, header) =
             SafeTensors::read_metadata(bytes).map_err(|e| format!("not safetensors: {e}"))?;
@@ -61,14 +61,18 @@ impl MlpPolicy {
         let empty = HashMap::new();
         let meta = header.metadata().as_ref().unwrap_or(&empty);
         match meta.get("format").map(String::as_str) {
-            Some(FORMAT) => {}
-            other => return Err(format!("metadata format is {other:?}, expected {FORMAT:?}")),
-        }
-        match meta.get("format_version").map(String::as_str) {
-            Some(FORMAT_VERSION) => {}
+            Some(MLP_FORMAT) => {}
             other => {
                 return Err(format!(
-                    "metadata format_version is {other:?}, expected {FORMAT_VERSION:?}"
+                    "metadata format is {other:?}, expected {MLP_FORMAT:?}"
+                ))
+            }
+        }
+        match meta.get("format_version").map(String::as_str) {
+            Some(MLP_FORMAT_VERSION) => {}
+            other => {
+                return Err(format!(
+                    "metadata format_version is {other:?}, expected {MLP_FORMAT_VERSION:?}"
                 ))
             }
         }
@@ -241,8 +245,8 @@ impl MlpPolicy {
             .as_ref()
             .map_or(DEFAULT_OBS_EPS, |n| n.eps);
         let meta: HashMap<String, String> = [
-            ("format", FORMAT.to_owned()),
-            ("format_version", FORMAT_VERSION.to_owned()),
+            ("format", MLP_FORMAT.to_owned()),
+            ("format_version", MLP_FORMAT_VERSION.to_owned()),
             ("activation", self.activation.as_str().to_owned()),
             ("obs_eps", format!("{eps:e}")),
             ("name", self.name.clone()),
@@ -325,7 +329,7 @@ mod tests {
     }
 
     const META: [(&str, &str); 3] = [
-        ("format", FORMAT),
+        ("format", MLP_FORMAT),
         ("format_version", "1"),
         ("activation", "relu"),
     ];
@@ -384,7 +388,7 @@ mod tests {
                 "format is Some(\"onnx\")",
             ),
             (
-                file(layer(), &[("format", FORMAT), ("format_version", "9")]),
+                file(layer(), &[("format", MLP_FORMAT), ("format_version", "9")]),
                 "format_version",
             ),
             (file(layer(), &META[..2]), "no activation"),

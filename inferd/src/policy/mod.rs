@@ -2,13 +2,16 @@
 //!
 //! A policy is a stack of Linear layers with one activation between them (none after the last),
 //! optional observation normalization `(x - mean) / (std + eps)` before the first layer, and a
-//! per-action scale after the last. It is stored as a safetensors file (see [`format`] for the
-//! tensor names and metadata keys), written by `scripts/export_policy.py` or
+//! per-action scale after the last. It is stored as a safetensors file (tensor names and
+//! metadata keys at [`MlpPolicy::from_safetensors`]), written by `scripts/export_policy.py` or
 //! [`MlpPolicy::to_safetensors`].
 
 mod demo;
-pub mod format;
+mod format;
 mod forward;
+
+pub use self::demo::DEMO_WIDTHS;
+pub use self::format::{DEFAULT_OBS_EPS, MAX_POLICY_FILE_BYTES, MLP_FORMAT, MLP_FORMAT_VERSION};
 
 use std::cmp::Ordering;
 use std::fmt;

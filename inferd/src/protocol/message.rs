@@ -183,6 +183,14 @@ impl<'v, 'a> MapRef<'v, 'a> {
     }
 }
 
+/// The text of a msgpack str.
+pub(crate) fn as_str<'v>(value: &'v ValueRef<'_>) -> Option<&'v str> {
+    match value {
+        ValueRef::String(s) => s.as_str(),
+        _ => None,
+    }
+}
+
 fn key_bytes<'v>(key: &'v ValueRef<'_>) -> Option<&'v [u8]> {
     match key {
         ValueRef::String(s) => Some(s.as_bytes()),

@@ -10,6 +10,7 @@ pub use self::code::ErrorCode;
 pub use self::frame::{
     decode_body, encode_frame, FrameCodec, FrameError, DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES,
 };
+pub(crate) use self::message::{as_str, MapRef};
 pub use self::message::{
     ActionLimits, ClientMessage, ErrorReply, Hello, InferRequest, InferResult, Metadata,
     ModelDescription, Rejection, ServerMessage, TensorSpec, Timing, MAX_ROBOT_TYPE_BYTES,

@@ -1,0 +1,235 @@
+//! `inferctl`: talk to inferd from a shell: `info`, `infer`, `bench`, and `echo-serve` (the
+//! benchmark's baseline server).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use inferd::{BenchOptions, Client};
+
+/// Talks to inferd over its Unix socket.
+#[derive(Parser)]
+#[command(name = "inferctl", version)]
+struct Cli {
+    /// inferd's socket. Default: the path inferd itself defaults to here, or
+    /// /run/inferd/inferd.sock if only that one exists.
+    #[arg(long, global = true, value_name = "PATH", env = "INFERD_SOCKET")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the server's metadata: protocol, model, inputs, outputs, action limits.
+    Info {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one observation and print the actions and timings.
+    Infer {
+        /// Observation values, comma-separated; default: zeros of the model's input width.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            allow_hyphen_values = true,
+            value_name = "X,.."
+        )]
+        obs: Vec<f32>,
+        /// Deadline, microseconds from the server's receipt.
+        #[arg(long, value_name = "US")]
+        deadline_us: Option<u64>,
+        /// Robot type to announce in a hello first.
+        #[arg(long)]
+        robot_type: Option<String>,
+        /// Robot id to announce with the robot type.
+        #[arg(long, requires = "robot_type")]
+        robot_id: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate load and print throughput, latency percentiles and errors by code.
+    Bench {
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Offered rate over all connections, requests/s (open loop). Default: closed loop.
+        #[arg(long, value_name = "RPS")]
+        rate: Option<f64>,
+        /// Measured duration, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration_seconds: f64,
+        /// Unmeasured warm-up before it, seconds.
+        #[arg(long, default_value_t = 1.0)]
+        warmup_seconds: f64,
+        /// Deadline sent with each request, microseconds.
+        #[arg(long, value_name = "US")]
+        deadline_us: Option<u64>,
+        /// Robot type announced on each connection.
+        #[arg(long)]
+        robot_type: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the benchmark's echo baseline on --socket: inferd's metadata frame, then every
+    /// frame sent straight back.
+    EchoServe,
+}
+
+fn socket(cli: &Cli) -> PathBuf {
+    if let Some(s) = &cli.socket {
+        return s.clone();
+    }
+    let default = inferd::default_socket_path();
+    let system = PathBuf::from("/run/inferd/inferd.sock");
+    if !default.exists() && system.exists() {
+        return system;
+    }
+    default
+}
+
+fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| anyhow::anyhow!("--{name} must be a non-negative number of seconds"))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let path = socket(&cli);
+    match cli.command {
+        Command::Info { json } => {
+            let client = Client::connect(&path)
+                .await
+                .with_context(|| format!("connecting to {}", path.display()))?;
+            let m = client.metadata();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&metadata_json(m))?);
+            } else {
+                println!("server    {} (protocol {})", m.server, m.protocol_version);
+                println!(
+                    "model     {} version {} on {}/{}",
+                    m.model.name, m.model.version, m.model.backend, m.model.device
+                );
+                for s in &m.inputs {
+                    println!("input     {} {} {:?}", s.name, s.dtype, s.shape);
+                }
+                for s in &m.outputs {
+                    println!("output    {} {} {:?}", s.name, s.dtype, s.shape);
+                }
+                match &m.action_limits {
+                    Some(l) => println!("limits    low {:?}\n          high {:?}", l.low, l.high),
+                    None => println!("limits    none"),
+                }
+                println!(
+                    "frames    up to {} bytes, {} in flight per connection",
+                    m.max_frame_bytes, m.max_in_flight
+                );
+            }
+        }
+        Command::Infer {
+            obs,
+            deadline_us,
+            robot_type,
+            robot_id,
+            json,
+        } => {
+            let mut client = Client::connect(&path)
+                .await
+                .with_context(|| format!("connecting to {}", path.display()))?;
+            if let Some(rt) = &robot_type {
+                client.hello(rt, robot_id.as_deref()).await?;
+            }
+            let width = client
+                .metadata()
+                .inputs
+                .first()
+                .and_then(|s| s.shape.first())
+                .copied()
+                .unwrap_or(0) as usize;
+            let obs = if obs.is_empty() {
+                vec![0.0; width]
+            } else {
+                obs
+            };
+            if obs.len() != width {
+                bail!("--obs has {} values; the model takes {width}", obs.len());
+            }
+            let r = client.infer(&obs, deadline_us).await?;
+            let (name, actions) = r
+                .outputs
+                .first()
+                .map(|(n, t)| (n.as_str(), &t.data[..]))
+                .unwrap_or(("", &[]));
+            if json {
+                let v = serde_json::json!({
+                    "id": r.id,
+                    name: actions,
+                    "timing": {"queue_us": r.timing.queue_us, "compute_us": r.timing.compute_us, "total_us": r.timing.total_us},
+                });
+                println!("{v}");
+            } else {
+                println!("{name} {actions:?}");
+                println!(
+                    "timing queue {} us, compute {} us, total {} us",
+                    r.timing.queue_us, r.timing.compute_us, r.timing.total_us
+                );
+            }
+        }
+        Command::Bench {
+            connections,
+            rate,
+            duration_seconds,
+            warmup_seconds,
+            deadline_us,
+            robot_type,
+            json,
+        } => {
+            if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+                bail!("--rate must be a positive number of requests per second");
+            }
+            let opts = BenchOptions {
+                socket: path,
+                connections,
+                rate_rps: rate,
+                duration: seconds("duration-seconds", duration_seconds)?,
+                warmup: seconds("warmup-seconds", warmup_seconds)?,
+                deadline_us,
+                robot_type,
+            };
+            let report = inferd::run_bench(&opts).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", report.render());
+            }
+        }
+        Command::EchoServe => {
+            env_logger::Builder::new().parse_filters("info").init();
+            inferd::serve_echo(&path).await?;
+        }
+    }
+    Ok(())
+}
+
+fn metadata_json(m: &inferd::protocol::Metadata) -> serde_json::Value {
+    let specs = |list: &[inferd::protocol::TensorSpec]| -> Vec<serde_json::Value> {
+        list.iter()
+            .map(|s| serde_json::json!({"name": s.name, "dtype": s.dtype, "shape": s.shape}))
+            .collect()
+    };
+    serde_json::json!({
+        "protocol_version": m.protocol_version,
+        "server": m.server,
+        "model": {"name": m.model.name, "version": m.model.version, "backend": m.model.backend, "device": m.model.device},
+        "inputs": specs(&m.inputs),
+        "outputs": specs(&m.outputs),
+        "action_limits": m.action_limits.as_ref().map(|l| serde_json::json!({"low": l.low, "high": l.high})),
+        "max_frame_bytes": m.max_frame_bytes,
+        "max_in_flight": m.max_in_flight,
+    })
+}

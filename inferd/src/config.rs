@@ -1,0 +1,493 @@
+//! inferd's options: command-line flags (clap), an optional TOML file whose keys are the
+//! flags' long names, and the environment-derived defaults.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+use crate::backend::{BackendKind, ModelSource};
+use crate::protocol::DEFAULT_MAX_FRAME_BYTES;
+use crate::{Error, Result};
+
+/// Socket threads: receiving, decoding and answering is light work next to compute.
+pub const IO_THREADS: usize = 2;
+
+/// Everything inferd can be told. Every field is a flag; `--config FILE` may set any of them
+/// with the same name (`max-batch-size = 32`), and a flag on the command line wins.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "inferd",
+    version,
+    about = "Serves a robot policy over a Unix socket, with batching, deadlines and metrics.",
+    long_about = "Serves a robot policy over a Unix socket, with dynamic batching, deadlines, a \
+                  safety filter, and every request recorded in a shared-memory metrics segment.\n\n\
+                  With no arguments it serves a built-in demo policy on the CPU.\n\
+                  Signals: SIGTERM or SIGINT drain and exit 0; SIGHUP reloads the model file.",
+    args_override_self = true
+)]
+pub struct Config {
+    /// TOML file of options, keyed by long flag name (e.g. `max-batch-size = 32`);
+    /// flags given on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Unix socket to listen on. Default: $XDG_RUNTIME_DIR/inferd.sock, or
+    /// $RUNTIME_DIRECTORY/inferd.sock (/run/inferd/inferd.sock) under systemd, else
+    /// /tmp/inferd-UID/inferd.sock.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Name of the metrics segment file.
+    #[arg(long, value_name = "NAME", default_value = shm_layout::DEFAULT_NAME)]
+    pub segment_name: String,
+
+    /// tmpfs directory holding the metrics segment.
+    #[arg(long, value_name = "DIR", default_value = shm_layout::DEFAULT_DIR)]
+    pub segment_dir: PathBuf,
+
+    /// Policy file (safetensors, built-in MLP format). Without it, the built-in demo policy.
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+
+    /// Backend that runs the model.
+    #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
+    pub backend: BackendKind,
+
+    /// Compute worker threads, each running one batch at a time.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub workers: usize,
+
+    /// Largest batch, in observations.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub max_batch_size: usize,
+
+    /// How long a worker holding a request waits for more to fill its batch, microseconds
+    /// (Triton's max_queue_delay_microseconds). 0: batch only what is already queued.
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    pub max_queue_delay_us: u64,
+
+    /// Requests the queue holds; past it, requests are answered `overloaded` at once.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub queue_capacity: usize,
+
+    /// Open connections accepted; more are refused with `overloaded`.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_connections: usize,
+
+    /// Requests one connection may have in flight; more are answered `overloaded`.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_in_flight: usize,
+
+    /// Close a connection that sent nothing for this long and has nothing in flight,
+    /// seconds. 0: never.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300.0)]
+    pub idle_timeout_seconds: f64,
+
+    /// Largest frame body accepted, bytes; a larger one is answered `frame_too_large` and
+    /// the connection closed.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES)]
+    pub max_frame_bytes: usize,
+
+    /// On SIGTERM/SIGINT, how long queued work may take to finish before what is left is
+    /// answered `shutting_down`, seconds.
+    #[arg(
+        long,
+        visible_alias = "drain-timeout",
+        value_name = "SECONDS",
+        default_value_t = 10.0
+    )]
+    pub drain_timeout_seconds: f64,
+
+    /// Lower action bounds, comma-separated, one per action; overrides the model's own.
+    #[arg(long, value_name = "X,..", value_delimiter = ',', allow_hyphen_values = true,
+          action = clap::ArgAction::Set, num_args = 1, requires = "action_high")]
+    pub action_low: Vec<f32>,
+
+    /// Upper action bounds, comma-separated, one per action; overrides the model's own.
+    #[arg(long, value_name = "X,..", value_delimiter = ',', allow_hyphen_values = true,
+          action = clap::ArgAction::Set, num_args = 1, requires = "action_low")]
+    pub action_high: Vec<f32>,
+
+    /// Symmetric bound: clamp every action to [-X, X]; overrides the model's own.
+    #[arg(long, value_name = "X", conflicts_with_all = ["action_low", "action_high"])]
+    pub action_clip: Option<f32>,
+
+    /// Log filter: error, warn, info, debug, trace, or env_logger syntax (`inferd=debug`).
+    #[arg(
+        long,
+        value_name = "FILTER",
+        env = "INFERD_LOG",
+        default_value = "info"
+    )]
+    pub log_level: String,
+}
+
+impl Config {
+    /// Parses the process's arguments, merging the config file. A command line that does not
+    /// parse, `--help` and `--version` print clap's text and exit, as a command-line tool should.
+    pub fn from_env() -> Result<Config> {
+        match Config::parse_from_args(std::env::args_os()) {
+            Err(Error::Cli(e)) => e.exit(),
+            other => other,
+        }
+    }
+
+    /// Parses `args` (program name first), merging the config file if `--config` names one.
+    /// A command line that does not parse (and `--help`, `--version`) is an [`Error::Cli`].
+    pub fn parse_from_args<I, T>(args: I) -> Result<Config>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let first = Config::try_parse_from(&args)?;
+        let Some(file) = &first.config else {
+            first.validate()?;
+            return Ok(first);
+        };
+        let mut merged = args.first().cloned().into_iter().collect::<Vec<_>>();
+        merged.extend(file_args(file)?);
+        merged.extend(args.iter().skip(1).cloned());
+        // The file's values come first, so a flag repeated on the command line overrides them.
+        let matches = Config::command()
+            .try_get_matches_from(merged)
+            .map_err(|e| {
+                Error::Config(format!(
+                    "{} (with options from {})",
+                    e.render(),
+                    file.display()
+                ))
+            })?;
+        let config = Config::from_arg_matches(&matches)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values clap cannot: ranges, and bounds that belong together.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        let max_workers = shm_layout::layout::SHARDS - IO_THREADS - 2;
+        if self.workers == 0 || self.workers > max_workers {
+            return bad(format!(
+                "--workers must be 1 to {max_workers}, got {}",
+                self.workers
+            ));
+        }
+        if self.max_batch_size == 0 || self.max_batch_size > 1024 {
+            return bad(format!(
+                "--max-batch-size must be 1 to 1024, got {}",
+                self.max_batch_size
+            ));
+        }
+        for (name, v) in [
+            ("--queue-capacity", self.queue_capacity),
+            ("--max-connections", self.max_connections),
+            ("--max-in-flight", self.max_in_flight),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        if self.max_frame_bytes < 64 || self.max_frame_bytes > u32::MAX as usize {
+            return bad(format!(
+                "--max-frame-bytes must be 64 to {}, got {}",
+                u32::MAX,
+                self.max_frame_bytes
+            ));
+        }
+        for (name, v) in [
+            ("--idle-timeout-seconds", self.idle_timeout_seconds),
+            ("--drain-timeout-seconds", self.drain_timeout_seconds),
+        ] {
+            if !(v.is_finite() && (0.0..=1e6).contains(&v)) {
+                return bad(format!("{name} must be 0 to 1000000 seconds, got {v}"));
+            }
+        }
+        if let Some(clip) = self.action_clip {
+            if !(clip.is_finite() && clip > 0.0) {
+                return bad(format!(
+                    "--action-clip must be a positive number, got {clip}"
+                ));
+            }
+        }
+        if self.max_queue_delay_us > 10_000_000 {
+            return bad("--max-queue-delay-us must be at most 10000000 (10 s)".into());
+        }
+        Ok(())
+    }
+
+    /// Where the model comes from.
+    pub fn model_source(&self) -> ModelSource {
+        self.model
+            .clone()
+            .map_or(ModelSource::Demo, ModelSource::File)
+    }
+
+    /// The socket path: `--socket`, or the default for this environment.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(default_socket_path)
+    }
+
+    /// The configured action bounds for `width` actions, overriding the model's, if any.
+    pub fn action_limits(&self, width: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        if let Some(clip) = self.action_clip {
+            return Some((vec![-clip; width], vec![clip; width]));
+        }
+        (!self.action_low.is_empty()).then(|| (self.action_low.clone(), self.action_high.clone()))
+    }
+
+    /// `--idle-timeout-seconds`, or `None` for never.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_seconds > 0.0)
+            .then(|| Duration::from_secs_f64(self.idle_timeout_seconds))
+    }
+
+    /// `--drain-timeout-seconds`.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.drain_timeout_seconds)
+    }
+
+    /// `--max-queue-delay-us`.
+    pub fn max_queue_delay(&self) -> Duration {
+        Duration::from_micros(self.max_queue_delay_us)
+    }
+}
+
+/// Turns a TOML file into `--key value` arguments, refusing keys that are not flags.
+fn file_args(path: &Path) -> Result<Vec<OsString>> {
+    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| Error::Config(format!("{}: not valid TOML: {e}", path.display())))?;
+    let command = Config::command();
+    let mut args = Vec::new();
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        let known = command
+            .get_arguments()
+            .any(|a| a.get_long() == Some(flag.as_str()));
+        if !known || flag == "config" {
+            return Err(Error::Config(format!(
+                "{}: unknown option {key:?}",
+                path.display()
+            )));
+        }
+        let text = match &value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| match v {
+                    toml::Value::Integer(i) => Ok(i.to_string()),
+                    toml::Value::Float(f) => Ok(f.to_string()),
+                    _ => Err(Error::Config(format!(
+                        "{}: {key} must be an array of numbers",
+                        path.display()
+                    ))),
+                })
+                .collect::<Result<Vec<_>>>()?
+                .join(","),
+            _ => {
+                return Err(Error::Config(format!(
+                    "{}: {key} has an unsupported type",
+                    path.display()
+                )))
+            }
+        };
+        args.push(OsString::from(format!("--{flag}={text}")));
+    }
+    Ok(args)
+}
+
+/// The default socket path for this environment.
+///
+/// Under systemd (`RUNTIME_DIRECTORY` or `INVOCATION_ID` set) it is the unit's runtime
+/// directory, `/run/inferd`; otherwise `$XDG_RUNTIME_DIR/inferd.sock`, falling back to a
+/// per-user directory in /tmp.
+pub fn default_socket_path() -> PathBuf {
+    socket_path_from(|name| std::env::var_os(name).filter(|v| !v.is_empty()))
+}
+
+fn socket_path_from(var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
+    const NAME: &str = "inferd.sock";
+    if let Some(dirs) = var("RUNTIME_DIRECTORY") {
+        // systemd joins several RuntimeDirectory= entries with ':'; ours is the first.
+        let first = dirs
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        if !first.is_empty() {
+            return Path::new(&first).join(NAME);
+        }
+    }
+    if var("INVOCATION_ID").is_some() {
+        return Path::new("/run/inferd").join(NAME);
+    }
+    if let Some(dir) = var("XDG_RUNTIME_DIR") {
+        return PathBuf::from(dir).join(NAME);
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    PathBuf::from(format!("/tmp/inferd-{uid}")).join(NAME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config> {
+        Config::parse_from_args(std::iter::once("inferd").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn no_arguments_give_the_documented_defaults() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.model_source(), ModelSource::Demo);
+        assert_eq!(c.segment_name, "inferd");
+        assert_eq!(c.segment_dir, PathBuf::from("/dev/shm"));
+        assert_eq!(
+            (c.workers, c.max_batch_size, c.max_queue_delay_us),
+            (1, 32, 0)
+        );
+        assert_eq!(c.max_frame_bytes, 1 << 20);
+        assert_eq!(c.action_limits(12), None);
+        assert_eq!(c.drain_timeout(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_config_file_sets_options_and_flags_override_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("inferd.toml");
+        std::fs::write(
+            &file,
+            "max-batch-size = 8\nqueue_capacity = 5\naction-low = [-1, -2.5]\n\
+             action-high = [1, 2.5]\ndrain-timeout-seconds = 0.5\nsocket = \"/tmp/x.sock\"\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let c = parse(&["--config", f, "--max-batch-size", "4"]).unwrap();
+        assert_eq!(c.max_batch_size, 4);
+        assert_eq!(c.queue_capacity, 5);
+        assert_eq!(c.socket_path(), PathBuf::from("/tmp/x.sock"));
+        assert_eq!(c.drain_timeout(), Duration::from_millis(500));
+        assert_eq!(c.action_limits(2), Some((vec![-1.0, -2.5], vec![1.0, 2.5])));
+        // A list flag on the command line replaces the file's list rather than extending it.
+        let c = parse(&["--config", f, "--action-low=-3,-3", "--action-high", "3,3"]).unwrap();
+        assert_eq!(c.action_limits(2), Some((vec![-3.0, -3.0], vec![3.0, 3.0])));
+    }
+
+    #[test]
+    fn bad_config_files_name_the_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        for (text, want) in [
+            ("max_batch = 3\n", "unknown option \"max_batch\""),
+            ("config = \"x\"\n", "unknown option \"config\""),
+            ("workers = \"many\"\n", "invalid value"),
+            ("workers = [\n", "not valid TOML"),
+            ("action-low = [\"a\"]\n", "array of numbers"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = parse(&["--config", file.to_str().unwrap()])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+        let err = parse(&["--config", "/nonexistent.toml"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent.toml"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        for (args, want) in [
+            (&["--workers", "0"][..], "--workers must be 1 to"),
+            (&["--workers", "99"], "--workers must be 1 to"),
+            (&["--max-batch-size", "0"], "--max-batch-size"),
+            (
+                &["--queue-capacity", "0"],
+                "--queue-capacity must be at least 1",
+            ),
+            (&["--max-frame-bytes", "10"], "--max-frame-bytes"),
+            (&["--drain-timeout=-1"], "--drain-timeout-seconds"),
+            (&["--action-clip", "0"], "--action-clip"),
+            (&["--action-low", "1"], "--action-high"),
+            (
+                &[
+                    "--action-clip",
+                    "1",
+                    "--action-low",
+                    "1",
+                    "--action-high",
+                    "2",
+                ],
+                "cannot be used with",
+            ),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn action_clip_is_symmetric() {
+        let c = parse(&["--action-clip", "0.5"]).unwrap();
+        assert_eq!(c.action_limits(2), Some((vec![-0.5, -0.5], vec![0.5, 0.5])));
+    }
+
+    #[test]
+    fn socket_path_follows_the_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        assert_eq!(
+            socket_path_from(env(&[("RUNTIME_DIRECTORY", "/run/inferd:/run/other")])),
+            PathBuf::from("/run/inferd/inferd.sock")
+        );
+        assert_eq!(
+            socket_path_from(env(&[
+                ("INVOCATION_ID", "abc"),
+                ("XDG_RUNTIME_DIR", "/run/user/1")
+            ])),
+            PathBuf::from("/run/inferd/inferd.sock")
+        );
+        assert_eq!(
+            socket_path_from(env(&[("XDG_RUNTIME_DIR", "/run/user/1")])),
+            PathBuf::from("/run/user/1/inferd.sock")
+        );
+        let fallback = socket_path_from(env(&[]));
+        assert!(
+            fallback.starts_with("/tmp") && fallback.ends_with("inferd.sock"),
+            "{fallback:?}"
+        );
+    }
+
+    #[test]
+    fn help_documents_every_option() {
+        let help = Config::command().render_long_help().to_string();
+        for arg in Config::command().get_arguments() {
+            if let Some(long) = arg.get_long() {
+                assert!(
+                    help.contains(&format!("--{long}")),
+                    "--{long} missing from --help"
+                );
+                assert!(
+                    arg.get_help().is_some() || arg.get_long_help().is_some(),
+                    "--{long} has no help"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The model being served, and swapping it on reload.
+
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Instant;
+
+use shm_layout::{Gauge, ModelId, ModelInfo};
+
+use crate::backend::{Backend, ModelMetadata, ModelSource};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::protocol::{
+    ActionLimits, Metadata, ModelDescription, ServerMessage, TensorSpec, DTYPE_F32,
+    PROTOCOL_VERSION,
+};
+use crate::safety::SafetyFilter;
+use crate::{Error, Result};
+
+/// A model ready to serve: its backend, safety filter, segment slot, and the metadata frame
+/// new connections receive.
+pub struct LoadedModel {
+    /// Runs batches.
+    pub backend: Box<dyn Backend>,
+    /// Filters its outputs.
+    pub safety: SafetyFilter,
+    /// Its slot in the metrics segment.
+    pub segment_id: ModelId,
+    /// The encoded metadata frame, sent first on every connection.
+    pub metadata_frame: Vec<u8>,
+}
+
+impl LoadedModel {
+    /// The model's identity and signature.
+    pub fn metadata(&self) -> &ModelMetadata {
+        self.backend.metadata()
+    }
+
+    /// Loads the configured model, registers it in the segment, and prepares its metadata.
+    fn load(config: &Config, metrics: &Metrics) -> Result<LoadedModel> {
+        let source = config.model_source();
+        let start = Instant::now();
+        let backend = config.backend.load(&source)?;
+        let meta = backend.metadata();
+        let model_error = |reason: String| Error::Model {
+            path: source_path(&source),
+            reason,
+        };
+        let limits = config
+            .action_limits(meta.output_size)
+            .or_else(|| meta.action_limits.clone());
+        let safety = SafetyFilter::new(limits, meta.output_size).map_err(model_error)?;
+        let metadata_frame = metadata_frame(config, meta, &safety);
+        let segment_id = metrics.writer().register_model(
+            &ModelInfo {
+                name: meta.name.clone(),
+                version: meta.version.clone(),
+                backend: meta.backend.clone(),
+                device: meta.device.clone(),
+            },
+            start.elapsed(),
+        );
+        Ok(LoadedModel {
+            backend,
+            safety,
+            segment_id,
+            metadata_frame,
+        })
+    }
+}
+
+fn source_path(source: &ModelSource) -> std::path::PathBuf {
+    match source {
+        ModelSource::Demo => "<demo>".into(),
+        ModelSource::File(p) => p.clone(),
+    }
+}
+
+/// The encoded metadata frame for a model served under `config`.
+pub fn metadata_frame(config: &Config, meta: &ModelMetadata, safety: &SafetyFilter) -> Vec<u8> {
+    ServerMessage::Metadata(metadata(config, meta, safety)).encode()
+}
+
+fn metadata(config: &Config, meta: &ModelMetadata, safety: &SafetyFilter) -> Metadata {
+    let spec = |name: &str, size: usize| TensorSpec {
+        name: name.to_owned(),
+        dtype: DTYPE_F32.to_owned(),
+        shape: vec![size as u64],
+    };
+    Metadata {
+        protocol_version: PROTOCOL_VERSION,
+        server: format!("inferd {}", env!("CARGO_PKG_VERSION")),
+        model: ModelDescription {
+            name: meta.name.clone(),
+            version: meta.version.clone(),
+            backend: meta.backend.clone(),
+            device: meta.device.clone(),
+        },
+        inputs: vec![spec(&meta.input_name, meta.input_size)],
+        outputs: vec![spec(&meta.output_name, meta.output_size)],
+        action_limits: safety.limits().map(|(low, high)| ActionLimits {
+            low: low.clone(),
+            high: high.clone(),
+        }),
+        max_frame_bytes: config.max_frame_bytes as u64,
+        max_in_flight: config.max_in_flight as u64,
+    }
+}
+
+/// Holds the served model; workers take the current one per batch, SIGHUP swaps it.
+pub struct ModelStore {
+    current: RwLock<Arc<LoadedModel>>,
+}
+
+impl ModelStore {
+    /// Loads the configured model and marks it active in the segment.
+    pub fn load(config: &Config, metrics: &Metrics) -> Result<ModelStore> {
+        let model = LoadedModel::load(config, metrics)?;
+        metrics.writer().set_active_model(model.segment_id);
+        log_loaded(&model, config);
+        Ok(ModelStore {
+            current: RwLock::new(Arc::new(model)),
+        })
+    }
+
+    /// The model being served now.
+    pub fn current(&self) -> Arc<LoadedModel> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Loads the model file again and swaps it in. A model whose input or output signature
+    /// differs is refused, because connected robots were told the old one. On any failure the
+    /// old model keeps serving; either way the outcome is logged and counted.
+    pub fn reload(&self, config: &Config, metrics: &Metrics) -> Result<()> {
+        let outcome = LoadedModel::load(config, metrics).and_then(|new| {
+            let old = self.current();
+            let (a, b) = (old.metadata(), new.metadata());
+            if (&a.input_name, a.input_size, &a.output_name, a.output_size)
+                != (&b.input_name, b.input_size, &b.output_name, b.output_size)
+            {
+                return Err(Error::Model {
+                    path: source_path(&config.model_source()),
+                    reason: format!(
+                        "signature changed from {}[{}] -> {}[{}] to {}[{}] -> {}[{}]; restart \
+                         inferd to serve a different signature",
+                        a.input_name,
+                        a.input_size,
+                        a.output_name,
+                        a.output_size,
+                        b.input_name,
+                        b.input_size,
+                        b.output_name,
+                        b.output_size
+                    ),
+                });
+            }
+            Ok(new)
+        });
+        match outcome {
+            Ok(model) => {
+                metrics.writer().set_active_model(model.segment_id);
+                log_loaded(&model, config);
+                *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(model);
+                metrics.add(Gauge::ReloadsTotal, 1);
+                Ok(())
+            }
+            Err(e) => {
+                metrics.add(Gauge::ReloadFailuresTotal, 1);
+                log::error!("reload failed, still serving the previous model: {e}");
+                Err(e)
+            }
+        }
+    }
+}
+
+fn log_loaded(model: &LoadedModel, config: &Config) {
+    let m = model.metadata();
+    log::info!(
+        "serving model {} version {} from {} on {}/{}: {}[{}] -> {}[{}], action limits {}",
+        m.name,
+        m.version,
+        config.model_source(),
+        m.backend,
+        m.device,
+        m.input_name,
+        m.input_size,
+        m.output_name,
+        m.output_size,
+        if model.safety.limits().is_some() {
+            "on"
+        } else {
+            "off"
+        }
+    );
+}

@@ -1,0 +1,327 @@
+//! A compute worker: batch, check deadlines, run, filter, answer, record.
+//!
+//! Batching follows Triton's dynamic batcher: the worker takes the first queued request; if
+//! `max_queue_delay` is zero it adds whatever else is already queued, up to the batch size;
+//! otherwise it keeps collecting until the batch is full or the first request has been
+//! queued for `max_queue_delay`. A request whose deadline has passed when its batch is about
+//! to run is answered `deadline_exceeded` and never computed.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use shm_layout::{Gauge, RequestSample, ShardWriter, Status};
+
+use crate::backend::Batch;
+use crate::metrics::Metrics;
+use crate::model::{LoadedModel, ModelStore};
+use crate::protocol::{ErrorCode, ErrorReply, InferResult, ServerMessage, Tensor, Timing};
+use crate::safety::Verdict;
+use crate::scheduler::{BatchPolicy, Job, JobReceiver};
+
+/// What every worker shares.
+pub(super) struct Shared {
+    pub policy: BatchPolicy,
+    pub models: Arc<ModelStore>,
+    pub metrics: Arc<Metrics>,
+    pub in_flight: AtomicUsize,
+    pub abandon: AtomicBool,
+}
+
+pub(super) struct Worker {
+    shared: Arc<Shared>,
+    jobs: JobReceiver,
+    stop: Receiver<()>,
+    abandon: Receiver<()>,
+    shard: ShardWriter,
+    carry: Option<Job>,
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Worker {
+    pub fn new(
+        shared: Arc<Shared>,
+        jobs: JobReceiver,
+        stop: Receiver<()>,
+        abandon: Receiver<()>,
+        shard: ShardWriter,
+    ) -> Worker {
+        Worker {
+            shared,
+            jobs,
+            stop,
+            abandon,
+            shard,
+            carry: None,
+        }
+    }
+
+    pub fn run(mut self) {
+        while let Some(batch) = self.next_batch() {
+            self.process(batch);
+        }
+        // Stopping: whatever is still queued gets an answer, so that no request goes
+        // unanswered or uncounted.
+        let leftovers: Vec<Job> = self
+            .carry
+            .take()
+            .into_iter()
+            .chain(self.jobs.try_iter())
+            .collect();
+        for job in leftovers {
+            self.took(1);
+            let model = self.shared.models.current();
+            self.answer_error(
+                &model,
+                job,
+                ErrorCode::ShuttingDown,
+                "inferd stopped before computing this request".into(),
+                None,
+            );
+        }
+    }
+
+    /// Counts jobs taken off the queue.
+    fn took(&self, n: usize) {
+        self.shared.metrics.add(Gauge::QueueDepth, -(n as i64));
+    }
+
+    /// Blocks for the first job, then batches; `None` once told to stop.
+    fn next_batch(&mut self) -> Option<Vec<Job>> {
+        let first = match self.carry.take() {
+            Some(job) => job,
+            None => {
+                let job = crossbeam_channel::select! {
+                    recv(self.jobs) -> job => job.ok()?,
+                    recv(self.stop) -> _ => return None,
+                };
+                self.took(1);
+                job
+            }
+        };
+        let policy = self.shared.policy;
+        // A delay too long to represent is as good as waiting for a full batch.
+        let flush_at = first.arrived.checked_add(policy.max_queue_delay);
+        let wait = !policy.max_queue_delay.is_zero();
+        let mut rows = first.rows;
+        let mut batch = vec![first];
+        while rows < policy.max_batch_size {
+            let next = if wait {
+                let timer = flush_at.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
+                crossbeam_channel::select! {
+                    recv(self.jobs) -> job => job.ok(),
+                    recv(timer) -> _ => None,
+                    // The drain timeout passed: stop waiting for a batch that will not fill.
+                    recv(self.abandon) -> _ => None,
+                }
+            } else {
+                self.jobs.try_recv().ok()
+            };
+            let Some(job) = next else { break };
+            self.took(1);
+            if rows + job.rows > policy.max_batch_size {
+                // It opens the next batch rather than overfilling this one.
+                self.carry = Some(job);
+                break;
+            }
+            rows += job.rows;
+            batch.push(job);
+        }
+        Some(batch)
+    }
+
+    fn process(&self, batch: Vec<Job>) {
+        let start = Instant::now();
+        let model = self.shared.models.current();
+        let abandon = self.shared.abandon.load(Ordering::Acquire);
+        let mut live = Vec::with_capacity(batch.len());
+        for job in batch {
+            let queue_ns = Some(ns(start.saturating_duration_since(job.arrived)));
+            if abandon {
+                let msg = "inferd is shutting down: the drain timeout passed before this request was computed";
+                self.answer_error(&model, job, ErrorCode::ShuttingDown, msg.into(), queue_ns);
+            } else if let Some(late) = job.deadline.and_then(|d| start.checked_duration_since(d)) {
+                let msg = format!(
+                    "deadline passed {} us before compute could start",
+                    late.as_micros()
+                );
+                self.answer_error(&model, job, ErrorCode::DeadlineExceeded, msg, queue_ns);
+            } else {
+                live.push(job);
+            }
+        }
+        if live.is_empty() {
+            return;
+        }
+        let rows: usize = live.iter().map(|j| j.rows).sum();
+        let joined: Vec<f32>;
+        let input = match &live[..] {
+            [one] => &one.input[..],
+            many => {
+                joined = many.iter().flat_map(|j| j.input.iter().copied()).collect();
+                &joined[..]
+            }
+        };
+        let result = model.backend.infer(Batch { rows, input });
+        self.shard
+            .record_batch(model.segment_id, rows, ns(start.elapsed()));
+        let width = model.metadata().output_size;
+        let mut out = match result {
+            Ok(out) if out.output.len() == rows * width => out,
+            Ok(out) => {
+                let msg = format!(
+                    "backend returned {} values for {rows} rows of {width}",
+                    out.output.len()
+                );
+                return self.fail_all(&model, live, start, &msg);
+            }
+            Err(e) => return self.fail_all(&model, live, start, &e.to_string()),
+        };
+        // The total was checked above and the jobs' rows sum to it, so every split succeeds.
+        let mut rest = &mut out.output[..];
+        for job in live {
+            match std::mem::take(&mut rest).split_at_mut_checked(job.rows * width) {
+                Some((actions, tail)) => {
+                    rest = tail;
+                    self.answer_computed(&model, job, actions, start, out.compute_ns);
+                }
+                None => {
+                    let msg = "backend output is shorter than its batch".to_owned();
+                    self.answer_error(&model, job, ErrorCode::ModelError, msg, None);
+                }
+            }
+        }
+    }
+
+    fn fail_all(&self, model: &LoadedModel, jobs: Vec<Job>, start: Instant, msg: &str) {
+        log::error!(
+            "model {} failed a batch of {} requests: {msg}",
+            model.metadata().name,
+            jobs.len()
+        );
+        for job in jobs {
+            let queue_ns = Some(ns(start.saturating_duration_since(job.arrived)));
+            self.answer_error(model, job, ErrorCode::ModelError, msg.to_owned(), queue_ns);
+        }
+    }
+
+    fn answer_computed(
+        &self,
+        model: &LoadedModel,
+        job: Job,
+        actions: &mut [f32],
+        start: Instant,
+        compute_ns: u64,
+    ) {
+        let queue_ns = ns(start.saturating_duration_since(job.arrived));
+        match model.safety.apply(actions) {
+            Verdict::Reject(reason) => {
+                self.shard.record_safety(model.segment_id, 0, Some(reason));
+                let msg = format!(
+                    "the model produced {} actions; they were not sent",
+                    reason.as_str()
+                );
+                self.finish(
+                    model,
+                    job,
+                    Status::SafetyRejected,
+                    Some(queue_ns),
+                    Some(compute_ns),
+                    |id| {
+                        ServerMessage::Error(ErrorReply {
+                            id: Some(id),
+                            code: ErrorCode::SafetyRejected,
+                            message: msg,
+                        })
+                    },
+                );
+            }
+            Verdict::Pass { clamped } => {
+                if clamped > 0 {
+                    self.shard.record_safety(model.segment_id, clamped, None);
+                }
+                let width = model.metadata().output_size;
+                let shape = if job.batched {
+                    vec![job.rows, width]
+                } else {
+                    vec![width]
+                };
+                let name = model.metadata().output_name.clone();
+                let arrived = job.arrived;
+                self.finish(
+                    model,
+                    job,
+                    Status::Ok,
+                    Some(queue_ns),
+                    Some(compute_ns),
+                    |id| {
+                        ServerMessage::Result(InferResult {
+                            id,
+                            outputs: vec![(
+                                name,
+                                Tensor {
+                                    shape,
+                                    data: actions.to_vec(),
+                                },
+                            )],
+                            timing: Timing {
+                                queue_us: queue_ns / 1_000,
+                                compute_us: compute_ns / 1_000,
+                                total_us: ns(arrived.elapsed()) / 1_000,
+                            },
+                        })
+                    },
+                );
+            }
+        }
+    }
+
+    fn answer_error(
+        &self,
+        model: &LoadedModel,
+        job: Job,
+        code: ErrorCode,
+        message: String,
+        queue_ns: Option<u64>,
+    ) {
+        let status = code.status().unwrap_or(Status::ModelError);
+        self.finish(model, job, status, queue_ns, None, |id| {
+            ServerMessage::Error(ErrorReply {
+                id: Some(id),
+                code,
+                message,
+            })
+        });
+    }
+
+    /// Encodes the answer, records the request, then sends it: recorded first, so that a
+    /// client holding an answer always finds it counted.
+    fn finish(
+        &self,
+        model: &LoadedModel,
+        job: Job,
+        status: Status,
+        queue_wait_ns: Option<u64>,
+        compute_ns: Option<u64>,
+        message: impl FnOnce(u64) -> ServerMessage,
+    ) {
+        let frame = message(job.id).encode();
+        self.shard.record_request(&RequestSample {
+            model: model.segment_id,
+            robot_type: job.robot_type,
+            status,
+            e2e_ns: ns(job.arrived.elapsed()),
+            queue_wait_ns,
+            compute_ns,
+            request_bytes: job.request_bytes,
+            response_bytes: frame.len() as u64,
+        });
+        job.reply.answer(frame);
+        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.shared.metrics.add(Gauge::InFlight, -1);
+    }
+}

@@ -1,0 +1,245 @@
+use std::net::Shutdown;
+
+use inferd::protocol::{ClientMessage, ErrorCode, InferRequest, ServerMessage, Tensor};
+use rmpv::ValueRef;
+use shm_layout::{State, Status};
+
+use crate::common::{assert_close, count, demo_actions, infer, Daemon, Raw};
+
+/// What a bad input must get.
+#[derive(Debug)]
+enum Expect {
+    /// This code, echoing this id, with the connection kept open.
+    Answer(ErrorCode, Option<u64>),
+    /// This code (no id), then the connection closed.
+    Closed(ErrorCode),
+}
+
+fn frame(fields: Vec<(&str, ValueRef<'_>)>) -> Vec<u8> {
+    let map = fields
+        .into_iter()
+        .map(|(k, v)| (ValueRef::from(k), v))
+        .collect();
+    inferd::protocol::encode_frame(&ValueRef::Map(map))
+}
+
+fn ndarray(dtype: &str, shape: &[u64], data: &[u8]) -> Vec<u8> {
+    let shape = ValueRef::Array(shape.iter().map(|&d| ValueRef::from(d)).collect());
+    let array = ValueRef::Map(vec![
+        (ValueRef::Binary(b"__ndarray__"), ValueRef::Boolean(true)),
+        (ValueRef::Binary(b"data"), ValueRef::Binary(data)),
+        (ValueRef::Binary(b"dtype"), ValueRef::from(dtype)),
+        (ValueRef::Binary(b"shape"), shape),
+    ]);
+    frame(vec![
+        ("type", "infer".into()),
+        ("id", 7u64.into()),
+        (
+            "inputs",
+            ValueRef::Map(vec![(ValueRef::from("obs"), array)]),
+        ),
+    ])
+}
+
+fn named_input(id: u64, name: &str) -> Vec<u8> {
+    let input = Tensor::new(vec![48], vec![0.0; 48]).unwrap();
+    ClientMessage::Infer(InferRequest {
+        id,
+        inputs: vec![(name.into(), input)],
+        deadline_us: None,
+    })
+    .encode()
+}
+
+fn with_prefix(declared: u32, body: &[u8]) -> Vec<u8> {
+    let mut b = declared.to_le_bytes().to_vec();
+    b.extend_from_slice(body);
+    b
+}
+
+/// The peak virtual size of a process, bytes.
+fn vm_peak_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmPeak:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// Sends a good request and checks the demo policy's answer.
+fn serves(raw: &mut Raw, id: u64, what: &str) {
+    let obs: Vec<f32> = (0..48).map(|i| i as f32 / 48.0).collect();
+    raw.infer(id, obs.clone(), None);
+    match raw.recv() {
+        Some(ServerMessage::Result(r)) if r.id == id => {
+            assert_close(&r.outputs[0].1.data, &demo_actions(&obs), what)
+        }
+        other => panic!("{what}: expected a result for {id}, got {other:?}"),
+    }
+}
+
+#[test]
+fn each_bad_input_gets_its_code_and_the_next_robot_is_served() {
+    let d = Daemon::start(&["--max-frame-bytes", "8192"]);
+    let f64_obs: Vec<u8> = (0..48).flat_map(|_| 1.0f64.to_le_bytes()).collect();
+    let f32_47: Vec<u8> = (0..47).flat_map(|_| 1.0f32.to_le_bytes()).collect();
+    let mut nan_obs: Vec<u8> = (0..48).flat_map(|_| 0.5f32.to_le_bytes()).collect();
+    nan_obs[40..44].copy_from_slice(&f32::NAN.to_le_bytes());
+    let mut truncated = with_prefix(100, &[0x80; 10]);
+    truncated.truncate(14);
+    let cases: Vec<(&str, Vec<u8>, bool, Expect)> = vec![
+        // An HTTP request's first four bytes read as a 542 MB length prefix.
+        (
+            "garbage bytes",
+            b"GET / HTTP/1.1\r\nHost: inferd\r\n\r\n".to_vec(),
+            false,
+            Expect::Closed(ErrorCode::FrameTooLarge),
+        ),
+        (
+            "garbage frame body",
+            with_prefix(8, &[0xff, 0xfe, 0xfd, 0xc1, 0x00, 0x91, 0xdd, 0x01]),
+            false,
+            Expect::Closed(ErrorCode::ProtocolError),
+        ),
+        (
+            "a frame that is not a map",
+            with_prefix(1, &[0x2a]),
+            false,
+            Expect::Closed(ErrorCode::ProtocolError),
+        ),
+        (
+            "a truncated frame",
+            truncated,
+            true,
+            Expect::Closed(ErrorCode::ProtocolError),
+        ),
+        (
+            "an oversize frame",
+            with_prefix(0xffff_fff0, b"tiny"),
+            false,
+            Expect::Closed(ErrorCode::FrameTooLarge),
+        ),
+        (
+            "a wrong dtype",
+            ndarray("<f8", &[48], &f64_obs),
+            false,
+            Expect::Answer(ErrorCode::InvalidInput, Some(7)),
+        ),
+        (
+            "a wrong shape",
+            ndarray("<f4", &[47], &f32_47),
+            false,
+            Expect::Answer(ErrorCode::InvalidInput, Some(7)),
+        ),
+        (
+            "too few data bytes",
+            ndarray("<f4", &[48], &f32_47),
+            false,
+            Expect::Answer(ErrorCode::InvalidInput, Some(7)),
+        ),
+        (
+            "a NaN input",
+            ndarray("<f4", &[48], &nan_obs),
+            false,
+            Expect::Answer(ErrorCode::InvalidInput, Some(7)),
+        ),
+        (
+            "an unknown message type",
+            frame(vec![("type", "teleport".into()), ("id", 9u64.into())]),
+            false,
+            Expect::Answer(ErrorCode::InvalidInput, Some(9)),
+        ),
+        (
+            "no message type",
+            frame(vec![("id", 3u64.into())]),
+            false,
+            Expect::Answer(ErrorCode::InvalidInput, Some(3)),
+        ),
+        (
+            "an unknown input name",
+            named_input(4, "observation"),
+            false,
+            Expect::Answer(ErrorCode::InvalidInput, Some(4)),
+        ),
+        (
+            "a batch over the maximum",
+            infer(
+                6,
+                Tensor::new(vec![33, 48], vec![0.0; 33 * 48]).unwrap(),
+                None,
+            )
+            .encode(),
+            false,
+            Expect::Answer(ErrorCode::InvalidInput, Some(6)),
+        ),
+    ];
+    let (mut fatal, mut invalid) = (0u64, 0u64);
+    for (i, (what, bytes, half_close, expect)) in cases.into_iter().enumerate() {
+        let mut raw = d.connect();
+        raw.send_bytes(&bytes);
+        if half_close {
+            raw.stream.shutdown(Shutdown::Write).unwrap();
+        }
+        let answer = raw
+            .recv()
+            .unwrap_or_else(|| panic!("{what}: no answer\n{}", d.log()));
+        let ServerMessage::Error(e) = answer else {
+            panic!("{what}: expected an error, got {answer:?}")
+        };
+        assert!(!e.message.is_empty(), "{what}: the error explains nothing");
+        match expect {
+            Expect::Closed(code) => {
+                assert_eq!((e.code, e.id), (code, None), "{what}: {}", e.message);
+                raw.expect_closed();
+                fatal += 1;
+            }
+            Expect::Answer(code, id) => {
+                assert_eq!((e.code, e.id), (code, id), "{what}: {}", e.message);
+                // The same connection keeps working.
+                serves(&mut raw, 1000 + i as u64, what);
+                invalid += 1;
+            }
+        }
+        // And so does the daemon, for the next robot.
+        serves(
+            &mut d.connect(),
+            2000 + i as u64,
+            &format!("the robot after {what}"),
+        );
+    }
+    let s = d.snapshot();
+    assert_eq!(s.gauges.protocol_errors_total, fatal);
+    assert_eq!(count(&s, Status::InvalidInput), invalid);
+    // Refusing a 4 GiB frame allocated nothing of that size.
+    let peak = vm_peak_bytes(d.pid());
+    assert!(peak < 3 << 30, "inferd's peak virtual size is {peak} bytes");
+}
+
+#[test]
+fn a_request_after_sigterm_is_answered_shutting_down() {
+    let mut d = Daemon::start(&["--max-queue-delay-us", "3000000"]);
+    let mut raw = d.connect();
+    let obs = vec![0.1f32; 48];
+    raw.infer(1, obs.clone(), None);
+    d.wait_until("the request is queued", |s| s.gauges.in_flight == 1);
+    d.signal(libc::SIGTERM);
+    d.wait_until("draining", |s| s.header.state == State::Draining);
+    raw.infer(2, obs.clone(), None);
+    match raw.recv() {
+        Some(ServerMessage::Error(e)) => {
+            assert_eq!((e.id, e.code), (Some(2), ErrorCode::ShuttingDown))
+        }
+        other => panic!("expected shutting_down, got {other:?}"),
+    }
+    // New connections are no longer accepted.
+    assert!(std::os::unix::net::UnixStream::connect(&d.socket).is_err());
+    // The request queued before the signal still completes.
+    match raw.recv() {
+        Some(ServerMessage::Result(r)) => assert_eq!(r.id, 1),
+        other => panic!("expected the queued result, got {other:?}"),
+    }
+    assert!(d.wait_exit().success());
+}

@@ -1,0 +1,221 @@
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use clap::CommandFactory;
+use inferd::Config;
+use shm_layout::{SegmentReader, State};
+
+use crate::common::{assert_close, demo_actions, Daemon, PATIENCE};
+
+fn inferctl(d: &Daemon, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_inferctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "inferctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn help_documents_every_option() {
+    let out = Command::new(env!("CARGO_BIN_EXE_inferd"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let mut seen = 0;
+    for arg in Config::command().get_arguments() {
+        if let Some(long) = arg.get_long() {
+            assert!(
+                help.contains(&format!("--{long}")),
+                "--{long} is not in --help:\n{help}"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 18, "only {seen} options");
+    assert!(help.contains("SIGHUP"), "--help explains the signals");
+}
+
+#[test]
+fn bad_options_and_bad_models_fail_clearly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_inferd"))
+        .args(["--workers", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--workers must be 1 to"));
+    let out = Command::new(env!("CARGO_BIN_EXE_inferd"))
+        .arg("--no-such-flag")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("bad.safetensors");
+    std::fs::write(&model, b"nope").unwrap();
+    let name = crate::common::unique("inferd-badmodel");
+    let out = Command::new(env!("CARGO_BIN_EXE_inferd"))
+        .args(["--model", model.to_str().unwrap(), "--segment-name", &name])
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.safetensors") && stderr.contains("not safetensors"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(std::path::Path::new("/dev/shm").join(name));
+}
+
+#[test]
+fn the_config_file_sets_options_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("inferd.toml");
+    std::fs::write(
+        &file,
+        "max-in-flight = 7\nmax-frame-bytes = 9999\naction-clip = 0.5\n",
+    )
+    .unwrap();
+    let d = Daemon::start(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--max-frame-bytes",
+        "8888",
+    ]);
+    let info = json(&inferctl(&d, &["info", "--json"]));
+    assert_eq!(info["max_in_flight"], 7);
+    assert_eq!(info["max_frame_bytes"], 8888);
+    assert_eq!(info["action_limits"]["high"][0], 0.5);
+}
+
+#[test]
+fn inferctl_info_infer_and_bench() {
+    let d = Daemon::start(&[]);
+    let info = json(&inferctl(&d, &["info", "--json"]));
+    assert_eq!(info["protocol_version"], 1);
+    assert_eq!(info["model"]["name"], "demo-mlp");
+    assert_eq!(info["inputs"][0]["shape"][0], 48);
+    assert_eq!(info["outputs"][0]["shape"][0], 12);
+    let text = String::from_utf8(inferctl(&d, &["info"]).stdout).unwrap();
+    assert!(
+        text.contains("demo-mlp") && text.contains("obs <f4 [48]"),
+        "{text}"
+    );
+
+    let obs: Vec<f32> = (0..48).map(|i| i as f32 / 10.0 - 2.0).collect();
+    let list = obs
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = json(&inferctl(
+        &d,
+        &["infer", "--obs", &list, "--robot-type", "cli", "--json"],
+    ));
+    let actions: Vec<f32> = serde_json::from_value(out["actions"].clone()).unwrap();
+    assert_close(&actions, &demo_actions(&obs), "inferctl infer");
+    assert!(
+        out["timing"]["total_us"].as_u64().unwrap()
+            >= out["timing"]["compute_us"].as_u64().unwrap()
+    );
+
+    for mode in [
+        &["--connections", "4"][..],
+        &["--connections", "3", "--rate", "300"],
+    ] {
+        let mut args = vec![
+            "bench",
+            "--duration-seconds",
+            "1",
+            "--warmup-seconds",
+            "0.2",
+            "--json",
+        ];
+        args.extend_from_slice(mode);
+        let report = json(&inferctl(&d, &args));
+        assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
+        assert_eq!(report["ok"], report["sent"], "{report}");
+        assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+        let l = &report["latency"];
+        assert!(
+            l["p50_us"].as_u64() <= l["p99_us"].as_u64()
+                && l["p99_us"].as_u64() <= l["max_us"].as_u64(),
+            "{report}"
+        );
+    }
+    let rate = json(&inferctl(
+        &d,
+        &[
+            "bench",
+            "--connections",
+            "2",
+            "--rate",
+            "100",
+            "--duration-seconds",
+            "1",
+            "--warmup-seconds",
+            "0",
+            "--json",
+        ],
+    ));
+    let sent = rate["sent"].as_u64().unwrap();
+    assert!((90..=110).contains(&sent), "100 req/s for 1 s sent {sent}");
+}
+
+#[test]
+fn inferd_with_no_arguments_serves_the_demo_policy() {
+    let default_segment = std::path::Path::new("/dev/shm").join(shm_layout::DEFAULT_NAME);
+    if default_segment.exists() {
+        // Another inferd owns the default segment here; starting a second one would replace it.
+        eprintln!("skipped: {} exists", default_segment.display());
+        return;
+    }
+    let runtime = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inferd"))
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .env_remove("RUNTIME_DIRECTORY")
+        .env_remove("INVOCATION_ID")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !SegmentReader::open(&default_segment)
+        .and_then(|r| r.header())
+        .is_ok_and(|h| h.state == State::Ready && h.writer_pid == u64::from(child.id()))
+    {
+        assert!(start.elapsed() < PATIENCE, "inferd did not become ready");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_inferctl"))
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .env_remove("INFERD_SOCKET")
+        .args(["infer", "--json"])
+        .output()
+        .unwrap();
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let exited = child.wait().unwrap();
+    let _ = std::fs::remove_file(&default_segment);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let actions: Vec<f32> = serde_json::from_value(json(&out)["actions"].clone()).unwrap();
+    assert_close(&actions, &demo_actions(&[0.0; 48]), "demo on zeros");
+    assert!(exited.success());
+}

@@ -1,0 +1,277 @@
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use inferd::protocol::{ClientMessage, InferRequest, ServerMessage, Tensor};
+use shm_layout::{SegmentReader, Snapshot, State, Status};
+
+/// Generous: the CI box has two loaded cores.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A name no other test (or test run) uses.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A running `inferd`, killed and its segment removed on drop.
+pub struct Daemon {
+    pub child: Child,
+    /// Holds the socket's directory for the daemon's lifetime.
+    _dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub segment: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts inferd with `args` plus its own socket and segment, and waits until it is ready.
+    pub fn start(args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("inferd.sock");
+        let name = unique("inferd-e2e");
+        let segment = Path::new("/dev/shm").join(&name);
+        let log = dir.path().join("inferd.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_inferd"))
+            .arg("--socket")
+            .arg(&socket)
+            .args([
+                "--segment-dir",
+                "/dev/shm",
+                "--segment-name",
+                &name,
+                "--log-level",
+                "debug",
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut d = Daemon {
+            child,
+            _dir: dir,
+            socket,
+            segment,
+            log,
+        };
+        d.wait_until("the daemon is ready", |s| s.header.state == State::Ready);
+        d
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The daemon's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        SegmentReader::open(&self.segment)
+            .unwrap()
+            .snapshot()
+            .unwrap()
+    }
+
+    /// Polls the segment until `done` holds.
+    pub fn wait_until(&mut self, what: &str, done: impl Fn(&Snapshot) -> bool) -> Snapshot {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "inferd exited ({status}) while waiting until {what}:\n{}",
+                    self.log()
+                );
+            }
+            if let Ok(s) = SegmentReader::open(&self.segment).and_then(|r| r.snapshot()) {
+                if done(&s) {
+                    return s;
+                }
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "timed out waiting until {what}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
+    }
+
+    /// Waits for the daemon to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "inferd did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn connect(&self) -> Raw {
+        Raw::connect(&self.socket)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.segment);
+    }
+}
+
+/// A blocking client that can send anything, for tests that break the protocol.
+pub struct Raw {
+    pub stream: UnixStream,
+}
+
+impl Raw {
+    /// Connects and reads the metadata frame.
+    pub fn connect(path: &Path) -> Raw {
+        let mut raw = Raw::connect_bare(path);
+        match raw.recv() {
+            Some(ServerMessage::Metadata(_)) => raw,
+            other => panic!("expected metadata first, got {other:?}"),
+        }
+    }
+
+    /// Connects without reading anything.
+    pub fn connect_bare(path: &Path) -> Raw {
+        let stream = UnixStream::connect(path).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        Raw { stream }
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn send(&mut self, message: &ClientMessage) {
+        self.send_bytes(&message.encode());
+    }
+
+    pub fn infer(&mut self, id: u64, obs: Vec<f32>, deadline_us: Option<u64>) {
+        let n = obs.len();
+        self.send(&infer(id, Tensor::new(vec![n], obs).unwrap(), deadline_us));
+    }
+
+    /// The next frame body, or `None` at end of stream.
+    pub fn recv_frame(&mut self) -> Option<Vec<u8>> {
+        let mut len = [0u8; 4];
+        match self.stream.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+            Err(e) => panic!("read failed: {e}"),
+        }
+        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+        self.stream.read_exact(&mut body).unwrap();
+        Some(body)
+    }
+
+    pub fn recv(&mut self) -> Option<ServerMessage> {
+        self.recv_frame()
+            .map(|b| ServerMessage::decode(&b).unwrap())
+    }
+
+    /// Expects the server to close the connection now.
+    pub fn expect_closed(&mut self) {
+        if let Some(m) = self.recv() {
+            panic!("expected the connection closed, got {m:?}");
+        }
+    }
+}
+
+pub fn infer(id: u64, input: Tensor, deadline_us: Option<u64>) -> ClientMessage {
+    ClientMessage::Infer(InferRequest {
+        id,
+        inputs: vec![("obs".into(), input)],
+        deadline_us,
+    })
+}
+
+/// The status a server answer is counted under.
+pub fn status_of(m: &ServerMessage) -> Status {
+    match m {
+        ServerMessage::Result(_) => Status::Ok,
+        ServerMessage::Error(e) => e
+            .code
+            .status()
+            .expect("a request's answer carries a request status"),
+        other => panic!("not an answer: {other:?}"),
+    }
+}
+
+/// The id an answer carries.
+pub fn id_of(m: &ServerMessage) -> Option<u64> {
+    match m {
+        ServerMessage::Result(r) => Some(r.id),
+        ServerMessage::Error(e) => e.id,
+        ServerMessage::Metadata(_) => None,
+    }
+}
+
+/// Total requests counted under `status`, over every model and robot type.
+pub fn count(s: &Snapshot, status: Status) -> u64 {
+    (0..shm_layout::layout::MODELS)
+        .flat_map(|m| (0..shm_layout::layout::ROBOT_TYPES).map(move |r| (m, r)))
+        .map(|(m, r)| s.requests(m, r, status))
+        .sum()
+}
+
+/// The index of a robot type in the segment.
+pub fn robot_index(s: &Snapshot, name: &str) -> usize {
+    (0..shm_layout::layout::ROBOT_TYPES)
+        .find(|&i| s.robot_type_label(i) == Some(name))
+        .unwrap_or_else(|| panic!("robot type {name} not registered"))
+}
+
+/// The demo policy's answer to `obs`, clamped to its limits: what inferd must send.
+pub fn demo_actions(obs: &[f32]) -> Vec<f32> {
+    let p = inferd::MlpPolicy::demo();
+    let (low, high) = p.action_limits.clone().unwrap();
+    let out = p.forward(obs, 1).unwrap();
+    out.iter()
+        .zip(low.iter().zip(&high))
+        .map(|(v, (l, h))| v.clamp(*l, *h))
+        .collect()
+}
+
+pub fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+            "{what}[{i}]: got {g}, want {w}"
+        );
+    }
+}
+
+/// An observation whose actions differ from every other (robot, seq) pair's.
+pub fn obs_for(robot: usize, seq: usize) -> Vec<f32> {
+    (0..48)
+        .map(|i| ((robot * 31 + seq * 7 + i) % 17) as f32 / 8.0 - 1.0 + robot as f32 * 0.01)
+        .collect()
+}

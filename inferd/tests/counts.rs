@@ -1,0 +1,196 @@
+use std::collections::HashMap;
+
+use inferd::protocol::Tensor;
+use inferd::{Activation, Linear, MlpPolicy};
+use rmpv::ValueRef;
+use shm_layout::{SafetyReason, State, Status};
+
+use crate::common::{count, id_of, infer, robot_index, status_of, Daemon, Raw};
+
+/// One layer whose every action is `1e30 * obs[0]`: a normal observation gives actions the
+/// limits clamp, a large one overflows to infinity, which the safety filter rejects.
+pub fn spiky_policy() -> MlpPolicy {
+    let mut weight = vec![0.0f32; 12 * 48];
+    weight.iter_mut().step_by(48).for_each(|w| *w = 1e30);
+    MlpPolicy {
+        name: "spiky".into(),
+        version: "1".into(),
+        input_name: "obs".into(),
+        output_name: "actions".into(),
+        activation: Activation::Elu,
+        layers: vec![Linear {
+            inputs: 48,
+            outputs: 12,
+            weight,
+            bias: vec![0.0; 12],
+        }],
+        obs_normalization: None,
+        action_scale: vec![1.0; 12],
+        action_limits: None,
+    }
+}
+
+fn obs(first: f32) -> Vec<f32> {
+    let mut o = vec![0.0; 48];
+    o[0] = first;
+    o
+}
+
+fn frame(fields: Vec<(&str, ValueRef<'_>)>) -> Vec<u8> {
+    let map = fields
+        .into_iter()
+        .map(|(k, v)| (ValueRef::from(k), v))
+        .collect();
+    inferd::protocol::encode_frame(&ValueRef::Map(map))
+}
+
+/// Reads `n` answers, tallying them by status.
+fn tally(raw: &mut Raw, n: usize, by_status: &mut HashMap<Status, u64>) -> HashMap<u64, Status> {
+    let mut by_id = HashMap::new();
+    for _ in 0..n {
+        let answer = raw.recv().expect("an answer");
+        let status = status_of(&answer);
+        *by_status.entry(status).or_default() += 1;
+        if let Some(id) = id_of(&answer) {
+            by_id.insert(id, status);
+        }
+    }
+    by_id
+}
+
+/// Provokes every status a CPU model can give (model_error needs a backend fault the CPU
+/// backend cannot have), counts the answers on the client side, and compares with the
+/// segment after the daemon has exited.
+#[test]
+fn segment_counts_equal_client_counts_for_every_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("spiky.safetensors");
+    std::fs::write(&model, spiky_policy().to_safetensors().unwrap()).unwrap();
+    let mut d = Daemon::start(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--action-clip",
+        "1",
+        // Batches wait up to 2 s to fill: requests stay in flight long enough to hit the
+        // per-connection limit, miss a deadline, and be queued when SIGTERM arrives.
+        "--max-queue-delay-us",
+        "2000000",
+        "--max-batch-size",
+        "64",
+        "--max-in-flight",
+        "8",
+    ]);
+    let mut client: HashMap<Status, u64> = HashMap::new();
+
+    // One burst on a robot that said hello: ok, safety, deadline, invalid, overloaded.
+    let mut a = d.connect();
+    let mut burst = inferd::protocol::ClientMessage::Hello(inferd::protocol::Hello {
+        robot_type: "counter".into(),
+        robot_id: None,
+    })
+    .encode();
+    let t = |v: Vec<f32>| Tensor::new(vec![48], v).unwrap();
+    burst.extend(infer(0, t(obs(0.5)), None).encode());
+    burst.extend(infer(1, t(obs(-0.5)), None).encode());
+    burst.extend(infer(2, t(obs(1e9)), None).encode());
+    burst.extend(infer(3, t(obs(0.5)), Some(1_000)).encode());
+    burst.extend(infer(4, Tensor::new(vec![47], vec![0.0; 47]).unwrap(), None).encode());
+    burst.extend(frame(vec![("type", "fly".into()), ("id", 5u64.into())]));
+    burst.extend(frame(vec![
+        ("type", "infer".into()),
+        ("inputs", ValueRef::Map(vec![])),
+    ]));
+    for id in 10..30 {
+        burst.extend(infer(id, t(obs(0.25)), None).encode());
+    }
+    a.send_bytes(&burst);
+    let by_id = tally(&mut a, 27, &mut client);
+    assert_eq!(by_id[&0], Status::Ok);
+    assert_eq!(by_id[&2], Status::SafetyRejected);
+    assert_eq!(by_id[&3], Status::DeadlineExceeded);
+    assert_eq!(by_id[&4], Status::InvalidInput);
+    assert_eq!(by_id[&5], Status::InvalidInput);
+    assert_eq!(
+        client[&Status::Overloaded],
+        16,
+        "8 in flight, the rest of the burst refused"
+    );
+
+    // A robot without a hello has a request waiting in a batch when SIGTERM arrives, then
+    // sends more: those are refused shutting_down, and the waiting one still completes.
+    let mut b = d.connect();
+    b.infer(100, obs(0.5), None);
+    d.wait_until("the request is queued", |s| s.gauges.in_flight == 1);
+    d.signal(libc::SIGTERM);
+    d.wait_until("the daemon is draining", |s| {
+        s.header.state == State::Draining
+    });
+    for id in 101..104 {
+        b.infer(id, obs(0.5), None);
+    }
+    let by_id = tally(&mut b, 4, &mut client);
+    assert_eq!(by_id[&100], Status::Ok);
+    assert_eq!(by_id[&101], Status::ShuttingDown);
+    b.expect_closed();
+    assert!(d.wait_exit().success(), "{}", d.log());
+
+    let s = d.snapshot();
+    assert_eq!(s.header.state, State::Stopped);
+    for status in Status::ALL {
+        let mine = client.get(&status).copied().unwrap_or(0);
+        assert_eq!(
+            count(&s, status),
+            mine,
+            "{} counted by the segment vs the client",
+            status.as_str()
+        );
+    }
+    for status in [
+        Status::Ok,
+        Status::InvalidInput,
+        Status::Overloaded,
+        Status::DeadlineExceeded,
+    ] {
+        assert!(
+            client.get(&status).copied().unwrap_or(0) > 0,
+            "{} was not provoked",
+            status.as_str()
+        );
+    }
+    assert_eq!(client[&Status::SafetyRejected], 1);
+    assert_eq!(client[&Status::ShuttingDown], 3);
+
+    // Counted under the right robot type: the burst under "counter", the rest "unknown".
+    let m = s.header.active_model.unwrap();
+    let counter = robot_index(&s, "counter");
+    let unknown = robot_index(&s, "unknown");
+    assert_eq!(s.requests(m, counter, Status::Overloaded), 16);
+    assert_eq!(s.requests(m, unknown, Status::ShuttingDown), 3);
+    assert_eq!(s.requests(m, unknown, Status::Ok), 1);
+
+    // Every answered request has one latency and size sample; computed ones a compute time.
+    let stats = &s.model_stats[m];
+    let total: u64 = client.values().sum();
+    assert_eq!(stats.e2e_ns.count(), total);
+    assert_eq!(stats.request_bytes.count(), total);
+    assert_eq!(stats.response_bytes.count(), total);
+    let computed = client[&Status::Ok] + client[&Status::SafetyRejected];
+    assert_eq!(stats.compute_ns.count(), computed);
+    assert_eq!(stats.outputs_rejected[SafetyReason::Inf as usize], 1);
+    assert_eq!(stats.outputs_rejected[SafetyReason::Nan as usize], 0);
+    assert_eq!(
+        stats.actions_clamped,
+        12 * client[&Status::Ok],
+        "every ok action was clamped"
+    );
+    // Gauges are back to rest.
+    assert_eq!(
+        (
+            s.gauges.in_flight,
+            s.gauges.queue_depth,
+            s.gauges.connections
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!(s.gauges.queue_capacity, 1024);
+}

@@ -1,0 +1,18 @@
+//! inferd's integration tests: one binary. Most spawn the real `inferd` (and `inferctl`)
+//! binaries on a socket in a temporary directory with a segment of their own.
+
+// Test helpers may unwrap (team guide), and a test binary has no public API to document.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+/// Bad inputs, each answered with its documented code, after which the daemon serves on.
+mod bad_input;
+/// `inferd --help`, the config file, `inferd` with no arguments, and `inferctl`.
+mod cli;
+/// Spawning the daemon, a raw blocking client, and reading the daemon's segment.
+mod common;
+/// The segment's request counts equal the client's, status by status.
+mod counts;
+/// Drain on SIGTERM, reload on SIGHUP, generations, connection limit and idle timeout.
+mod lifecycle;
+/// Many robots at once, each receiving exactly its own answers, with the right numbers.
+mod robots;
