@@ -1,0 +1,162 @@
+"""The Python client against the real daemon: numbers checked with an independent numpy
+forward pass, openpi's codec, pipelining, and error codes."""
+
+import math
+
+import msgpack
+import numpy as np
+import pytest
+
+from export_policy import export, linear_layers
+from inferd_client import InferdClient, InferdError
+
+WIDTHS = [48, 64, 32, 12]
+
+
+def make_state_dict(rng):
+    """An rsl_rl-style actor: Linear layers at even indices of an nn.Sequential."""
+    sd = {}
+    for i, (n_in, n_out) in enumerate(zip(WIDTHS, WIDTHS[1:])):
+        sd[f"actor.{2 * i}.weight"] = rng.normal(0, 1 / math.sqrt(n_in), (n_out, n_in)).astype(np.float32)
+        sd[f"actor.{2 * i}.bias"] = rng.normal(0, 0.1, n_out).astype(np.float32)
+    sd["critic.0.weight"] = np.zeros((1, 48), np.float32)  # ignored: not the actor
+    return sd
+
+
+ACTIVATIONS = {
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
+    "relu": lambda x: np.maximum(x, 0),
+    "tanh": np.tanh,
+    "gelu": lambda x: 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2))),
+}
+
+
+def reference(layers, activation, obs, mean, std, eps, scale, low, high):
+    """The policy in float64 numpy, independent of inferd's code."""
+    x = (obs.astype(np.float64) - mean) / (std + eps)
+    for i, (w, b) in enumerate(layers):
+        x = x @ w.astype(np.float64).T + b
+        if i < len(layers) - 1:
+            x = ACTIVATIONS[activation](x)
+    return np.clip(x * scale, low, high)
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_actions_match_a_numpy_reference(start_inferd, tmp_path, activation):
+    rng = np.random.default_rng(7)
+    layers = linear_layers(make_state_dict(rng))
+    assert [w.shape[0] for w, _ in layers] == WIDTHS[1:]
+    mean = rng.normal(0, 0.2, 48).astype(np.float32)
+    std = rng.uniform(0.5, 2.0, 48).astype(np.float32)
+    eps, scale, clip = 0.01, 0.5, 0.6
+    path = tmp_path / f"{activation}.safetensors"
+    export(layers, path, activation=activation, obs_mean=mean, obs_std=std, obs_eps=eps,
+           action_scale=scale, action_low=-clip, action_high=clip, name="pytest", version="3")
+    d = start_inferd("--model", path, "--max-queue-delay-us", "200")
+    obs = rng.normal(0, 1.5, (20, 48)).astype(np.float32)
+    want = reference(layers, activation, obs, mean, std, eps, scale, -clip, clip)
+    with InferdClient(d.socket, robot_type="pytest") as client:
+        assert client.metadata["model"]["name"] == "pytest"
+        assert client.metadata["model"]["version"] == "3"
+        assert client.metadata["action_limits"]["high"] == pytest.approx([clip] * 12)
+        one_by_one = np.stack([client.infer(o) for o in obs])
+        batched = client.infer(obs)
+    assert one_by_one.dtype == np.float32 and one_by_one.shape == (20, 12)
+    np.testing.assert_allclose(one_by_one, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(batched, want, rtol=1e-5, atol=1e-5)
+    assert np.any(np.abs(want) == clip), "the test should exercise clamping"
+
+
+# openpi's msgpack_numpy codec, restated: bytes keys on both sides.
+def openpi_pack(obj):
+    if isinstance(obj, np.ndarray):
+        return {b"__ndarray__": True, b"data": obj.tobytes(), b"dtype": obj.dtype.str, b"shape": obj.shape}
+    return obj
+
+
+def openpi_unpack(obj):
+    if b"__ndarray__" in obj:
+        return np.ndarray(buffer=obj[b"data"], dtype=np.dtype(obj[b"dtype"]), shape=obj[b"shape"])
+    return obj
+
+
+def test_a_robot_using_openpis_codec_needs_nothing_else(start_inferd):
+    import socket
+    import struct
+
+    d = start_inferd()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(d.socket)
+        stream = s.makefile("rb")
+
+        def recv():
+            (n,) = struct.unpack("<I", stream.read(4))
+            return msgpack.unpackb(stream.read(n), object_hook=openpi_unpack)
+
+        assert recv()["type"] == "metadata"
+        body = msgpack.packb({"type": "infer", "id": 1, "inputs": {"obs": np.ones(48, np.float32)}},
+                             default=openpi_pack)
+        s.sendall(struct.pack("<I", len(body)) + body)
+        answer = recv()
+    actions = answer["outputs"]["actions"]
+    assert isinstance(actions, np.ndarray), "openpi's unpacker must see an ndarray"
+    assert actions.shape == (12,) and actions.dtype == np.float32
+    assert set(answer["timing"]) == {"queue_us", "compute_us", "total_us"}
+
+
+def test_pipelined_requests_are_answered_by_id(start_inferd):
+    d = start_inferd("--max-queue-delay-us", "1000")
+    rng = np.random.default_rng(3)
+    obs = rng.normal(size=(30, 48)).astype(np.float32)
+    with InferdClient(d.socket) as client:
+        expected = {i: client.infer(o) for i, o in enumerate(obs[:5])}
+        ids = [client.submit(o) for o in obs]
+        answers = {}
+        for _ in ids:
+            a = client.recv()
+            answers[a["id"]] = a["outputs"]["actions"]
+    assert sorted(answers) == ids
+    for i, actions in expected.items():
+        # Batched and single requests take different summation orders: equal to rounding.
+        np.testing.assert_allclose(answers[ids[i]], actions, rtol=1e-5, atol=1e-6)
+
+
+def test_errors_carry_their_documented_codes(start_inferd):
+    d = start_inferd()
+    with InferdClient(d.socket) as client:
+        with pytest.raises(InferdError) as e:
+            client.infer(np.zeros(47, np.float32))
+        assert e.value.code == "invalid_input" and "[48]" in e.value.message
+        with pytest.raises(InferdError) as e:
+            client.infer(np.full(48, np.nan, np.float32))
+        assert e.value.code == "invalid_input"
+        # The client converts to float32 itself, so send float64 by hand.
+        client.send({"type": "infer", "id": 99, "inputs": {"obs": np.zeros(48, np.float64)}})
+        answer = client.recv()
+        assert (answer["id"], answer["error"]["code"]) == (99, "invalid_input")
+        assert "<f8" in answer["error"]["message"]
+        # The connection is still good.
+        assert client.infer(np.zeros(48, np.float32)).shape == (12,)
+
+
+def test_export_policy_cli_converts_an_rsl_rl_state_dict(start_inferd, tmp_path):
+    from export_policy import main as export_main
+
+    rng = np.random.default_rng(11)
+    sd = make_state_dict(rng)
+    sd["actor_obs_normalizer._mean"] = rng.normal(0, 0.3, (1, 48)).astype(np.float32)
+    sd["actor_obs_normalizer._std"] = rng.uniform(0.5, 1.5, (1, 48)).astype(np.float32)
+    np.savez(tmp_path / "model.npz", **sd)
+    out = tmp_path / "policy.safetensors"
+    export_main([str(tmp_path / "model.npz"), str(out), "--activation", "elu",
+                 "--obs-normalizer", "actor_obs_normalizer", "--obs-eps", "0.01",
+                 "--action-scale", "0.25", "--action-clip", "100", "--name", "rsl"])
+    d = start_inferd("--model", out)
+    obs = rng.normal(size=48).astype(np.float32)
+    layers = linear_layers(sd)
+    want = reference(layers, "elu", obs, sd["actor_obs_normalizer._mean"][0],
+                     sd["actor_obs_normalizer._std"][0], 0.01, 0.25, -100, 100)
+    with InferdClient(d.socket) as client:
+        assert client.metadata["model"]["name"] == "rsl"
+        np.testing.assert_allclose(client.infer(obs), want, rtol=1e-5, atol=1e-6)
