@@ -14,5 +14,7 @@ mod common;
 mod counts;
 /// Drain on SIGTERM, reload on SIGHUP, generations, connection limit and idle timeout.
 mod lifecycle;
+/// The examples in docs/protocol.md are real frames of the real codec.
+mod protocol_doc;
 /// Many robots at once, each receiving exactly its own answers, with the right numbers.
 mod robots;
