@@ -55,8 +55,9 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     pub backend: BackendKind,
 
-    /// Compute worker threads, each running one batch at a time.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    /// Compute worker threads, each running one batch at a time. Two keep the model busy while
+    /// the other hands its answers back.
+    #[arg(long, value_name = "N", default_value_t = 2)]
     pub workers: usize,
 
     /// Largest batch, in observations.
@@ -353,7 +354,7 @@ mod tests {
         assert_eq!(c.segment_dir, PathBuf::from("/dev/shm"));
         assert_eq!(
             (c.workers, c.max_batch_size, c.max_queue_delay_us),
-            (1, 32, 0)
+            (2, 32, 0)
         );
         assert_eq!(c.max_frame_bytes, 1 << 20);
         assert_eq!(c.action_limits(12), None);
