@@ -37,6 +37,7 @@ mod error;
 mod logging;
 mod metrics;
 mod model;
+mod outbox;
 mod policy;
 pub mod protocol;
 mod safety;

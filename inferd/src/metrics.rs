@@ -24,8 +24,9 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 pub const UNKNOWN_ROBOT_TYPE: &str = "unknown";
 
 thread_local! {
-    /// This thread's I/O shard, with the generation of the segment it belongs to.
-    static IO_SHARD: RefCell<Option<(u64, ShardWriter)>> = const { RefCell::new(None) };
+    /// This thread's I/O shard for the segment of the given generation; `None` inside when
+    /// every shard was taken, so the thread uses the spare without asking again.
+    static IO_SHARD: RefCell<Option<(u64, Option<ShardWriter>)>> = const { RefCell::new(None) };
 }
 
 /// inferd's handle on its metrics segment.
@@ -86,17 +87,15 @@ impl Metrics {
         let generation = self.writer.generation();
         IO_SHARD.with_borrow_mut(|slot| {
             if slot.as_ref().map(|(g, _)| *g) != Some(generation) {
-                *slot = match self.writer.claim_shard(ShardKind::Io) {
-                    Ok(shard) => Some((generation, shard)),
-                    Err(e) => {
-                        log::warn!("recording into the shared spare shard: {e}");
-                        None
-                    }
-                };
+                let shard = self.writer.claim_shard(ShardKind::Io);
+                if let Err(e) = &shard {
+                    log::warn!("this thread records into the shared spare shard: {e}");
+                }
+                *slot = Some((generation, shard.ok()));
             }
             match slot {
-                Some((_, shard)) => shard.record_request(sample),
-                None => self
+                Some((_, Some(shard))) => shard.record_request(sample),
+                _ => self
                     .spare_io_shard
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)

@@ -243,3 +243,55 @@ fn a_request_after_sigterm_is_answered_shutting_down() {
     }
     assert!(d.wait_exit().success());
 }
+
+/// The resident size of a process, bytes.
+fn vm_rss_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+#[test]
+fn a_client_that_never_reads_is_slowed_down_not_buffered() {
+    let d = Daemon::start(&[]);
+    let mut raw = d.connect();
+    raw.stream
+        .set_write_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    // Each of these is answered invalid_input with a ~100-byte frame the client never reads.
+    let bad = frame(vec![("type", "nope".into()), ("id", 1u64.into())]);
+    let chunk = bad.repeat(1000);
+    let mut sent_bytes = 0usize;
+    while sent_bytes < 400_000 * bad.len() {
+        match std::io::Write::write(&mut raw.stream, &chunk) {
+            Ok(n) => sent_bytes += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+    let sent_frames = sent_bytes / bad.len();
+    assert!(
+        sent_frames < 200_000,
+        "inferd kept reading {sent_frames} frames from a client that reads nothing"
+    );
+    let rss = vm_rss_bytes(d.pid());
+    assert!(rss < 256 << 20, "inferd holds {rss} bytes");
+    // Meanwhile the other robots are served as usual.
+    serves(
+        &mut d.connect(),
+        1,
+        "a robot beside the one that does not read",
+    );
+}

@@ -6,6 +6,7 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::policy::{Linear, MlpPolicy, ObsNormalization};
+use crate::protocol::f32s_from_le;
 use crate::{Error, Result};
 
 /// A tensor read from the file: its shape and values.
@@ -100,11 +101,7 @@ impl MlpPolicy {
                             view.dtype()
                         ));
                     }
-                    let data = view
-                        .data()
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect();
+                    let data = f32s_from_le(view.data());
                     Ok(Some((view.shape().to_vec(), data)))
                 }
                 Err(_) => Ok(None),

@@ -16,4 +16,5 @@ pub use self::message::{
     ModelDescription, Rejection, ServerMessage, TensorSpec, Timing, MAX_ROBOT_TYPE_BYTES,
     PROTOCOL_VERSION,
 };
+pub(crate) use self::ndarray::f32s_from_le;
 pub use self::ndarray::{Tensor, DTYPE_F32, MAX_RANK};

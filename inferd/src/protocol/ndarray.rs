@@ -91,12 +91,21 @@ impl Tensor {
                 bytes.len()
             ));
         }
-        let data = bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        Ok(Tensor { shape, data })
+        Ok(Tensor {
+            shape,
+            data: f32s_from_le(bytes),
+        })
     }
+}
+
+/// Little-endian float32 values from bytes; a trailing partial value is ignored (callers
+/// check the length first).
+pub(crate) fn f32s_from_le(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .filter_map(|c| c.try_into().ok())
+        .map(f32::from_le_bytes)
+        .collect()
 }
 
 fn element_count(shape: &[usize]) -> Option<usize> {

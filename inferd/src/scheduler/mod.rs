@@ -15,30 +15,29 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use shm_layout::{Gauge, RobotTypeId};
-use tokio::sync::mpsc::UnboundedSender;
 
 use crate::metrics::Metrics;
 use crate::model::ModelStore;
+use crate::outbox::Outbox;
 use crate::{Error, Result};
 
-/// Where a request's answer goes: its connection's writer, and that connection's count of
+/// Where a request's answer goes: its connection's outbox, and that connection's count of
 /// requests in flight.
 #[derive(Clone, Debug)]
 pub struct Reply {
-    frames: UnboundedSender<Vec<u8>>,
+    outbox: Outbox,
     in_flight: Arc<AtomicUsize>,
 }
 
 impl Reply {
-    /// A reply path to the writer behind `frames`.
-    pub fn new(frames: UnboundedSender<Vec<u8>>, in_flight: Arc<AtomicUsize>) -> Reply {
-        Reply { frames, in_flight }
+    /// A reply path into `outbox`.
+    pub fn new(outbox: Outbox, in_flight: Arc<AtomicUsize>) -> Reply {
+        Reply { outbox, in_flight }
     }
 
-    /// Hands the answer to the writer and frees the connection's in-flight slot. A closed
-    /// connection just drops it: the answer was already recorded.
+    /// Hands the answer to the writer and frees the connection's in-flight slot.
     fn answer(self, frame: Vec<u8>) {
-        let _ = self.frames.send(frame);
+        self.outbox.send(frame);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -8,14 +8,13 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use shm_layout::{Gauge, RequestSample, RobotTypeId, Status};
-use tokio::io::AsyncWriteExt;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::unix::OwnedReadHalf;
 use tokio::net::UnixStream;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::watch;
 use tokio_util::codec::FramedRead;
 
 use crate::model::LoadedModel;
+use crate::outbox::{outbox, Outbox};
 use crate::protocol::{
     decode_body, ClientMessage, ErrorCode, ErrorReply, FrameCodec, FrameError, InferRequest,
     Rejection, ServerMessage, Tensor, HEADER_BYTES,
@@ -23,8 +22,10 @@ use crate::protocol::{
 use crate::scheduler::{Job, Refusal, Reply};
 use crate::server::Context;
 
-/// Most frames the writer gathers into one write.
-const WRITE_BATCH_FRAMES: usize = 64;
+/// Frames a connection may have waiting to be written beyond its requests in flight before
+/// its reader stops reading: a client that does not read its answers is slowed down, not
+/// buffered without bound.
+const EXTRA_BACKLOG_FRAMES: usize = 64;
 
 /// Serves one connection until the peer leaves, breaks the protocol, idles out, or the
 /// server closes (`closing` becomes true after the drain).
@@ -38,48 +39,22 @@ pub async fn serve(
     metrics.add(Gauge::Connections, 1);
     log::debug!("connection {number} opened");
     let (reader, writer) = stream.into_split();
-    let (frames, outbox) = unbounded_channel();
-    let _ = frames.send(ctx.models.current().metadata_frame.clone());
-    let writer = tokio::spawn(write_frames(writer, outbox, number));
+    let (outbox, outgoing) = outbox();
+    outbox.send(ctx.models.current().metadata_frame.clone());
+    let writer = tokio::spawn(outgoing.run(writer, number));
     let mut conn = Connection {
         robot_type: metrics.unknown_robot(),
         ctx,
-        frames,
+        outbox,
         in_flight: Arc::new(AtomicUsize::new(0)),
         number,
     };
     conn.read(reader, closing).await;
-    // The writer ends once this connection's sender and every queued request's are gone.
+    // The writer ends once this connection's outbox and every queued request's are gone.
     drop(conn);
     let _ = writer.await;
     metrics.add(Gauge::Connections, -1);
     log::debug!("connection {number} closed");
-}
-
-async fn write_frames(
-    mut writer: OwnedWriteHalf,
-    mut outbox: UnboundedReceiver<Vec<u8>>,
-    number: u64,
-) {
-    let mut frames = Vec::with_capacity(WRITE_BATCH_FRAMES);
-    let mut buf = Vec::new();
-    while outbox.recv_many(&mut frames, WRITE_BATCH_FRAMES).await > 0 {
-        // Everything ready goes out in one write: one syscall for a burst of answers.
-        let bytes = match &frames[..] {
-            [one] => &one[..],
-            many => {
-                buf.clear();
-                many.iter().for_each(|f| buf.extend_from_slice(f));
-                &buf[..]
-            }
-        };
-        if let Err(e) = writer.write_all(bytes).await {
-            log::debug!("connection {number}: write failed, dropping its answers: {e}");
-            return;
-        }
-        frames.clear();
-    }
-    let _ = writer.shutdown().await;
 }
 
 enum Flow {
@@ -89,7 +64,7 @@ enum Flow {
 
 struct Connection {
     ctx: Arc<Context>,
-    frames: UnboundedSender<Vec<u8>>,
+    outbox: Outbox,
     in_flight: Arc<AtomicUsize>,
     robot_type: RobotTypeId,
     number: u64,
@@ -99,7 +74,17 @@ impl Connection {
     async fn read(&mut self, reader: OwnedReadHalf, mut closing: watch::Receiver<bool>) {
         let mut frames = FramedRead::new(reader, FrameCodec::new(self.ctx.config.max_frame_bytes));
         let idle = self.ctx.config.idle_timeout();
+        let backlog = self.ctx.config.max_in_flight + EXTRA_BACKLOG_FRAMES;
         loop {
+            // Reading pauses while the client leaves its answers unread.
+            let writable = tokio::select! {
+                biased;
+                _ = closing.wait_for(|closed| *closed) => return,
+                writable = self.outbox.wait_below(backlog) => writable,
+            };
+            if !writable {
+                return;
+            }
             let next = tokio::select! {
                 biased;
                 _ = closing.wait_for(|closed| *closed) => return,
@@ -215,7 +200,7 @@ impl Connection {
             arrived,
             request_bytes,
             robot_type: self.robot_type,
-            reply: Reply::new(self.frames.clone(), Arc::clone(&self.in_flight)),
+            reply: Reply::new(self.outbox.clone(), Arc::clone(&self.in_flight)),
         };
         if let Err((job, refusal)) = self.ctx.scheduler.submit(job) {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -260,14 +245,14 @@ impl Connection {
             request_bytes,
             response_bytes: frame.len() as u64,
         });
-        let _ = self.frames.send(frame);
+        self.outbox.send(frame);
     }
 
     /// Answers a connection-ending error (no id: it is not a request) and closes.
     fn fatal(&self, code: ErrorCode, message: String) -> Flow {
         log::warn!("connection {}: closing, {code}: {message}", self.number);
         self.ctx.metrics.add(Gauge::ProtocolErrorsTotal, 1);
-        let _ = self.frames.send(
+        self.outbox.send(
             ServerMessage::Error(ErrorReply {
                 id: None,
                 code,
