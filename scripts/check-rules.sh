@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Checks the Prometheus and Grafana files without a running Prometheus:
+#   promtool check config  scripts/prometheus/prometheus.yml (with rules.yml and targets/*.yml)
+#   promtool check rules   scripts/prometheus/rules.yml
+#   promtool test rules    scripts/prometheus/rules_test.yml
+# and that every alert carries a severity, summary, description and `for:`, and is tested both
+# firing and silent; that every recording rule is tested; and that the dashboard is valid JSON
+# whose queries all go through its ${datasource} variable. tests/promql/run.sh evaluates every
+# expression against a real Prometheus.
+set -euo pipefail
+cd "$(dirname "$0")/prometheus"
+command -v promtool >/dev/null || { echo "check-rules: promtool is missing: run scripts/setup-prometheus.sh" >&2; exit 1; }
+if ! python3 -c 'import yaml' 2>/dev/null; then
+  echo "check-rules: installing PyYAML"
+  python3 -m pip install --quiet pyyaml
+fi
+
+promtool check config prometheus.yml
+promtool check rules rules.yml
+promtool test rules rules_test.yml
+
+python3 - <<'EOF'
+import json
+import sys
+
+import yaml
+
+failures = []
+rules = yaml.safe_load(open("rules.yml"))
+tests = yaml.safe_load(open("rules_test.yml"))
+
+# The alerts the deployment relies on (docs and runbooks name them).
+required = {"InferdDown", "HighErrorRate", "HighLatencyP99", "QueueSaturated", "DeadlineMisses",
+            "SafetyRejectionSurge", "GPUOverheating", "GPUMemoryHigh", "GPUThrottled", "NVMLDown",
+            "ExporterScrapeSlow"}
+alerts, records = {}, set()
+for group in rules["groups"]:
+    for rule in group["rules"]:
+        if "alert" in rule:
+            alerts[rule["alert"]] = rule
+        else:
+            records.add(rule["record"])
+for name in sorted(required - alerts.keys()):
+    failures.append(f"alert {name} is missing from rules.yml")
+
+for name, rule in alerts.items():
+    if rule.get("labels", {}).get("severity") not in ("critical", "warning", "info"):
+        failures.append(f"alert {name}: severity label must be critical, warning or info")
+    for key in ("summary", "description"):
+        if not rule.get("annotations", {}).get(key):
+            failures.append(f"alert {name}: no {key} annotation")
+    if "for" not in rule:
+        failures.append(f"alert {name}: no for: (write `for: 0m` with a comment if it should fire at once)")
+
+fires, silent, tested_exprs = set(), set(), []
+for test in tests["tests"]:
+    for case in test.get("alert_rule_test", []):
+        (fires if case.get("exp_alerts") else silent).add(case["alertname"])
+    tested_exprs += [case["expr"] for case in test.get("promql_expr_test", [])]
+for name in sorted(alerts):
+    if name not in fires:
+        failures.append(f"alert {name}: rules_test.yml never expects it to fire")
+    if name not in silent:
+        failures.append(f"alert {name}: rules_test.yml never expects it to stay silent")
+for name in sorted(records):
+    if not any(name in expr for expr in tested_exprs):
+        failures.append(f"recording rule {name}: no promql_expr_test in rules_test.yml")
+
+path = "../grafana/inferd-dashboard.json"
+try:
+    dash = json.load(open(path))
+except ValueError as e:
+    failures.append(f"{path}: not valid JSON: {e}")
+    dash = {"templating": {"list": []}, "panels": []}
+variables = {v["name"]: v for v in dash["templating"]["list"]}
+if variables.get("datasource", {}).get("type") != "datasource":
+    failures.append(f"{path}: no datasource variable")
+for name in ("daemon", "model"):
+    if variables.get(name, {}).get("type") != "query":
+        failures.append(f"{path}: no {name} template variable")
+ids = set()
+def walk(panels):
+    for p in panels:
+        yield p
+        yield from walk(p.get("panels", []))
+for panel in walk(dash["panels"]):
+    if panel["id"] in ids:
+        failures.append(f"{path}: panel id {panel['id']} is used twice")
+    ids.add(panel["id"])
+    if panel["type"] == "row":
+        continue
+    where = f"{path}: panel {panel.get('title')!r}"
+    if panel.get("datasource", {}).get("uid") != "${datasource}":
+        failures.append(f"{where}: datasource is not ${{datasource}}")
+    if not panel.get("targets"):
+        failures.append(f"{where}: no queries")
+    for t in panel.get("targets", []):
+        if not t.get("expr") or t.get("datasource", {}).get("uid") != "${datasource}":
+            failures.append(f"{where} {t.get('refId')}: no expr, or a datasource other than ${{datasource}}")
+
+for f in failures:
+    print(f"check-rules: FAIL: {f}", file=sys.stderr)
+if failures:
+    sys.exit(1)
+print(f"check-rules: {len(alerts)} alerts and {len(records)} recording rules tested; "
+      f"dashboard: {len(ids)} panels, all on ${{datasource}}")
+EOF

@@ -1,0 +1,406 @@
+#!/usr/bin/env python3
+"""The PromQL half of tests/promql/run.sh (which starts and stops the processes).
+
+Subcommands:
+  wait URL [--timeout S]                  wait until URL answers 200
+  config --out F --targets F --exporter A write a Prometheus config derived from
+                                          scripts/prometheus/prometheus.yml: 1 s scrapes and
+                                          rule evaluations, the exporter at A as its only target
+  check --prometheus URL                  evaluate every PromQL expression in rules.yml and the
+                                          dashboard against that Prometheus; print a summary line
+
+What `check` asserts, and the rule it uses for alerts:
+  * every recording rule's expression returns data, and so does the series it records;
+  * every rule Prometheus loaded evaluates without error (health "ok" in /api/v1/rules);
+  * an alert's expression is empty while nothing is wrong, so it is taken apart instead: split
+    at top-level `and`/`or`/`unless` (dropping their on()/ignoring() modifiers), and each
+    operand's top-level comparison with a number is removed (`x > 0.05` -> `x`; a comparison
+    between two vectors checks both sides). Every piece must return data: that proves every
+    metric, label and value the alert selects exists and that its vector matching works;
+  * every dashboard target and template-variable query returns data, with $instance, $daemon,
+    $model -> `.*` (the variables' "All") and $__rate_interval -> 1m;
+  * every inferd_* name used is in docs/metrics.md (or is a recorded series).
+Expressions that use a metric marked "GPU only" in docs/metrics.md are skipped with the
+reason "no GPU" while the exporter's NVML is down; with NVML up they are checked as well.
+Only the Python standard library and PyYAML (run.sh installs it if missing).
+"""
+
+import argparse
+import json
+import re
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+RULES = REPO / "scripts/prometheus/rules.yml"
+PROMETHEUS_YML = REPO / "scripts/prometheus/prometheus.yml"
+DASHBOARD = REPO / "scripts/grafana/inferd-dashboard.json"
+CATALOG = REPO / "docs/metrics.md"
+
+# Grafana's built-in interval variables, as a 1 s scrape interval makes them.
+BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
+NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$|^[+-]?(Inf|NaN)$")
+
+
+# --- helpers for HTTP -------------------------------------------------------------------------
+
+def http_get(url, timeout=10.0):
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.status, resp.read()
+
+
+def wait(url, timeout):
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            status, _ = http_get(url, timeout=2.0)
+            if status == 200:
+                return 0
+            last = f"HTTP {status}"
+        except (urllib.error.URLError, OSError) as e:
+            last = str(e)
+        time.sleep(0.2)
+    print(f"promql: {url} did not answer within {timeout:.0f} s ({last})", file=sys.stderr)
+    return 1
+
+
+class Prometheus:
+    def __init__(self, base):
+        self.base = base.rstrip("/")
+
+    def api(self, path, **params):
+        url = f"{self.base}/api/v1/{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        try:
+            _, body = http_get(url, timeout=30.0)
+        except urllib.error.HTTPError as e:
+            body = e.read()
+        reply = json.loads(body)
+        if reply.get("status") != "success":
+            raise QueryError(f"{reply.get('errorType', 'error')}: {reply.get('error', body[:200])}")
+        return reply["data"]
+
+    def query(self, expr, at):
+        data = self.api("query", query=expr, time=f"{at:.3f}")
+        if data["resultType"] in ("scalar", "string"):
+            return [data["result"]]
+        return data["result"]
+
+
+class QueryError(Exception):
+    pass
+
+
+# --- the catalog ------------------------------------------------------------------------------
+
+def catalog():
+    """Metric name -> True if GPU only, from the tables in docs/metrics.md."""
+    names = {}
+    for line in CATALOG.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 6 and re.fullmatch(r"`[a-z_:]+`", cells[0]) and cells[4] in ("yes", "no"):
+            names[cells[0].strip("`")] = cells[4] == "yes"
+    if not names:
+        raise SystemExit(f"promql: no metric rows found in {CATALOG}")
+    return names
+
+
+def metric_names(expr):
+    """Identifiers in an expression that look like metric names (strings removed)."""
+    bare = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)
+    return {m.group(0) for m in IDENT.finditer(bare)}
+
+
+def base_name(name):
+    for suffix in HISTOGRAM_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+# --- taking alert expressions apart -------------------------------------------------------------
+
+def top_level(expr):
+    """Yields (index, char) for characters outside brackets and string literals."""
+    depth = 0
+    quote = None
+    i = 0
+    while i < len(expr):
+        c = expr[i]
+        if quote:
+            if c == "\\" and quote != "`":
+                i += 2
+                continue
+            if c == quote:
+                quote = None
+        elif c in "\"'`":
+            quote = c
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif depth == 0:
+            yield i, c
+        i += 1
+
+
+def unwrap(expr):
+    """Removes parentheses around the whole expression."""
+    expr = expr.strip()
+    while expr.startswith("(") and expr.endswith(")"):
+        depth = 0
+        for i, c in enumerate(expr):
+            depth += c == "("
+            depth -= c == ")"
+            if depth == 0 and i < len(expr) - 1:
+                return expr
+        expr = expr[1:-1].strip()
+    return expr
+
+
+MODIFIER = re.compile(r"^\s*(bool\s+)?((on|ignoring)\s*\([^)]*\)\s*)?((group_left|group_right)\s*(\([^)]*\))?\s*)?")
+
+
+def strip_modifiers(expr):
+    return expr[MODIFIER.match(expr).end():]
+
+
+def split_set_operators(expr):
+    expr = unwrap(expr)
+    cuts = []
+    for i, _ in top_level(expr):
+        m = re.match(r"(and|or|unless)\b", expr[i:])
+        if m and (i == 0 or not re.match(r"[A-Za-z0-9_:]", expr[i - 1])):
+            cuts.append((i, i + len(m.group(1))))
+    if not cuts:
+        return [expr]
+    parts, start = [], 0
+    for begin, end in cuts:
+        parts.append(expr[start:begin])
+        start = end
+    parts.append(expr[start:])
+    operands = []
+    for part in parts:
+        operands.extend(split_set_operators(strip_modifiers(part)))
+    return operands
+
+
+def strip_comparison(expr):
+    expr = unwrap(expr)
+    chars = list(top_level(expr))
+    for n, (i, c) in enumerate(chars):
+        nxt = expr[i + 1] if i + 1 < len(expr) else ""
+        if c in "=!" and nxt == "=" or c in "<>":
+            width = 2 if nxt == "=" else 1
+            lhs, rhs = expr[:i].strip(), strip_modifiers(expr[i + width:]).strip()
+            if NUMBER.match(unwrap(rhs)):
+                return [lhs]
+            return [lhs] + strip_comparison(rhs)
+    return [expr]
+
+
+def alert_pieces(expr):
+    pieces = []
+    for operand in split_set_operators(expr):
+        pieces.extend(p for p in strip_comparison(operand) if p)
+    return pieces
+
+
+# --- what to check ----------------------------------------------------------------------------
+
+VAR = re.compile(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)")
+
+
+def substitute(expr, variables):
+    unknown = []
+
+    def repl(m):
+        name = m.group(1) or m.group(2) or m.group(3)
+        if name in variables:
+            return variables[name]
+        unknown.append(name)
+        return m.group(0)
+
+    out = VAR.sub(repl, expr)
+    if unknown:
+        raise QueryError(f"unknown template variable(s) {', '.join(sorted(set(unknown)))}")
+    return out
+
+
+def checks_from_rules():
+    doc = yaml.safe_load(RULES.read_text())
+    out, recorded = [], set()
+    for group in doc["groups"]:
+        for rule in group["rules"]:
+            if "record" in rule:
+                recorded.add(rule["record"])
+                out.append((f"record {rule['record']}{labels_text(rule)}: expr", rule["expr"], None))
+                selector = rule["record"] + labels_selector(rule)
+                out.append((f"record {rule['record']}{labels_text(rule)}: recorded series", selector, None))
+            else:
+                for n, piece in enumerate(dict.fromkeys(alert_pieces(rule["expr"])), 1):
+                    out.append((f"alert {rule['alert']} piece {n}", piece, None))
+    return out, recorded
+
+
+def labels_text(rule):
+    labels = rule.get("labels") or {}
+    return "".join(f" {k}={v}" for k, v in sorted(labels.items()))
+
+
+def labels_selector(rule):
+    labels = rule.get("labels") or {}
+    if not labels:
+        return ""
+    return "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+
+
+def checks_from_dashboard():
+    dash = json.loads(DASHBOARD.read_text())
+    variables = dict(BUILTINS)
+    out = []
+    for var in dash.get("templating", {}).get("list", []):
+        if var.get("type") == "query":
+            variables[var["name"]] = var.get("allValue") or ".*"
+    for var in dash.get("templating", {}).get("list", []):
+        if var.get("type") != "query":
+            continue
+        query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+        m = re.fullmatch(r"\s*label_values\((.*),\s*(\w+)\s*\)\s*", query)
+        if not m:
+            out.append((f"variable {var['name']}", query, "unsupported"))
+            continue
+        out.append((f"variable {var['name']}", substitute(m.group(1), variables), m.group(2)))
+    for panel in walk_panels(dash.get("panels", [])):
+        for target in panel.get("targets", []):
+            if target.get("expr"):
+                label = f"panel {panel.get('title')!r} {target.get('refId', '')}"
+                try:
+                    out.append((label, substitute(target["expr"], variables), None))
+                except QueryError as e:
+                    out.append((label, target["expr"], f"error:{e}"))
+    return out
+
+
+def walk_panels(panels):
+    for panel in panels:
+        yield panel
+        yield from walk_panels(panel.get("panels", []))
+
+
+def check(prom_url):
+    prom = Prometheus(prom_url)
+    names = catalog()
+    gpu_only = {n for n, gpu in names.items() if gpu}
+    at = time.time()
+    nvml_up = any(float(s["value"][1]) == 1 for s in prom.query("inferd_nvml_up", at))
+    inferd_on_gpu = bool(prom.query('inferd_model_info{device!="cpu"}', at))
+    rule_checks, recorded = checks_from_rules()
+    all_checks = rule_checks + checks_from_dashboard()
+
+    passed, failed, skipped = [], [], []
+
+    for label, expr, extra in all_checks:
+        if extra == "unsupported":
+            failed.append((label, expr, "only label_values(selector, label) queries are checked"))
+            continue
+        if extra and extra.startswith("error:"):
+            failed.append((label, expr, extra[len("error:"):]))
+            continue
+        used = {base_name(n) for n in metric_names(expr)}
+        unknown = sorted(n for n in used if n.startswith("inferd_") and n not in names and n not in recorded)
+        if unknown:
+            failed.append((label, expr, f"not in docs/metrics.md: {', '.join(unknown)}"))
+            continue
+        gpu = sorted(used & gpu_only)
+        if gpu and not nvml_up:
+            skipped.append((label, expr, f"no GPU ({', '.join(gpu)})"))
+            continue
+        if "inferd_gpu_process_memory_bytes" in used and not inferd_on_gpu:
+            skipped.append((label, expr, "inferd runs no model on a GPU here"))
+            continue
+        try:
+            result = prom.query(expr, at)
+        except (QueryError, urllib.error.URLError, OSError) as e:
+            failed.append((label, expr, str(e)))
+            continue
+        if not result:
+            failed.append((label, expr, "returned no data"))
+        elif extra and not any(extra in s.get("metric", {}) for s in result):
+            failed.append((label, expr, f"no series has the label {extra!r}"))
+        else:
+            passed.append(label)
+
+    # Every rule Prometheus loaded has evaluated, without error.
+    loaded = 0
+    for group in prom.api("rules")["groups"]:
+        for rule in group["rules"]:
+            loaded += 1
+            label = f"rule health {rule['name']}"
+            if rule.get("health") != "ok":
+                failed.append((label, rule.get("query", ""), f"health {rule.get('health')}: {rule.get('lastError', '')}"))
+            else:
+                passed.append(label)
+    want = sum(len(g["rules"]) for g in yaml.safe_load(RULES.read_text())["groups"])
+    if loaded != want:
+        failed.append(("rules loaded", str(RULES), f"Prometheus loaded {loaded} rules, rules.yml has {want}"))
+
+    for label, expr, reason in skipped:
+        print(f"skip  {label}: {reason}")
+    for label, expr, reason in failed:
+        print(f"FAIL  {label}: {reason}\n        {' '.join(expr.split())}")
+    firing = prom.query("ALERTS", at)
+    if firing:
+        active = sorted({f"{s['metric'].get('alertname')} ({s['metric'].get('alertstate')})" for s in firing})
+        print(f"note  alerts active in the test (expected with no GPU: NVMLDown): {', '.join(active)}")
+    print(f"promql: {len(passed)} passed, {len(failed)} failed, {len(skipped)} skipped")
+    return 1 if failed else 0
+
+
+def make_config(out, targets, exporter):
+    config = yaml.safe_load(PROMETHEUS_YML.read_text())
+    config["global"]["scrape_interval"] = "1s"
+    config["global"]["evaluation_interval"] = "1s"
+    config["rule_files"] = [str(RULES)]
+    jobs = [j for j in config["scrape_configs"] if j["job_name"] == "inferd"]
+    if len(jobs) != 1:
+        raise SystemExit(f"promql: {PROMETHEUS_YML} has no single job named inferd")
+    jobs[0]["scrape_timeout"] = "1s"
+    jobs[0]["file_sd_configs"] = [{"files": [str(targets)], "refresh_interval": "5s"}]
+    Path(targets).write_text(yaml.safe_dump([{"targets": [exporter], "labels": {"site": "promql-test"}}]))
+    Path(out).write_text(yaml.safe_dump(config, sort_keys=False))
+    return 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("wait")
+    p.add_argument("url")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p = sub.add_parser("config")
+    p.add_argument("--out", required=True)
+    p.add_argument("--targets", required=True)
+    p.add_argument("--exporter", required=True)
+    p = sub.add_parser("check")
+    p.add_argument("--prometheus", required=True)
+    args = parser.parse_args()
+    if args.command == "wait":
+        return wait(args.url, args.timeout)
+    if args.command == "config":
+        return make_config(args.out, args.targets, args.exporter)
+    return check(args.prometheus)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
