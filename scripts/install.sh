@@ -25,7 +25,12 @@ build=1
 start=1
 bin_dir="$repo/target/release"
 die() { echo "install: $*" >&2; exit 1; }
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+# --help prints the header comment to stdout; a bad command line gets it on stderr.
+usage() {
+  if [[ ${1:-2} -eq 0 ]]; then help_text; exit 0; fi
+  help_text >&2; exit 2
+}
+help_text() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     --root) [[ $# -ge 2 ]] || usage; root=$2; shift 2 ;;
@@ -34,7 +39,7 @@ while [[ $# -gt 0 ]]; do
     --bin-dir) [[ $# -ge 2 ]] || usage; bin_dir=$2; shift 2 ;;
     --bin-dir=*) bin_dir=${1#--bin-dir=}; shift ;;
     --no-start) start=0; shift ;;
-    -h|--help) usage ;;
+    -h|--help) usage 0 ;;
     *) echo "install: unknown option $1" >&2; usage ;;
   esac
 done

@@ -19,13 +19,18 @@ set -euo pipefail
 root=""
 purge=0
 die() { echo "uninstall: $*" >&2; exit 1; }
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+# --help prints the header comment to stdout; a bad command line gets it on stderr.
+usage() {
+  if [[ ${1:-2} -eq 0 ]]; then help_text; exit 0; fi
+  help_text >&2; exit 2
+}
+help_text() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     --root) [[ $# -ge 2 ]] || usage; root=$2; shift 2 ;;
     --root=*) root=${1#--root=}; shift ;;
     --purge) purge=1; shift ;;
-    -h|--help) usage ;;
+    -h|--help) usage 0 ;;
     *) echo "uninstall: unknown option $1" >&2; usage ;;
   esac
 done
