@@ -16,7 +16,7 @@ pub struct FakeDevice {
     /// Used, free, total bytes.
     pub memory_bytes: (u64, u64, u64),
     /// °C.
-    pub temperature_celsius: u32,
+    pub temperature_celsius: i32,
     /// mW.
     pub power_usage_milliwatts: u32,
     /// mW.
@@ -172,7 +172,7 @@ impl GpuSource for FakeGpuSource {
         self.read("memory_bytes", gpu, |d| d.memory_bytes)
     }
 
-    fn temperature_celsius(&mut self, gpu: u32) -> Result<u32, SourceError> {
+    fn temperature_celsius(&mut self, gpu: u32) -> Result<i32, SourceError> {
         self.read("temperature_celsius", gpu, |d| d.temperature_celsius)
     }
 

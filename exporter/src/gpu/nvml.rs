@@ -1,11 +1,19 @@
 //! The real [`GpuSource`]: nvml-wrapper, which loads `libnvidia-ml.so` at run time, so the
 //! exporter builds and starts on hosts without a driver (where `connect` fails).
+//!
+//! NVML 13 deprecates `nvmlDeviceGetTemperature` and `nvmlDeviceGetCurrentClocksThrottleReasons`,
+//! which nvml-wrapper 0.13 still calls, in favour of `nvmlDeviceGetTemperatureV` and
+//! `nvmlDeviceGetCurrentClocksEventReasons`, which older drivers lack. Those two reads call the
+//! newer symbol through nvml-wrapper-sys and fall back to the wrapper's older call, so that both
+//! old and new drivers report them; where neither works, the sampler drops and counts the field.
 
 use nvml_wrapper::enum_wrappers::device::{
     Clock, EccCounter, MemoryError, PcieUtilCounter, PerformanceState, TemperatureSensor,
 };
 use nvml_wrapper::enums::device::UsedGpuMemory;
+use nvml_wrapper::error::{nvml_sym, nvml_try, NvmlError};
 use nvml_wrapper::{Device, Nvml};
+use nvml_wrapper_sys::bindings::nvmlTemperature_t;
 
 use super::{GpuIdentity, GpuSource, SourceError};
 
@@ -30,8 +38,58 @@ impl NvmlSource {
     }
 }
 
-fn err(e: nvml_wrapper::error::NvmlError) -> SourceError {
+fn err(e: NvmlError) -> SourceError {
     SourceError(e.to_string())
+}
+
+/// `nvmlTemperature_v1`, i.e. `NVML_STRUCT_VERSION(Temperature, 1)`: the struct's size with the
+/// version number in the top byte.
+const TEMPERATURE_V1: u32 = std::mem::size_of::<nvmlTemperature_t>() as u32 | (1 << 24);
+
+/// Tries the newer NVML call and, if it fails for any reason (a symbol the driver lacks, a
+/// struct version it refuses), the older one. When both fail the older call's error is the
+/// answer, unless the older call is the one missing from this driver.
+fn newer_or_older<T>(
+    newer: impl FnOnce() -> Result<T, NvmlError>,
+    older: impl FnOnce() -> Result<T, NvmlError>,
+) -> Result<T, NvmlError> {
+    newer().or_else(|first| {
+        older().map_err(|second| match second {
+            NvmlError::FailedToLoadSymbol(_) | NvmlError::FunctionNotFound => first,
+            other => other,
+        })
+    })
+}
+
+/// The GPU die's temperature through `nvmlDeviceGetTemperatureV` (NVML 12.5 and later).
+fn temperature_v(d: &Device<'_>) -> Result<i32, NvmlError> {
+    let sym = nvml_sym(d.nvml().lib().nvmlDeviceGetTemperatureV.as_ref())?;
+    let mut reading = nvmlTemperature_t {
+        version: TEMPERATURE_V1,
+        sensorType: TemperatureSensor::Gpu.as_c(),
+        temperature: 0,
+    };
+    // SAFETY: `sym` is NVML's own nvmlDeviceGetTemperatureV, loaded by the library that `d`'s
+    // handle came from and which outlives `d`; `reading` is a live, versioned struct of the
+    // type the function writes, and NVML keeps no pointer to it after returning.
+    nvml_try(unsafe { sym(d.handle(), &mut reading) })?;
+    Ok(reading.temperature)
+}
+
+/// The clock-limit reason mask through `nvmlDeviceGetCurrentClocksEventReasons` (NVML 12.2
+/// and later), raw, so that bits newer than nvml-wrapper's flags survive.
+fn clocks_event_reasons(d: &Device<'_>) -> Result<u64, NvmlError> {
+    let sym = nvml_sym(
+        d.nvml()
+            .lib()
+            .nvmlDeviceGetCurrentClocksEventReasons
+            .as_ref(),
+    )?;
+    let mut mask = 0;
+    // SAFETY: as in `temperature_v`: NVML's own symbol, a handle from the same library, and a
+    // live u64 for it to write.
+    nvml_try(unsafe { sym(d.handle(), &mut mask) })?;
+    Ok(mask)
 }
 
 impl GpuSource for NvmlSource {
@@ -77,10 +135,16 @@ impl GpuSource for NvmlSource {
         Ok((m.used, m.free, m.total))
     }
 
-    fn temperature_celsius(&mut self, gpu: u32) -> Result<u32, SourceError> {
-        self.device(gpu)?
-            .temperature(TemperatureSensor::Gpu)
-            .map_err(err)
+    fn temperature_celsius(&mut self, gpu: u32) -> Result<i32, SourceError> {
+        let d = self.device(gpu)?;
+        newer_or_older(
+            || temperature_v(&d),
+            || {
+                let celsius = d.temperature(TemperatureSensor::Gpu)?;
+                i32::try_from(celsius).map_err(|_| NvmlError::UnexpectedVariant(celsius))
+            },
+        )
+        .map_err(err)
     }
 
     fn power_usage_milliwatts(&mut self, gpu: u32) -> Result<u32, SourceError> {
@@ -104,11 +168,12 @@ impl GpuSource for NvmlSource {
     }
 
     fn throttle_reasons(&mut self, gpu: u32) -> Result<u64, SourceError> {
-        Ok(self
-            .device(gpu)?
-            .current_throttle_reasons()
-            .map_err(err)?
-            .bits())
+        let d = self.device(gpu)?;
+        newer_or_older(
+            || clocks_event_reasons(&d),
+            || Ok(d.current_throttle_reasons()?.bits()),
+        )
+        .map_err(err)
     }
 
     fn pcie_kilobytes_per_second(&mut self, gpu: u32) -> Result<(u32, u32), SourceError> {
@@ -177,9 +242,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_older_call_answers_when_the_newer_fails() {
+        let missing = || Err::<u64, _>(NvmlError::FailedToLoadSymbol("newer".into()));
+        assert_eq!(newer_or_older(missing, || Ok(7)).ok(), Some(7));
+        let refused = || Err::<u64, _>(NvmlError::Unknown);
+        assert_eq!(newer_or_older(refused, || Ok(7)).ok(), Some(7));
+        let never = || -> Result<u64, NvmlError> { panic!("the older call ran") };
+        assert_eq!(newer_or_older(|| Ok(3), never).ok(), Some(3));
+    }
+
+    #[test]
+    fn when_both_fail_the_error_is_the_one_that_explains() {
+        let unsupported = || Err::<u64, _>(NvmlError::NotSupported);
+        let gone = || Err::<u64, _>(NvmlError::FailedToLoadSymbol("older".into()));
+        assert!(matches!(
+            newer_or_older(unsupported, gone),
+            Err(NvmlError::NotSupported)
+        ));
+        let missing = || Err::<u64, _>(NvmlError::FailedToLoadSymbol("newer".into()));
+        assert!(matches!(
+            newer_or_older(missing, || Err(NvmlError::GpuLost)),
+            Err(NvmlError::GpuLost)
+        ));
+    }
+
+    #[test]
+    fn temperature_struct_version_matches_nvml_h() {
+        // nvml.h: NVML_STRUCT_VERSION(Temperature, 1) over a 12-byte struct.
+        assert_eq!(TEMPERATURE_V1, 0x0100_000C);
+    }
+
+    #[test]
     fn reads_before_connect_fail_instead_of_panicking() {
         let mut s = NvmlSource::new();
         assert!(s.device_count().is_err());
         assert!(s.temperature_celsius(0).is_err());
+        assert!(s.throttle_reasons(0).is_err());
     }
 }

@@ -31,8 +31,8 @@ pub trait GpuSource: Send {
     fn utilization_percent(&mut self, gpu: u32) -> Result<(u32, u32), SourceError>;
     /// Memory used, free and total, in bytes.
     fn memory_bytes(&mut self, gpu: u32) -> Result<(u64, u64, u64), SourceError>;
-    /// Die temperature, in °C.
-    fn temperature_celsius(&mut self, gpu: u32) -> Result<u32, SourceError>;
+    /// Die temperature, in °C (signed, as NVML's newer call reports it).
+    fn temperature_celsius(&mut self, gpu: u32) -> Result<i32, SourceError>;
     /// Power draw, in milliwatts.
     fn power_usage_milliwatts(&mut self, gpu: u32) -> Result<u32, SourceError>;
     /// Enforced power limit, in milliwatts.
