@@ -26,9 +26,16 @@ cargo test --workspace --benches --locked
 step "fuzz targets build"
 (cd shm-layout/fuzz && cargo +nightly fuzz build)
 
-if [[ -f tests/python/run.sh ]]; then
-  step "python client against the real daemon"
-  INFERD_BIN="$PWD/target/debug/inferd" bash tests/python/run.sh
-fi
+step "python client against the real daemon"
+INFERD_BIN="$PWD/target/debug/inferd" bash tests/python/run.sh
+
+step "systemd units: verify, exposure scores, install/uninstall into a staging root"
+bash scripts/check-systemd.sh
+
+step "Prometheus rules and the Grafana dashboard: promtool checks and rule unit tests"
+bash scripts/check-rules.sh
+
+step "every PromQL expression of the rules and dashboard against a real Prometheus"
+bash tests/promql/run.sh
 
 step "all tests passed"
