@@ -8,7 +8,7 @@ use crate::common::{assert_close, count, unique, Daemon, Raw, PATIENCE};
 
 #[test]
 fn sigterm_drains_queued_work_and_exits_0() {
-    let mut d = Daemon::start(&["--max-queue-delay-us", "1500000"]);
+    let mut d = Daemon::start(&["--max-queue-delay-us", "3000000"]);
     let mut raw = d.connect();
     for id in 0..5 {
         raw.infer(id, vec![0.2; 48], None);
