@@ -6,6 +6,8 @@
 
 /// Bad inputs, each answered with its documented code, after which the daemon serves on.
 mod bad_input;
+/// Dynamic batching with Triton's max_queue_delay semantics.
+mod batching;
 /// `inferd --help`, the config file, `inferd` with no arguments, and `inferctl`.
 mod cli;
 /// Spawning the daemon, a raw blocking client, and reading the daemon's segment.

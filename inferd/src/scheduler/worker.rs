@@ -65,23 +65,13 @@ impl Worker {
             self.process(batch);
         }
         // Stopping: whatever is still queued gets an answer, so that no request goes
-        // unanswered or uncounted.
-        let leftovers: Vec<Job> = self
-            .carry
-            .take()
-            .into_iter()
-            .chain(self.jobs.try_iter())
-            .collect();
-        for job in leftovers {
-            self.took(1);
-            let model = self.shared.models.current();
-            self.answer_error(
-                &model,
-                job,
-                ErrorCode::ShuttingDown,
-                "inferd stopped before computing this request".into(),
-                None,
-            );
+        // unanswered or uncounted. (A carried job was counted off the queue when taken.)
+        let queued: Vec<Job> = self.jobs.try_iter().collect();
+        self.took(queued.len());
+        let model = self.shared.models.current();
+        for job in self.carry.take().into_iter().chain(queued) {
+            let msg = "inferd stopped before computing this request".to_owned();
+            self.answer_error(&model, job, ErrorCode::ShuttingDown, msg, None);
         }
     }
 
@@ -104,23 +94,28 @@ impl Worker {
             }
         };
         let policy = self.shared.policy;
-        // A delay too long to represent is as good as waiting for a full batch.
-        let flush_at = first.arrived.checked_add(policy.max_queue_delay);
+        // With no delay only what is already queued joins. A delay too long to represent is as
+        // good as waiting for a full batch.
         let wait = !policy.max_queue_delay.is_zero();
+        let timer = match first.arrived.checked_add(policy.max_queue_delay) {
+            Some(at) if wait => crossbeam_channel::at(at),
+            _ => crossbeam_channel::never(),
+        };
         let mut rows = first.rows;
         let mut batch = vec![first];
         while rows < policy.max_batch_size {
-            let next = if wait {
-                let timer = flush_at.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
+            // What is queued joins at once; only an empty queue waits, until the timer fires.
+            let next = self.jobs.try_recv().ok().or_else(|| {
+                if !wait {
+                    return None;
+                }
                 crossbeam_channel::select! {
                     recv(self.jobs) -> job => job.ok(),
                     recv(timer) -> _ => None,
                     // The drain timeout passed: stop waiting for a batch that will not fill.
                     recv(self.abandon) -> _ => None,
                 }
-            } else {
-                self.jobs.try_recv().ok()
-            };
+            });
             let Some(job) = next else { break };
             self.took(1);
             if rows + job.rows > policy.max_batch_size {
