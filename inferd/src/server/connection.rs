@@ -102,13 +102,9 @@ impl Connection {
                     Flow::Close
                 }
                 Next::End => Flow::Close,
-                Next::Error(FrameError::TooLarge {
-                    declared_bytes,
-                    max_bytes,
-                }) => self.fatal(
-                    ErrorCode::FrameTooLarge,
-                    format!("frame of {declared_bytes} bytes exceeds the maximum of {max_bytes}"),
-                ),
+                Next::Error(e @ FrameError::TooLarge { .. }) => {
+                    self.fatal(ErrorCode::FrameTooLarge, e.to_string())
+                }
                 Next::Error(e @ FrameError::Truncated { .. }) => {
                     self.fatal(ErrorCode::ProtocolError, e.to_string())
                 }
