@@ -100,3 +100,18 @@ async fn many_robots_each_get_their_own_answers() {
         0
     );
 }
+
+/// The connection's in-flight slot is free before its answer leaves, so a robot that sends
+/// each request after reading the previous answer is never refused, even at a limit of one.
+#[test]
+fn a_robot_waiting_for_each_answer_is_never_overloaded() {
+    let d = Daemon::start(&["--max-in-flight", "1"]);
+    let mut raw = d.connect();
+    for id in 0..500 {
+        raw.infer(id, vec![0.0; 48], None);
+        match raw.recv() {
+            Some(ServerMessage::Result(r)) => assert_eq!(r.id, id),
+            other => panic!("request {id}: {other:?}"),
+        }
+    }
+}

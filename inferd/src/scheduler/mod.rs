@@ -35,10 +35,12 @@ impl Reply {
         Reply { outbox, in_flight }
     }
 
-    /// Hands the answer to the writer and frees the connection's in-flight slot.
+    /// Frees the connection's in-flight slot, then hands the answer to the writer: in that
+    /// order, so that a client sending its next request as soon as it reads this answer
+    /// always finds the slot free.
     fn answer(self, frame: Vec<u8>) {
-        self.outbox.send(frame);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.outbox.send(frame);
     }
 }
 

@@ -294,7 +294,7 @@ impl Worker {
     }
 
     /// Encodes the answer, records the request, then sends it: recorded first, so that a
-    /// client holding an answer always finds it counted.
+    /// client holding an answer always finds it counted and no longer in flight.
     fn finish(
         &self,
         model: &LoadedModel,
@@ -315,8 +315,9 @@ impl Worker {
             request_bytes: job.request_bytes,
             response_bytes: frame.len() as u64,
         });
-        job.reply.answer(frame);
+        // Counted out before the answer leaves, so that whoever reads it finds it done.
         self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.shared.metrics.add(Gauge::InFlight, -1);
+        job.reply.answer(frame);
     }
 }
