@@ -44,6 +44,7 @@ mod safety;
 mod scheduler;
 mod server;
 mod signals;
+mod systemd;
 
 pub use crate::backend::{
     Backend, BackendKind, Batch, BatchOutput, CpuBackend, ModelMetadata, ModelSource,
