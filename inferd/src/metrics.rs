@@ -110,8 +110,19 @@ impl Metrics {
         std::thread::Builder::new()
             .name("inferd-heartbeat".into())
             .spawn(move || {
+                // systemd's watchdog is fed from the same beat the exporter watches, so both
+                // see the same liveness.
+                let watchdog = crate::systemd::watchdog_interval();
+                let mut fed = std::time::Instant::now();
+                if watchdog.is_some() {
+                    crate::systemd::notify_watchdog();
+                }
                 while !stop.load(Ordering::Relaxed) {
                     writer.heartbeat();
+                    if watchdog.is_some_and(|every| fed.elapsed() >= every) {
+                        crate::systemd::notify_watchdog();
+                        fed = std::time::Instant::now();
+                    }
                     std::thread::sleep(HEARTBEAT_INTERVAL);
                 }
             })

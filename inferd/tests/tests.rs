@@ -20,3 +20,5 @@ mod lifecycle;
 mod protocol_doc;
 /// Many robots at once, each receiving exactly its own answers, with the right numbers.
 mod robots;
+/// Socket activation and sd_notify (READY, WATCHDOG, STOPPING) with systemd's own tools.
+mod systemd;

@@ -79,7 +79,14 @@ fn serve(config: Config, metrics: Arc<Metrics>, mut signals: Signals) -> Result<
         Arc::clone(&metrics),
     )?;
     let socket = config.socket_path();
-    let listener = bind(&socket)?;
+    // Under socket activation systemd owns the socket file; otherwise we bind (and later remove) it.
+    let (listener, owned_socket) = match crate::systemd::activated_listener()? {
+        Some(listener) => {
+            log::info!("serving the socket systemd passed (socket activation)");
+            (listener, None)
+        }
+        None => (bind(&socket)?, Some(socket.as_path())),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(IO_THREADS)
         .thread_name("inferd-io")
@@ -96,14 +103,16 @@ fn serve(config: Config, metrics: Arc<Metrics>, mut signals: Signals) -> Result<
     let served = runtime.block_on(async {
         let listener = UnixListener::from_std(listener).map_err(Error::io(&socket))?;
         ctx.metrics.set_state(State::Ready);
-        log::info!(
+        let status = format!(
             "ready on {} with {} workers, batches of up to {}, queue of {}",
             socket.display(),
             ctx.config.workers,
             ctx.config.max_batch_size,
             ctx.config.queue_capacity
         );
-        accept_until_drained(&ctx, listener, &mut signals, &socket).await;
+        log::info!("{status}");
+        crate::systemd::notify_ready(&status);
+        accept_until_drained(&ctx, listener, &mut signals, owned_socket).await;
         Ok::<(), Error>(())
     });
     ctx.scheduler.stop();
@@ -115,7 +124,7 @@ async fn accept_until_drained(
     ctx: &Arc<Context>,
     listener: UnixListener,
     signals: &mut Signals,
-    socket: &Path,
+    owned_socket: Option<&Path>,
 ) {
     let (closing_tx, closing) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -156,7 +165,7 @@ async fn accept_until_drained(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     };
-    drain(ctx, listener, signals, socket, signal_name).await;
+    drain(ctx, listener, signals, owned_socket, signal_name).await;
     let _ = closing_tx.send(true);
     if tokio::time::timeout(FLUSH_GRACE, async {
         while connections.join_next().await.is_some() {}
@@ -173,19 +182,24 @@ async fn accept_until_drained(
 }
 
 /// Stops accepting, lets queued work finish (up to the drain timeout), and answers
-/// `shutting_down` to new requests meanwhile.
+/// `shutting_down` to new requests meanwhile. `owned_socket` is the socket file to remove:
+/// `None` under socket activation, where systemd keeps the socket (and queues connections on
+/// it) across restarts.
 async fn drain(
     ctx: &Context,
     listener: UnixListener,
     signals: &mut Signals,
-    socket: &Path,
+    owned_socket: Option<&Path>,
     signal: &str,
 ) {
     ctx.draining.store(true, Ordering::Release);
     ctx.metrics.set_state(State::Draining);
+    crate::systemd::notify_stopping(&format!("{signal}: draining"));
     drop(listener);
-    if let Err(e) = std::fs::remove_file(socket) {
-        log::warn!("could not remove {}: {e}", socket.display());
+    if let Some(socket) = owned_socket {
+        if let Err(e) = std::fs::remove_file(socket) {
+            log::warn!("could not remove {}: {e}", socket.display());
+        }
     }
     let timeout = ctx.config.drain_timeout();
     log::info!(
