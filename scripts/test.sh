@@ -38,4 +38,7 @@ bash scripts/check-rules.sh
 step "every PromQL expression of the rules and dashboard against a real Prometheus"
 bash tests/promql/run.sh
 
+step "README's run command: the demo serves /metrics with inference counts"
+DEMO_PROFILE=debug DEMO_PORT=19470 bash scripts/demo.sh --seconds 8 --check
+
 step "all tests passed"
