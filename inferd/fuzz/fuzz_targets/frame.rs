@@ -63,7 +63,10 @@ fuzz_target!(|data: &[u8]| {
             match codec.decode(&mut buf) {
                 Ok(Some(frame)) => got.push(frame),
                 Ok(None) => break,
-                Err(FrameError::TooLarge { declared_bytes, max_bytes }) => {
+                Err(FrameError::TooLarge {
+                    declared_bytes,
+                    max_bytes,
+                }) => {
                     assert_eq!(max_bytes, max);
                     end = Some(End::TooLarge(declared_bytes));
                     break 'feed;
@@ -83,7 +86,9 @@ fuzz_target!(|data: &[u8]| {
             Ok(Some(frame)) => got.push(frame),
             Ok(None) => break End::Clean,
             Err(FrameError::Truncated { buffered_bytes }) => break End::Truncated(buffered_bytes),
-            Err(FrameError::TooLarge { declared_bytes, .. }) => break End::TooLarge(declared_bytes),
+            Err(FrameError::TooLarge { declared_bytes, .. }) => {
+                break End::TooLarge(declared_bytes)
+            }
             Err(e) => panic!("decode_eof gave {e:?}"),
         }
     });

@@ -13,7 +13,10 @@ fn check(value: &ValueRef<'_>) {
         return;
     };
     assert!(tensor.shape.len() <= MAX_RANK);
-    let count = tensor.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let count = tensor
+        .shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d));
     assert_eq!(count, Some(tensor.data.len()));
     let bytes = tensor.data_bytes();
     let again = Tensor::from_value(&tensor.to_value(&bytes)).expect("our own encoding decodes");

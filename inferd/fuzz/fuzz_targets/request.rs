@@ -25,7 +25,8 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(message) = ServerMessage::decode(data) {
         let frame = message.encode();
-        let again = ServerMessage::decode(&frame[HEADER_BYTES..]).expect("our own encoding decodes");
+        let again =
+            ServerMessage::decode(&frame[HEADER_BYTES..]).expect("our own encoding decodes");
         assert_eq!(again.encode(), frame);
     }
 });
