@@ -6,6 +6,8 @@
 /// Spawning and stopping the binaries, scraping, waiting.
 mod util;
 
+/// README's configuration reference and Quick start match the binaries and scripts.
+mod docs;
 /// The exporter over a real inferd: PromQL through a real Prometheus equals the requests sent.
 mod exporter_inferd;
 /// kill -9 inferd, kill -9 the exporter, SIGTERM under load: nothing is lost.
