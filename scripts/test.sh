@@ -23,8 +23,11 @@ cargo test --workspace --locked
 step "benchmarks: a quick smoke pass of each (numbers come from scripts/bench.sh)"
 cargo test --workspace --benches --locked
 
-step "fuzz targets build"
-(cd shm-layout/fuzz && cargo +nightly fuzz build)
+step "fuzz: every target of both fuzz workspaces, 60 s each"
+FUZZ_SECONDS=60 bash scripts/fuzz.sh
+
+step "soak, short (scripts/soak.sh alone runs 1,000 connections for 10 minutes)"
+SOAK_CONNS=200 SOAK_SECONDS=30 SOAK_PROFILE=debug bash scripts/soak.sh
 
 step "python client against the real daemon"
 INFERD_BIN="$PWD/target/debug/inferd" bash tests/python/run.sh

@@ -16,7 +16,11 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// A name no other test or run uses.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The directory holding the workspace's binaries (target/<profile>), from this test's path.
@@ -88,7 +92,11 @@ impl Proc {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "process did not exit:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -109,8 +117,8 @@ pub struct Inferd {
     pub socket: PathBuf,
     /// Its segment's name in /dev/shm.
     pub segment_name: String,
-    /// Holds the socket and log directory.
-    pub dir: tempfile::TempDir,
+    /// Holds the socket and log directory for the daemon's lifetime.
+    _dir: tempfile::TempDir,
 }
 
 impl Inferd {
@@ -132,7 +140,12 @@ impl Inferd {
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = dir.path().join(format!("inferd-{}.log", unique("log")));
         let proc = Proc::spawn(&bin("inferd"), &args, log);
-        let d = Inferd { proc, socket, segment_name: name.to_owned(), dir };
+        let d = Inferd {
+            proc,
+            socket,
+            segment_name: name.to_owned(),
+            _dir: dir,
+        };
         let pid = d.proc.pid() as u64;
         wait_for("inferd to be ready", || {
             let s = d.try_snapshot()?;
@@ -148,12 +161,18 @@ impl Inferd {
 
     /// A snapshot of its segment, if it can be read now.
     pub fn try_snapshot(&self) -> Option<Snapshot> {
-        SegmentReader::open(self.segment_path()).ok()?.snapshot().ok()
+        SegmentReader::open(self.segment_path())
+            .ok()?
+            .snapshot()
+            .ok()
     }
 
     /// A snapshot of its segment.
     pub fn snapshot(&self) -> Snapshot {
-        SegmentReader::open(self.segment_path()).unwrap().snapshot().unwrap()
+        SegmentReader::open(self.segment_path())
+            .unwrap()
+            .snapshot()
+            .unwrap()
     }
 
     /// Runs `inferctl <args> --socket <ours>` to completion and returns its stdout.
@@ -182,7 +201,11 @@ impl Drop for Inferd {
 
 /// A free TCP port on 127.0.0.1 (bound and released; the race is harmless in tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running exporter reading the segments named by `patterns` in /dev/shm.
@@ -204,8 +227,14 @@ impl Exporter {
             args.extend(["--segment".to_owned(), p.to_string()]);
         }
         let proc = Proc::spawn(&bin("exporter"), &args, dir.path().join("exporter.log"));
-        let e = Exporter { proc, addr, _dir: dir };
-        wait_for("the exporter to answer /health", || http_get(e.addr, "/health").ok());
+        let e = Exporter {
+            proc,
+            addr,
+            _dir: dir,
+        };
+        wait_for("the exporter to answer /health", || {
+            http_get(e.addr, "/health").ok()
+        });
         e
     }
 
@@ -224,16 +253,25 @@ impl Exporter {
 /// The value of the first sample line starting with `series` followed by a space.
 pub fn sample_value(page: &str, series: &str) -> Option<f64> {
     page.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }
 
 /// A minimal HTTP/1.1 GET with `Connection: close`; Ok(body) on 200.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -241,7 +279,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
     if !head.starts_with("HTTP/1.1 200") {
         return Err(format!("status: {}", head.lines().next().unwrap_or("")));
     }
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return Ok(dechunk(body));
     }
     Ok(body.to_owned())
@@ -250,7 +291,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }

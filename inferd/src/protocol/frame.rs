@@ -34,11 +34,15 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+/// The most room reserved ahead of bytes that have not arrived yet.
+const RESERVE_STEP_BYTES: usize = 64 * 1024;
+
 /// Cuts a byte stream into frame bodies for tokio-util's `FramedRead`, refusing an oversize
 /// frame from its prefix alone.
 ///
 /// The prefix stays in the buffer until the whole frame has arrived, so the check sees it on
-/// every call, and room is reserved only for frames within the maximum.
+/// every call. Room is reserved only for frames within the maximum, and then only as the
+/// bytes come: a claim alone (even of the largest allowed frame) never makes us allocate it.
 #[derive(Clone, Copy, Debug)]
 pub struct FrameCodec {
     max_frame_bytes: usize,
@@ -71,7 +75,7 @@ impl Decoder for FrameCodec {
         }
         let frame_bytes = HEADER_BYTES + body_bytes;
         if src.len() < frame_bytes {
-            src.reserve(frame_bytes - src.len());
+            src.reserve((frame_bytes - src.len()).min(RESERVE_STEP_BYTES));
             return Ok(None);
         }
         src.advance(HEADER_BYTES);
@@ -119,6 +123,19 @@ mod tests {
         b.extend_from_slice(&(body.len() as u32).to_le_bytes());
         b.extend_from_slice(body);
         b
+    }
+
+    /// Regression (abuse::a_raised_frame_limit_reserves_nothing_before_the_bytes_arrive): a
+    /// 4 GiB claim under a raised limit used to reserve 4 GiB from the prefix alone.
+    #[test]
+    fn a_claim_reserves_room_only_as_bytes_arrive() {
+        let mut codec = FrameCodec::new(u32::MAX as usize);
+        let mut buf = BytesMut::from(&u32::MAX.to_le_bytes()[..]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() <= RESERVE_STEP_BYTES + HEADER_BYTES, "{}", buf.capacity());
+        buf.extend_from_slice(&[0u8; 1000]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() <= 2 * RESERVE_STEP_BYTES + 1000, "{}", buf.capacity());
     }
 
     #[test]
