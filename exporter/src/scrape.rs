@@ -9,9 +9,11 @@ use shm_layout::{Snapshot, State};
 use crate::discovery::Refusal;
 use crate::gpu::GpuSample;
 
-/// A daemon is `up` while its heartbeat is younger than this. inferd beats every 250 ms; four
-/// missed beats is a hung or dead daemon, and fewer could be a loaded host's scheduling delay.
-pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A daemon is `up` while its heartbeat is younger than this: two heartbeat periods of the
+/// segment's contract (a writer beats at least every 250 ms), so a dead inferd reads `up 0`
+/// within two periods. inferd itself beats every 100 ms, which leaves a loaded host five beats
+/// of scheduling slack before a live daemon could read as down.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// One inferd, as its segment shows it.
 pub struct Daemon {
