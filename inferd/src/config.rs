@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
-use crate::backend::{BackendKind, ModelSource};
+use crate::backend::{BackendKind, BackendOptions, Device, ModelSource};
 use crate::protocol::DEFAULT_MAX_FRAME_BYTES;
 use crate::{Error, Result};
 
@@ -51,9 +51,21 @@ pub struct Config {
     #[arg(long, value_name = "FILE")]
     pub model: Option<PathBuf>,
 
-    /// Backend that runs the model.
+    /// Backend that runs the model: auto (cuda when a CUDA device and its libraries are
+    /// present, else cpu), cpu, cuda (the built-in format on a GPU), or torch (a TorchScript
+    /// `--model`, in builds with the `torch` feature).
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     pub backend: BackendKind,
+
+    /// Device to run on: auto, cpu, cuda or cuda:N. auto: device 0 for cuda; for torch, CUDA
+    /// device 0 when libtorch sees one, else the CPU.
+    #[arg(long, value_name = "DEVICE", default_value = "auto")]
+    pub device: Device,
+
+    /// cuda backend: batches of up to this many rows replay a CUDA graph captured at load, one
+    /// per batch size, which saves the launch of each kernel. 0: no graphs.
+    #[arg(long, value_name = "ROWS", default_value_t = 16)]
+    pub cuda_graph_max_batch: usize,
 
     /// Compute worker threads, each running one batch at a time. Two keep the model busy while
     /// the other hands its answers back.
@@ -213,10 +225,43 @@ impl Config {
                 ));
             }
         }
+        if self.cuda_graph_max_batch > 1024 {
+            return bad(format!(
+                "--cuda-graph-max-batch must be 0 to 1024, got {}",
+                self.cuda_graph_max_batch
+            ));
+        }
+        let runs_on_gpu = matches!(self.backend, BackendKind::Cuda);
+        let runs_on_cpu = matches!(self.backend, BackendKind::Cpu);
+        match self.device {
+            Device::Cpu if runs_on_gpu => {
+                return bad(
+                    "--backend cuda runs on a GPU; --device cpu needs --backend cpu or torch"
+                        .into(),
+                )
+            }
+            Device::Cuda(_) if runs_on_cpu => {
+                return bad(format!(
+                    "--backend cpu cannot run on --device {}; use --backend cuda or torch",
+                    self.device
+                ))
+            }
+            _ => {}
+        }
         if self.max_queue_delay_us > 10_000_000 {
             return bad("--max-queue-delay-us must be at most 10000000 (10 s)".into());
         }
         Ok(())
+    }
+
+    /// What the backend is told: the device, and the workers and batch size it will serve.
+    pub fn backend_options(&self) -> BackendOptions {
+        BackendOptions {
+            device: self.device,
+            workers: self.workers,
+            max_batch_rows: self.max_batch_size,
+            cuda_graph_max_batch: self.cuda_graph_max_batch,
+        }
     }
 
     /// Where the model comes from.
@@ -359,6 +404,52 @@ mod tests {
         assert_eq!(c.max_frame_bytes, 1 << 20);
         assert_eq!(c.action_limits(12), None);
         assert_eq!(c.drain_timeout(), Duration::from_secs(10));
+        assert_eq!(
+            c.backend_options(),
+            BackendOptions {
+                device: Device::Auto,
+                workers: 2,
+                max_batch_rows: 32,
+                cuda_graph_max_batch: 16,
+            }
+        );
+    }
+
+    #[test]
+    fn backend_and_device_options_parse_and_must_agree() {
+        let c = parse(&[
+            "--backend",
+            "cuda",
+            "--device",
+            "cuda:1",
+            "--cuda-graph-max-batch",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(c.backend, BackendKind::Cuda);
+        assert_eq!(c.backend_options().device, Device::Cuda(1));
+        assert_eq!(c.backend_options().cuda_graph_max_batch, 0);
+        let c = parse(&["--backend", "torch", "--device", "cpu"]).unwrap();
+        assert_eq!(c.backend, BackendKind::Torch);
+        for (args, want) in [
+            (
+                &["--backend", "cuda", "--device", "cpu"][..],
+                "--backend cuda runs on a GPU",
+            ),
+            (
+                &["--backend", "cpu", "--device", "cuda"],
+                "cannot run on --device cuda:0",
+            ),
+            (&["--device", "gpu0"], "expected auto, cpu, cuda or cuda:N"),
+            (
+                &["--cuda-graph-max-batch", "4096"],
+                "--cuda-graph-max-batch",
+            ),
+            (&["--backend", "tpu"], "invalid value"),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
     }
 
     #[test]

@@ -46,8 +46,11 @@ mod server;
 mod signals;
 mod systemd;
 
+#[cfg(feature = "torch")]
+pub use crate::backend::TorchBackend;
 pub use crate::backend::{
-    Backend, BackendKind, Batch, BatchOutput, CpuBackend, ModelMetadata, ModelSource,
+    cuda_device_count, Backend, BackendKind, BackendOptions, Batch, BatchOutput, CpuBackend,
+    CudaBackend, Device, ModelMetadata, ModelSource,
 };
 pub use crate::bench::{run_bench, BenchOptions, BenchReport, Latency};
 pub use crate::client::{AnswerReceiver, Client, RequestSender, CLIENT_MAX_FRAME_BYTES};

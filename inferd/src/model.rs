@@ -38,7 +38,13 @@ impl LoadedModel {
     fn load(config: &Config, metrics: &Metrics) -> Result<LoadedModel> {
         let source = config.model_source();
         let start = Instant::now();
-        let backend = config.backend.load(&source)?;
+        let backend = config
+            .backend
+            .load_with(&source, &config.backend_options())?;
+        if let Some(bytes) = backend.device_memory_used_bytes() {
+            let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+            metrics.set(Gauge::GpuMemoryUsedBytes, bytes);
+        }
         let meta = backend.metadata();
         let model_error = |reason: String| Error::Model {
             path: source_path(&source),

@@ -4,6 +4,8 @@
 // Test helpers may unwrap (team guide), and a test binary has no public API to document.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+/// Which backend serves: auto, cuda and torch as this host can run them.
+mod backends;
 /// Bad inputs, each answered with its documented code, after which the daemon serves on.
 mod bad_input;
 /// Dynamic batching with Triton's max_queue_delay semantics.
@@ -14,6 +16,8 @@ mod cli;
 mod common;
 /// The segment's request counts equal the client's, status by status.
 mod counts;
+/// The cuda backend against the cpu backend on a real GPU (ignored without one).
+mod gpu;
 /// Drain on SIGTERM, reload on SIGHUP, generations, connection limit and idle timeout.
 mod lifecycle;
 /// The examples in docs/protocol.md are real frames of the real codec.
@@ -22,3 +26,6 @@ mod protocol_doc;
 mod robots;
 /// Socket activation and sd_notify (READY, WATCHDOG, STOPPING) with systemd's own tools.
 mod systemd;
+/// The torch backend over the socket on the CPU, and on CUDA (ignored without a GPU).
+#[cfg(feature = "torch")]
+mod torch;

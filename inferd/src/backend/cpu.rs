@@ -2,7 +2,9 @@
 
 use std::time::Instant;
 
-use crate::backend::{Backend, Batch, BatchOutput, ModelMetadata, ModelSource};
+use crate::backend::{
+    Backend, BackendOptions, Batch, BatchOutput, Device, ModelMetadata, ModelSource,
+};
 use crate::policy::MlpPolicy;
 use crate::{Error, Result};
 
@@ -32,7 +34,13 @@ impl CpuBackend {
 }
 
 impl Backend for CpuBackend {
-    fn load(source: &ModelSource) -> Result<CpuBackend> {
+    fn load(source: &ModelSource, options: &BackendOptions) -> Result<CpuBackend> {
+        if let Device::Cuda(_) = options.device {
+            return Err(Error::Backend(format!(
+                "the cpu backend cannot run on {}; use --backend cuda or torch",
+                options.device
+            )));
+        }
         let policy = match source {
             ModelSource::Demo => MlpPolicy::demo(),
             ModelSource::File(path) => MlpPolicy::load(path)?,
@@ -68,12 +76,13 @@ mod tests {
 
     #[test]
     fn infers_a_batch_and_times_it() {
-        let backend = CpuBackend::load(&ModelSource::Demo).unwrap();
+        let backend = CpuBackend::load(&ModelSource::Demo, &BackendOptions::default()).unwrap();
         let input = vec![0.5f32; 3 * 48];
         let out = backend
             .infer(Batch {
                 rows: 3,
                 input: &input,
+                worker: 0,
             })
             .unwrap();
         assert_eq!(out.output.len(), 36);
@@ -85,13 +94,24 @@ mod tests {
 
     #[test]
     fn a_mis_sized_batch_is_a_backend_error() {
-        let backend = CpuBackend::load(&ModelSource::Demo).unwrap();
+        let backend = CpuBackend::load(&ModelSource::Demo, &BackendOptions::default()).unwrap();
         let err = backend
             .infer(Batch {
                 rows: 2,
                 input: &[0.0; 48],
+                worker: 1,
             })
             .unwrap_err();
         assert!(err.to_string().contains("expected 96"), "{err}");
+    }
+
+    #[test]
+    fn a_gpu_device_is_refused() {
+        let options = BackendOptions {
+            device: Device::Cuda(0),
+            ..BackendOptions::default()
+        };
+        let err = CpuBackend::load(&ModelSource::Demo, &options).unwrap_err();
+        assert!(err.to_string().contains("cannot run on cuda:0"), "{err}");
     }
 }

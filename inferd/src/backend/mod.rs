@@ -1,18 +1,34 @@
 //! Backends run batches of observations through a model.
 //!
 //! A batch is a contiguous row-major `[rows, input_size]` f32 buffer in host memory, and a
-//! backend returns `[rows, output_size]` plus the compute time it measured itself. That is the
-//! shape a device backend needs: the CUDA (cudarc) and TorchScript (tch) backends of a later
-//! issue copy the batch to the device, run it, time the kernels with CUDA events, and copy
-//! the outputs back, behind the same trait. Adding one is a new [`BackendKind`] variant and
-//! a match arm in [`BackendKind::load`].
+//! backend returns `[rows, output_size]` plus the compute time it measured itself. Three
+//! backends implement [`Backend`]:
+//!
+//! - [`CpuBackend`] runs the built-in MLP format on the calling thread;
+//! - [`CudaBackend`] runs the same format on a GPU through cudarc: weights resident on the
+//!   device, a cuBLAS GEMM per layer, fused NVRTC kernels, one stream per worker, CUDA events
+//!   for the compute time and optional CUDA graphs;
+//! - `TorchBackend` (cargo feature `torch`) runs a TorchScript module through tch, on the CPU
+//!   or on CUDA.
+//!
+//! [`BackendKind`] names them on the command line and loads one; `auto` picks cuda when a CUDA
+//! driver and device are present, and cpu otherwise.
 
 mod cpu;
+mod cuda;
+mod options;
+#[cfg(feature = "torch")]
+mod torch;
 
 use std::fmt;
 use std::path::PathBuf;
 
 pub use self::cpu::CpuBackend;
+use self::cuda::cuda_usable;
+pub use self::cuda::{cuda_device_count, CudaBackend};
+pub use self::options::{BackendOptions, Device};
+#[cfg(feature = "torch")]
+pub use self::torch::TorchBackend;
 use crate::Result;
 
 /// Where a model comes from.
@@ -63,6 +79,9 @@ pub struct Batch<'a> {
     pub rows: usize,
     /// The values.
     pub input: &'a [f32],
+    /// Which compute worker runs it: a GPU backend runs each worker's batches on that
+    /// worker's own stream.
+    pub worker: usize,
 }
 
 /// What a backend returns for a batch.
@@ -77,7 +96,7 @@ pub struct BatchOutput {
 /// A model loaded on a device, ready to run batches from several worker threads.
 pub trait Backend: Send + Sync {
     /// Loads a model.
-    fn load(source: &ModelSource) -> Result<Self>
+    fn load(source: &ModelSource, options: &BackendOptions) -> Result<Self>
     where
         Self: Sized;
 
@@ -86,31 +105,65 @@ pub trait Backend: Send + Sync {
 
     /// Runs one batch. The input must be `batch.rows × input_size` values.
     fn infer(&self, batch: Batch<'_>) -> Result<BatchOutput>;
+
+    /// Device memory in use on the model's GPU, bytes, for the segment's gauge; `None` when
+    /// the model is not on a GPU.
+    fn device_memory_used_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Which backend serves the model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 #[non_exhaustive]
 pub enum BackendKind {
-    /// The best backend this build and machine have (today: cpu).
+    /// cuda when a CUDA driver, a device and the CUDA libraries are present, cpu otherwise.
     #[default]
     Auto,
     /// The built-in MLP format on the CPU.
     Cpu,
+    /// The built-in MLP format on a CUDA GPU (cudarc: cuBLAS and NVRTC kernels).
+    Cuda,
+    /// A TorchScript module through libtorch (tch), on the CPU or CUDA; needs a build with the
+    /// cargo feature `torch`.
+    Torch,
 }
 
 impl BackendKind {
     /// The concrete backend `Auto` stands for on this machine.
     pub fn resolve(self) -> BackendKind {
         match self {
-            BackendKind::Auto | BackendKind::Cpu => BackendKind::Cpu,
+            BackendKind::Auto if cuda_usable() => BackendKind::Cuda,
+            BackendKind::Auto => BackendKind::Cpu,
+            other => other,
         }
     }
 
-    /// Loads `source` on this backend.
+    /// Loads `source` on this backend with default options.
     pub fn load(self, source: &ModelSource) -> Result<Box<dyn Backend>> {
+        self.load_with(source, &BackendOptions::default())
+    }
+
+    /// Loads `source` on this backend.
+    pub fn load_with(
+        self,
+        source: &ModelSource,
+        options: &BackendOptions,
+    ) -> Result<Box<dyn Backend>> {
         match self.resolve() {
-            BackendKind::Auto | BackendKind::Cpu => Ok(Box::new(CpuBackend::load(source)?)),
+            BackendKind::Auto | BackendKind::Cpu => {
+                Ok(Box::new(CpuBackend::load(source, options)?))
+            }
+            BackendKind::Cuda => Ok(Box::new(CudaBackend::load(source, options)?)),
+            #[cfg(feature = "torch")]
+            BackendKind::Torch => Ok(Box::new(TorchBackend::load(source, options)?)),
+            #[cfg(not(feature = "torch"))]
+            BackendKind::Torch => Err(crate::Error::Backend(
+                "--backend torch: this inferd was built without the `torch` feature; rebuild \
+                 with `cargo build --features torch` (scripts/setup-libtorch.sh prints the \
+                 environment it needs)"
+                    .into(),
+            )),
         }
     }
 }
@@ -121,10 +174,31 @@ mod tests {
 
     #[test]
     fn auto_resolves_to_a_concrete_backend_that_loads_the_demo() {
-        assert_eq!(BackendKind::Auto.resolve(), BackendKind::Cpu);
+        let kind = BackendKind::Auto.resolve();
+        let want = if cuda_usable() {
+            BackendKind::Cuda
+        } else {
+            BackendKind::Cpu
+        };
+        assert_eq!(kind, want);
         let backend = BackendKind::Auto.load(&ModelSource::Demo).unwrap();
-        assert_eq!(backend.metadata().backend, "cpu");
+        let name = if want == BackendKind::Cuda {
+            "cuda"
+        } else {
+            "cpu"
+        };
+        assert_eq!(backend.metadata().backend, name);
         assert_eq!(backend.metadata().input_size, 48);
+        for kind in [BackendKind::Cpu, BackendKind::Cuda, BackendKind::Torch] {
+            assert_eq!(kind.resolve(), kind, "only auto is resolved");
+        }
+    }
+
+    #[cfg(not(feature = "torch"))]
+    #[test]
+    fn torch_without_the_feature_says_how_to_get_it() {
+        let err = BackendKind::Torch.load(&ModelSource::Demo).err().unwrap();
+        assert!(err.to_string().contains("--features torch"), "{err}");
     }
 
     #[test]

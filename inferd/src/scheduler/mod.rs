@@ -122,6 +122,7 @@ impl Scheduler {
         let mut handles = Vec::with_capacity(workers);
         for n in 0..workers {
             let w = worker::Worker::new(
+                n,
                 Arc::clone(&shared),
                 jobs_rx.clone(),
                 stop_rx.clone(),

@@ -30,6 +30,10 @@ pub(super) struct Shared {
 }
 
 pub(super) struct Worker {
+    /// Which worker this is: the backend runs its batches on this worker's own stream.
+    index: usize,
+    /// When this worker last wrote the device memory gauge.
+    memory_sampled: Option<Instant>,
     shared: Arc<Shared>,
     jobs: JobReceiver,
     stop: Receiver<()>,
@@ -38,12 +42,17 @@ pub(super) struct Worker {
     carry: Option<Job>,
 }
 
+/// How often a worker refreshes the device memory gauge: `cuMemGetInfo` is a driver call, too
+/// slow for every batch, and memory in use changes with loads, not batches.
+const MEMORY_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
 fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Worker {
     pub fn new(
+        index: usize,
         shared: Arc<Shared>,
         jobs: JobReceiver,
         stop: Receiver<()>,
@@ -51,6 +60,8 @@ impl Worker {
         shard: ShardWriter,
     ) -> Worker {
         Worker {
+            index,
+            memory_sampled: None,
             shared,
             jobs,
             stop,
@@ -129,7 +140,7 @@ impl Worker {
         Some(batch)
     }
 
-    fn process(&self, batch: Vec<Job>) {
+    fn process(&mut self, batch: Vec<Job>) {
         let start = Instant::now();
         let model = self.shared.models.current();
         let abandon = self.shared.abandon.load(Ordering::Acquire);
@@ -161,9 +172,14 @@ impl Worker {
                 &joined[..]
             }
         };
-        let result = model.backend.infer(Batch { rows, input });
+        let result = model.backend.infer(Batch {
+            rows,
+            input,
+            worker: self.index,
+        });
         self.shard
             .record_batch(model.segment_id, rows, ns(start.elapsed()));
+        self.sample_device_memory(&model);
         let width = model.metadata().output_size;
         let mut out = match result {
             Ok(out) if out.output.len() == rows * width => out,
@@ -189,6 +205,21 @@ impl Worker {
                     self.answer_error(&model, job, ErrorCode::ModelError, msg, None);
                 }
             }
+        }
+    }
+
+    /// Writes the model's device memory in use to the segment, at most once a second.
+    fn sample_device_memory(&mut self, model: &LoadedModel) {
+        let due = self
+            .memory_sampled
+            .map_or(true, |at| at.elapsed() >= MEMORY_SAMPLE_INTERVAL);
+        if !due {
+            return;
+        }
+        self.memory_sampled = Some(Instant::now());
+        if let Some(bytes) = model.backend.device_memory_used_bytes() {
+            let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+            self.shared.metrics.set(Gauge::GpuMemoryUsedBytes, bytes);
         }
     }
 

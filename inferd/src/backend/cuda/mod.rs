@@ -1,0 +1,261 @@
+//! The CUDA backend: the built-in MLP format on a GPU, through cudarc.
+//!
+//! cudarc loads libcuda, libcublas and libnvrtc at run time (its `dynamic-loading`), so this
+//! backend is built everywhere and needs CUDA only when it runs. cudarc panics when it first
+//! touches a library that is missing, so every entry point here checks for the libraries
+//! first and answers a missing one with an error that says which.
+//!
+//! A load copies the weights to the device once ([`weights`]), compiles the fused kernels
+//! ([`kernels`]) and makes one [`lane::Lane`] per worker: its own stream, cuBLAS handle,
+//! buffers and graphs, so that workers never wait on each other's batches.
+
+mod gemm;
+mod kernels;
+mod lane;
+mod weights;
+
+use std::fmt::Display;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cudarc::driver::CudaContext;
+
+use self::kernels::Kernels;
+use self::lane::Lane;
+use self::weights::DeviceWeights;
+use crate::backend::{
+    Backend, BackendOptions, Batch, BatchOutput, Device, ModelMetadata, ModelSource,
+};
+use crate::policy::MlpPolicy;
+use crate::{Error, Result};
+
+/// CUDA devices this host has: 0 without a CUDA driver (libcuda), or when it finds none.
+pub fn cuda_device_count() -> usize {
+    if !driver_present() {
+        return 0;
+    }
+    let count =
+        cudarc::driver::result::init().and_then(|()| cudarc::driver::result::device::get_count());
+    count
+        .ok()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0)
+}
+
+/// Whether `--backend auto` should pick cuda: a device, and every library the backend loads.
+pub(crate) fn cuda_usable() -> bool {
+    if cuda_device_count() == 0 {
+        return false;
+    }
+    match require_libraries() {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!(
+                "a CUDA device is present but the cuda backend cannot run ({e}); auto picks cpu"
+            );
+            false
+        }
+    }
+}
+
+/// Whether libcuda can be loaded. Must come before any other cudarc driver call: cudarc
+/// panics on a missing library rather than returning an error.
+fn driver_present() -> bool {
+    // SAFETY: it only tries to dlopen libcuda under its usual names and closes it again.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Checks for every library the backend loads, naming the first one missing.
+fn require_libraries() -> Result<()> {
+    // SAFETY: each only tries to dlopen its library under its usual names and closes it.
+    let cublas = unsafe { cudarc::cublas::sys::is_culib_present() };
+    // SAFETY: as above.
+    let nvrtc = unsafe { cudarc::nvrtc::sys::is_culib_present() };
+    let found = [
+        ("libcuda (the NVIDIA driver)", driver_present()),
+        ("libcublas", cublas),
+        ("libnvrtc", nvrtc),
+    ];
+    match found.iter().find(|(_, present)| !present) {
+        None => Ok(()),
+        Some((name, _)) => Err(Error::Backend(format!(
+            "--backend cuda: {name} was not found on this host; install CUDA (or put its \
+             libraries on LD_LIBRARY_PATH, see docs/gpu.md), or use --backend cpu"
+        ))),
+    }
+}
+
+/// An error of a CUDA call made while `what`.
+fn failed<E: Display>(what: &'static str) -> impl Fn(E) -> Error {
+    move |e| Error::Backend(format!("cuda: {what}: {e}"))
+}
+
+/// Runs an [`MlpPolicy`] on a CUDA device.
+pub struct CudaBackend {
+    // Dropped first: lanes end their streams' work before the weights they read are freed.
+    lanes: Vec<Mutex<Lane>>,
+    kernels: Kernels,
+    weights: DeviceWeights,
+    metadata: ModelMetadata,
+    ctx: Arc<CudaContext>,
+}
+
+impl CudaBackend {
+    /// Puts an already loaded policy on device `ordinal`.
+    pub fn new(
+        policy: &MlpPolicy,
+        ordinal: usize,
+        options: &BackendOptions,
+    ) -> Result<CudaBackend> {
+        policy
+            .validate()
+            .map_err(|reason| Error::Backend(format!("cuda: invalid policy: {reason}")))?;
+        require_libraries()?;
+        let count = cuda_device_count();
+        if ordinal >= count {
+            return Err(Error::Backend(format!(
+                "--backend cuda: no CUDA device {ordinal} (this host has {count})"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(failed("creating the context"))?;
+        // SAFETY: set before anything is allocated. Each lane only ever uses its own buffers
+        // on its own stream, and the shared weights are written once and synchronized before
+        // any lane reads them, so cudarc's per-buffer events (which would also record into
+        // the graphs being captured) have nothing to order.
+        unsafe { ctx.disable_event_tracking() };
+        let load_stream = ctx.new_stream().map_err(failed("creating a stream"))?;
+        let weights = DeviceWeights::upload(policy, &load_stream)?;
+        let kernels = Kernels::load(&ctx)?;
+        let rows = options.max_batch_rows.max(1);
+        let lanes = (0..options.workers.max(1))
+            .map(|_| {
+                Lane::new(&ctx, &weights, &kernels, rows, options.cuda_graph_max_batch)
+                    .map(Mutex::new)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let name = ctx.name().unwrap_or_else(|_| "unknown".into());
+        log::info!(
+            "cuda: {name} (device {ordinal}), {} lanes for batches of up to {rows}, graphs up to {} rows",
+            lanes.len(),
+            options.cuda_graph_max_batch.min(rows)
+        );
+        let metadata = ModelMetadata {
+            name: policy.name.clone(),
+            version: policy.version.clone(),
+            backend: "cuda".into(),
+            device: format!("cuda:{ordinal}"),
+            input_name: policy.input_name.clone(),
+            input_size: policy.input_size(),
+            output_name: policy.output_name.clone(),
+            output_size: policy.output_size(),
+            action_limits: policy.action_limits.clone(),
+        };
+        Ok(CudaBackend {
+            lanes,
+            kernels,
+            weights,
+            metadata,
+            ctx,
+        })
+    }
+}
+
+/// The device a GPU backend runs on.
+pub(super) fn cuda_ordinal(device: Device, backend: &str) -> Result<usize> {
+    match device {
+        Device::Auto => Ok(0),
+        Device::Cuda(n) => Ok(n),
+        Device::Cpu => Err(Error::Backend(format!(
+            "the {backend} backend runs on a GPU, not on {device}; use --backend cpu"
+        ))),
+    }
+}
+
+/// `total - free` from `cuMemGetInfo` on the context's device.
+pub(super) fn memory_used_bytes(ctx: &CudaContext) -> Option<u64> {
+    let (free, total) = ctx.mem_get_info().ok()?;
+    u64::try_from(total.saturating_sub(free)).ok()
+}
+
+impl Backend for CudaBackend {
+    fn load(source: &ModelSource, options: &BackendOptions) -> Result<CudaBackend> {
+        let ordinal = cuda_ordinal(options.device, "cuda")?;
+        // Before reading the file: a host without CUDA says so whatever the model.
+        require_libraries()?;
+        let policy = match source {
+            ModelSource::Demo => MlpPolicy::demo(),
+            ModelSource::File(path) => MlpPolicy::load(path)?,
+        };
+        CudaBackend::new(&policy, ordinal, options)
+    }
+
+    fn metadata(&self) -> &ModelMetadata {
+        &self.metadata
+    }
+
+    fn infer(&self, batch: Batch<'_>) -> Result<BatchOutput> {
+        let expected = batch.rows.checked_mul(self.metadata.input_size);
+        if expected != Some(batch.input.len()) {
+            return Err(Error::Backend(format!(
+                "batch of {} rows has {} values, expected {}",
+                batch.rows,
+                batch.input.len(),
+                batch.rows.saturating_mul(self.metadata.input_size)
+            )));
+        }
+        if batch.rows == 0 {
+            return Ok(BatchOutput {
+                output: Vec::new(),
+                compute_ns: 0,
+            });
+        }
+        // One lane per worker, so the lock is normally free; a mismatch only shares a lane.
+        let lane = self
+            .lanes
+            .get(batch.worker % self.lanes.len().max(1))
+            .ok_or_else(|| Error::Backend("cuda: no lanes".into()))?;
+        let mut lane = lane.lock().unwrap_or_else(PoisonError::into_inner);
+        let (output, compute_ns) =
+            lane.run(&self.weights, &self.kernels, batch.input, batch.rows)?;
+        Ok(BatchOutput { output, compute_ns })
+    }
+
+    fn device_memory_used_bytes(&self) -> Option<u64> {
+        memory_used_bytes(&self.ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_count_agrees_with_the_driver_probe() {
+        // On a host without libcuda this must be 0 without panicking.
+        assert!(cuda_device_count() == 0 || driver_present());
+        assert!(!cuda_usable() || cuda_device_count() > 0);
+    }
+
+    #[test]
+    fn without_cuda_the_backend_says_what_is_missing() {
+        if cuda_device_count() > 0 {
+            return; // The GPU tests (tests/gpu.rs) cover this host.
+        }
+        let err = CudaBackend::load(&ModelSource::Demo, &BackendOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("was not found on this host") || err.contains("no CUDA device"),
+            "{err}"
+        );
+        assert!(err.contains("--backend"), "{err}");
+    }
+
+    #[test]
+    fn the_cpu_is_not_a_cuda_device() {
+        assert_eq!(cuda_ordinal(Device::Auto, "cuda").unwrap(), 0);
+        assert_eq!(cuda_ordinal(Device::Cuda(2), "cuda").unwrap(), 2);
+        let err = cuda_ordinal(Device::Cpu, "cuda").unwrap_err();
+        assert!(err.to_string().contains("not on cpu"), "{err}");
+    }
+}
