@@ -37,8 +37,14 @@ fn readme_lists_every_inferd_and_exporter_flag() {
     for program in ["inferd", "exporter"] {
         let flags = long_flags(program);
         assert!(flags.len() >= 5, "{program} --help listed {flags:?}");
-        let missing: Vec<_> = flags.iter().filter(|f| !readme.contains(&format!("`{f}`"))).collect();
-        assert!(missing.is_empty(), "README's configuration reference lacks {program} {missing:?}");
+        let missing: Vec<_> = flags
+            .iter()
+            .filter(|f| !readme.contains(&format!("`{f}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "README's configuration reference lacks {program} {missing:?}"
+        );
     }
 }
 
@@ -53,9 +59,17 @@ fn readme_quick_start_is_two_commands_that_exist() {
     assert_eq!(commands.len(), 2, "{commands:?}");
     for c in commands {
         let script = c.split_whitespace().next().unwrap();
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(script);
-        assert!(path.exists(), "{script} named in the Quick start does not exist");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(script);
+        assert!(
+            path.exists(),
+            "{script} named in the Quick start does not exist"
+        );
     }
     let ci = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/run")).unwrap();
-    assert!(ci.contains("scripts/test.sh"), ".ci/run must call README's test command");
+    assert!(
+        ci.contains("scripts/test.sh"),
+        ".ci/run must call README's test command"
+    );
 }

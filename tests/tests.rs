@@ -6,13 +6,13 @@
 /// Spawning and stopping the binaries, scraping, waiting.
 mod util;
 
+/// Trickling clients, connection floods, huge frame claims, robot-type floods.
+mod abuse;
 /// README's configuration reference and Quick start match the binaries and scripts.
 mod docs;
 /// The exporter over a real inferd: PromQL through a real Prometheus equals the requests sent.
 mod exporter_inferd;
 /// kill -9 inferd, kill -9 the exporter, SIGTERM under load: nothing is lost.
 mod faults;
-/// Trickling clients, connection floods, huge frame claims, robot-type floods.
-mod abuse;
 /// Segment and socket permissions, read-only mapping, no payloads exposed.
 mod security;

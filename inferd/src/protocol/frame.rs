@@ -132,10 +132,18 @@ mod tests {
         let mut codec = FrameCodec::new(u32::MAX as usize);
         let mut buf = BytesMut::from(&u32::MAX.to_le_bytes()[..]);
         assert!(codec.decode(&mut buf).unwrap().is_none());
-        assert!(buf.capacity() <= RESERVE_STEP_BYTES + HEADER_BYTES, "{}", buf.capacity());
+        assert!(
+            buf.capacity() <= RESERVE_STEP_BYTES + HEADER_BYTES,
+            "{}",
+            buf.capacity()
+        );
         buf.extend_from_slice(&[0u8; 1000]);
         assert!(codec.decode(&mut buf).unwrap().is_none());
-        assert!(buf.capacity() <= 2 * RESERVE_STEP_BYTES + 1000, "{}", buf.capacity());
+        assert!(
+            buf.capacity() <= 2 * RESERVE_STEP_BYTES + 1000,
+            "{}",
+            buf.capacity()
+        );
     }
 
     #[test]
