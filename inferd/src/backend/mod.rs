@@ -144,13 +144,19 @@ impl BackendKind {
         self.load_with(source, &BackendOptions::default())
     }
 
-    /// Loads `source` on this backend.
+    /// Loads `source` on this backend; `auto` with `--device cpu` or `cuda:N` is cpu or cuda.
     pub fn load_with(
         self,
         source: &ModelSource,
         options: &BackendOptions,
     ) -> Result<Box<dyn Backend>> {
-        match self.resolve() {
+        // An explicit device settles auto: cpu runs on the CPU, cuda:N on the GPU.
+        let kind = match (self, options.device) {
+            (BackendKind::Auto, Device::Cpu) => BackendKind::Cpu,
+            (BackendKind::Auto, Device::Cuda(_)) => BackendKind::Cuda,
+            (kind, _) => kind.resolve(),
+        };
+        match kind {
             BackendKind::Auto | BackendKind::Cpu => {
                 Ok(Box::new(CpuBackend::load(source, options)?))
             }
@@ -191,6 +197,22 @@ mod tests {
         assert_eq!(backend.metadata().input_size, 48);
         for kind in [BackendKind::Cpu, BackendKind::Cuda, BackendKind::Torch] {
             assert_eq!(kind.resolve(), kind, "only auto is resolved");
+        }
+    }
+
+    #[test]
+    fn auto_with_a_device_takes_the_backend_for_it() {
+        let on = |device| BackendOptions {
+            device,
+            ..BackendOptions::default()
+        };
+        let cpu = BackendKind::Auto
+            .load_with(&ModelSource::Demo, &on(Device::Cpu))
+            .unwrap();
+        assert_eq!(cpu.metadata().backend, "cpu");
+        match BackendKind::Auto.load_with(&ModelSource::Demo, &on(Device::Cuda(0))) {
+            Ok(gpu) => assert_eq!(gpu.metadata().backend, "cuda"),
+            Err(e) => assert!(e.to_string().contains("--backend cuda"), "{e}"),
         }
     }
 

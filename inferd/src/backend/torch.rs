@@ -95,11 +95,6 @@ impl Backend for TorchBackend {
             .map_err(failed)?;
         let start = Instant::now();
         let output = self.module.forward_ts(&[input]).map_err(failed)?;
-        if let TorchDevice::Cuda(n) = self.device {
-            // Kernels run asynchronously: wait for them, so the time is the compute's.
-            tch::Cuda::synchronize(i64::try_from(n).unwrap_or(0));
-        }
-        let compute_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let expected = [rows, i64::try_from(n_out).unwrap_or(i64::MAX)];
         if output.size() != expected {
             return Err(Error::Backend(format!(
@@ -107,10 +102,13 @@ impl Backend for TorchBackend {
                 output.size()
             )));
         }
+        // The copy to the host waits for the kernels, so the time covers the compute (and
+        // the small copy of the actions), not just the launches.
         let output = output
             .f_to(TorchDevice::Cpu)
             .and_then(|t| t.f_reshape([-1]))
             .map_err(failed)?;
+        let compute_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let output = Vec::<f32>::try_from(&output).map_err(failed)?;
         Ok(BatchOutput { output, compute_ns })
     }

@@ -18,10 +18,16 @@ use crate::backend::cuda::kernels::{launch_config, Kernels};
 use crate::backend::cuda::weights::DeviceWeights;
 use crate::{Error, Result};
 
+/// cuBLAS's workspace per lane: what NVIDIA recommends for Hopper, and PyTorch's default.
+const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
+
 /// One worker's stream and buffers.
 pub(super) struct Lane {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    /// cuBLAS's scratch memory, given to it up front: during a graph capture it may not
+    /// allocate its own.
+    _blas_workspace: CudaSlice<u8>,
     /// Write-combined: the host only writes it, the copy engine reads it.
     input_host: PinnedHostSlice<f32>,
     /// Plain pinned memory: the host reads it, which write-combined memory makes slow.
@@ -56,6 +62,24 @@ impl Lane {
     ) -> Result<Lane> {
         let stream = ctx.new_stream().map_err(failed("creating a stream"))?;
         let blas = CudaBlas::new(Arc::clone(&stream)).map_err(failed("creating cuBLAS"))?;
+        let blas_workspace = stream
+            .alloc_zeros::<u8>(BLAS_WORKSPACE_BYTES)
+            .map_err(failed("allocating the cuBLAS workspace"))?;
+        {
+            let (ptr, _used) = blas_workspace.device_ptr(&stream);
+            // SAFETY: the handle is live, and the workspace is BLAS_WORKSPACE_BYTES of device
+            // memory that the lane keeps (it is dropped after the handle) for as long as the
+            // handle can use it.
+            unsafe {
+                cudarc::cublas::sys::cublasSetWorkspace_v2(
+                    *blas.handle(),
+                    ptr as *mut std::ffi::c_void,
+                    BLAS_WORKSPACE_BYTES,
+                )
+            }
+            .result()
+            .map_err(failed("setting the cuBLAS workspace"))?;
+        }
         let values = |width: usize| {
             capacity_rows.checked_mul(width).ok_or_else(|| {
                 Error::Backend(format!("{capacity_rows} rows of {width} values overflow"))
@@ -93,6 +117,7 @@ impl Lane {
             graphs: Vec::new(),
             capacity_rows,
             blas,
+            _blas_workspace: blas_workspace,
             stream,
         };
         lane.forward(weights, kernels, capacity_rows)?;
