@@ -137,7 +137,7 @@ mod tests {
         );
         let later = now + HEARTBEAT_TIMEOUT + Duration::from_millis(1);
         let stale = Daemon::new("d".into(), snap.clone(), false, later);
-        assert!(!stale.up && stale.heartbeat_age_seconds > 1.0);
+        assert!(!stale.up && stale.heartbeat_age_seconds > HEARTBEAT_TIMEOUT.as_secs_f64());
         let mut stopped = snap;
         stopped.header.state = State::Stopped;
         assert!(!Daemon::new("d".into(), stopped, false, now).up);

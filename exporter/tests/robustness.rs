@@ -101,7 +101,7 @@ fn a_stale_heartbeat_or_stopped_state_reads_down() {
         &metrics(server.addr()),
         "inferd_heartbeat_age_seconds{daemon=\"inferd-stale\"}",
     );
-    assert!(age.unwrap() >= 1.0);
+    assert!(age.unwrap() >= exporter::HEARTBEAT_TIMEOUT.as_secs_f64());
     w.heartbeat();
     w.set_state(shm_layout::State::Stopped);
     let page = metrics(server.addr());
