@@ -12,7 +12,8 @@
 //!   [`Exporter::scrape`] reads them all into one [`Scrape`]; [`Exporter::render`] writes it
 //!   in a [`Format`] through the [`MetricsWriter`], and the JSON endpoints read the same scrape.
 //! - [`serve`] serves it all over hyper: `/metrics`, `/health`, `/gpu/stats`,
-//!   `/queue/stats`, `/models/stats`; [`Server`] runs it on its own thread.
+//!   `/queue/stats`, `/models/stats`; [`Server`] runs it on its own thread. The threads of
+//!   its [`runtime`] run under `SCHED_IDLE`, so that a scrape never holds a core inferd wants.
 //!
 //! Metric names and meanings are catalogued in `docs/metrics.md`.
 //!
@@ -36,6 +37,7 @@ mod exporter;
 mod gpu;
 mod json;
 mod options;
+mod priority;
 mod scrape;
 mod server;
 mod text;

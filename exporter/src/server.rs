@@ -27,11 +27,13 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The runtime the server runs on: two worker threads at most, as a scrape is short CPU work
-/// and the exporter must not compete with inferd for cores.
+/// and the exporter must not compete with inferd for cores; for the same reason its threads
+/// run under `SCHED_IDLE` (see `priority.rs`).
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("exporter-http")
+        .on_thread_start(crate::priority::yield_to_inferd)
         .enable_all()
         .build()
         .map_err(|source| Error::Start {
@@ -264,6 +266,14 @@ impl Drop for Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_http_threads_yield_to_inferd() {
+        let rt = runtime().unwrap();
+        let policy =
+            rt.block_on(async { tokio::spawn(async { crate::priority::current_policy() }).await });
+        assert_eq!(policy.unwrap(), libc::SCHED_IDLE);
+    }
 
     #[test]
     fn gzip_negotiation() {

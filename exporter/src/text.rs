@@ -3,11 +3,13 @@
 //! Why not the `prometheus` crate's model and `TextEncoder`: `benches/encode.rs` renders the
 //! same full segment (every slot filled, ~6,100 series) both ways. Building the crate's
 //! `MetricFamily` model allocates a `String` per label name and value of every series before
-//! the encoder walks it again; writing the text directly does neither. Measured on a 2-core
-//! box: direct text p50 459 µs / p99 578 µs for the whole page, the crate p50 2630 µs /
-//! p99 3693 µs for only its request counters and histograms, which alone would break the
-//! 2 ms scrape budget. The escaping and number rules below are the format's, and
-//! `promtool check metrics` and a real Prometheus server check the output in the tests.
+//! the encoder walks it again; writing the text directly does neither. Series that share
+//! labels (a histogram's lines, a counter's statuses) have them escaped once, and integers are
+//! written with itoa. Measured on a 2-core box: direct text p50 212 µs / p99 296 µs for the
+//! whole page, the crate p50 2759 µs / p99 2846 µs for only its request counters and
+//! histograms, which alone would break the 2 ms scrape budget. The escaping and number rules
+//! below are the format's, and `promtool check metrics` and a real Prometheus server check
+//! the output in the tests.
 
 use std::fmt::Write as _;
 
@@ -116,6 +118,8 @@ pub struct MetricsWriter {
     namespace: String,
     /// The current family's sample name, namespace included.
     sample_name: String,
+    /// Labels shared by the series being written, escaped once (`a="x",b="y"`).
+    shared_labels: String,
     kind: Kind,
     series: usize,
 }
@@ -128,6 +132,7 @@ impl MetricsWriter {
             format,
             namespace: namespace.to_owned(),
             sample_name: String::new(),
+            shared_labels: String::new(),
             kind: Kind::Gauge,
             series: 0,
         }
@@ -154,27 +159,38 @@ impl MetricsWriter {
 
     /// Writes one sample of the current (counter or gauge) family.
     pub fn sample(&mut self, labels: &Labels<'_>, value: impl Into<Value>) {
-        self.out.push_str(&self.sample_name);
-        self.labels(labels, None);
+        self.share_labels(labels);
+        self.series_line("", None);
         self.value(value.into());
+    }
+
+    /// Writes one sample per `(label value, sample value)` of `samples`: series that share
+    /// `labels` (escaped once for all of them) and differ in the label `name`.
+    pub fn sample_each<'v, V: Into<Value>>(
+        &mut self,
+        labels: &Labels<'_>,
+        name: &str,
+        samples: impl IntoIterator<Item = (&'v str, V)>,
+    ) {
+        self.share_labels(labels);
+        for (label_value, value) in samples {
+            self.series_line("", Some((name, label_value)));
+            self.value(value.into());
+        }
     }
 
     /// Writes the buckets, `_sum` and `_count` of one histogram of the current family.
     /// `le` holds the bucket bounds already formatted; `cumulative` has one more entry (`+Inf`).
     pub fn histogram(&mut self, labels: &Labels<'_>, le: &[String], cumulative: &[u64], sum: f64) {
+        self.share_labels(labels);
         for (i, &count) in cumulative.iter().enumerate() {
-            self.out.push_str(&self.sample_name);
-            self.out.push_str("_bucket");
-            self.labels(labels, Some(le.get(i).map_or("+Inf", String::as_str)));
+            let bound = le.get(i).map_or("+Inf", String::as_str);
+            self.series_line("_bucket", Some(("le", bound)));
             self.value(Value::Int(count));
         }
-        self.out.push_str(&self.sample_name);
-        self.out.push_str("_sum");
-        self.labels(labels, None);
+        self.series_line("_sum", None);
         self.value(Value::Float(sum));
-        self.out.push_str(&self.sample_name);
-        self.out.push_str("_count");
-        self.labels(labels, None);
+        self.series_line("_count", None);
         self.value(Value::Int(cumulative.last().copied().unwrap_or(0)));
         // The buckets, sum and count are one series each to Prometheus; count them so.
         self.series += cumulative.len() + 2;
@@ -193,21 +209,31 @@ impl MetricsWriter {
         self.out
     }
 
-    fn labels(&mut self, labels: &Labels<'_>, le: Option<&str>) {
-        if labels.is_empty() && le.is_none() {
+    /// Escapes `labels` into `shared_labels`, for the series lines that follow.
+    fn share_labels(&mut self, labels: &Labels<'_>) {
+        self.shared_labels.clear();
+        for (i, (name, value)) in labels.iter().enumerate() {
+            if i > 0 {
+                self.shared_labels.push(',');
+            }
+            push_label(&mut self.shared_labels, name, value);
+        }
+    }
+
+    /// Starts a sample line: the sample name with `suffix`, the shared labels and `extra`.
+    fn series_line(&mut self, suffix: &str, extra: Option<(&str, &str)>) {
+        self.out.push_str(&self.sample_name);
+        self.out.push_str(suffix);
+        if self.shared_labels.is_empty() && extra.is_none() {
             return;
         }
         self.out.push('{');
-        let mut first = true;
-        for (name, value) in labels.iter().copied().chain(le.map(|v| ("le", v))) {
-            if !first {
+        self.out.push_str(&self.shared_labels);
+        if let Some((name, value)) = extra {
+            if !self.shared_labels.is_empty() {
                 self.out.push(',');
             }
-            first = false;
-            self.out.push_str(name);
-            self.out.push_str("=\"");
-            escape_into(&mut self.out, value, true);
-            self.out.push('"');
+            push_label(&mut self.out, name, value);
         }
         self.out.push('}');
     }
@@ -215,9 +241,7 @@ impl MetricsWriter {
     fn value(&mut self, value: Value) {
         self.out.push(' ');
         match value {
-            Value::Int(v) => {
-                let _ = write!(self.out, "{v}");
-            }
+            Value::Int(v) => self.out.push_str(itoa::Buffer::new().format(v)),
             Value::Float(v) => push_float(&mut self.out, v),
         }
         self.out.push('\n');
@@ -238,6 +262,14 @@ pub fn push_float(out: &mut String, v: f64) {
     } else {
         let _ = write!(out, "{v}");
     }
+}
+
+/// Writes `name="value"`, the value escaped.
+fn push_label(out: &mut String, name: &str, value: &str) {
+    out.push_str(name);
+    out.push_str("=\"");
+    escape_into(out, value, true);
+    out.push('"');
 }
 
 /// Escapes a label value (`\`, `"`, newline) or a help text (`\`, newline).
@@ -294,6 +326,33 @@ mod tests {
         let text = w.finish();
         assert!(text.contains("# HELP ns_g a \\\\ b\\nc \"q\"\n"), "{text}");
         assert!(text.contains("ns_g{l=\"x\\\"y\\\\z\\nw\"} 1.5\n"), "{text}");
+    }
+
+    #[test]
+    fn sample_each_shares_escaped_labels_and_counts_each_series() {
+        let mut w = MetricsWriter::new(Format::Prometheus, "ns", 0);
+        w.family("c_total", Kind::Counter, "C.");
+        w.sample_each(&[("m", "a\"b")], "status", [("ok", 2u64), ("bad", 0)]);
+        w.sample_each(&[], "state", [("up", true)]);
+        assert_eq!(w.series(), 3);
+        let text = w.finish();
+        assert!(
+            text.contains("ns_c_total{m=\"a\\\"b\",status=\"ok\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ns_c_total{m=\"a\\\"b\",status=\"bad\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("ns_c_total{state=\"up\"} 1\n"), "{text}");
+    }
+
+    #[test]
+    fn unlabelled_samples_have_no_braces() {
+        let mut w = MetricsWriter::new(Format::Prometheus, "ns", 0);
+        w.family("g", Kind::Gauge, "G.");
+        w.sample(&[], u64::MAX);
+        assert!(w.finish().ends_with("\nns_g 18446744073709551615\n"));
     }
 
     #[test]

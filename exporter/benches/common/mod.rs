@@ -1,6 +1,11 @@
-//! Shared by the benchmarks: a segment with every slot filled.
+//! Shared by the benchmarks: a segment with every slot filled, and a scrape over HTTP.
 
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use shm_layout::layout::{MODEL_SLOTS, ROBOT_TYPE_SLOTS, SHARDS};
@@ -79,4 +84,118 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     }
     let i = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// The `Accept` header Prometheus 2 sends with every scrape.
+#[allow(dead_code)] // Not every benchmark scrapes over HTTP.
+pub const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// How a benchmark asks for `/metrics`.
+#[allow(dead_code)] // Not every benchmark scrapes over HTTP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ask {
+    /// A bare GET: the Prometheus text format, uncompressed.
+    Plain,
+    /// What Prometheus sends: OpenMetrics preferred, gzip accepted.
+    AsPrometheus,
+}
+
+/// A client that scrapes `/metrics` over one kept-alive connection, as Prometheus does.
+#[allow(dead_code)] // Not every benchmark scrapes over HTTP.
+pub struct KeepAlive {
+    addr: SocketAddr,
+    stream: Option<std::io::BufReader<TcpStream>>,
+}
+
+#[allow(dead_code)] // Not every benchmark scrapes over HTTP.
+impl KeepAlive {
+    /// A client for `addr`; it connects on the first scrape.
+    pub fn new(addr: SocketAddr) -> KeepAlive {
+        KeepAlive { addr, stream: None }
+    }
+
+    /// One `GET /metrics`; returns the body, as sent (gzipped if asked so).
+    pub fn scrape(&mut self, ask: Ask) -> Vec<u8> {
+        use std::io::BufRead as _;
+        let stream = match &mut self.stream {
+            Some(s) => s,
+            None => self.stream.insert(std::io::BufReader::with_capacity(
+                1 << 16,
+                TcpStream::connect(self.addr).expect("connect"),
+            )),
+        };
+        let accept = match ask {
+            Ask::Plain => String::new(),
+            Ask::AsPrometheus => {
+                format!("Accept: {PROMETHEUS_ACCEPT}\r\nAccept-Encoding: gzip\r\n")
+            }
+        };
+        let req = format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{accept}\r\n");
+        stream.get_mut().write_all(req.as_bytes()).expect("write");
+        let mut line = String::new();
+        stream.read_line(&mut line).expect("read status line");
+        assert!(line.starts_with("HTTP/1.1 200"), "not a 200: {line}");
+        let mut length = None;
+        loop {
+            line.clear();
+            stream.read_line(&mut line).expect("read header");
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        let length = length.expect("a Content-Length");
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).expect("read body");
+        body
+    }
+}
+
+/// The number of series on an uncompressed text page: its sample lines.
+#[allow(dead_code)] // Not every benchmark scrapes over HTTP.
+pub fn count_series(page: &[u8]) -> usize {
+    String::from_utf8_lossy(page)
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count()
+}
+
+/// Beats a segment's heartbeat every 100 ms, as inferd does, until dropped, so that the
+/// exporter serves it as a live daemon however long the benchmark runs.
+#[allow(dead_code)] // Not every benchmark serves a segment for long.
+pub struct Heartbeat {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[allow(dead_code)] // Not every benchmark serves a segment for long.
+impl Heartbeat {
+    /// Starts beating `writer`'s segment.
+    pub fn start(writer: &SegmentWriter) -> Heartbeat {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (w, flag) = (writer.clone(), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                w.heartbeat();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Heartbeat {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -111,7 +111,7 @@ impl<'a> Labelled<'a> {
 }
 
 fn render_lifecycle(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
-    out.family("up", Kind::Gauge, "1 if inferd is serving: state starting, ready or draining, a heartbeat younger than 1 s, and its segment present.");
+    out.family("up", Kind::Gauge, "1 if inferd is serving: state starting, ready or draining, a heartbeat younger than 500 ms, and its segment present.");
     for l in daemons {
         out.sample(&[("daemon", &l.d.name)], l.d.up);
     }
@@ -147,12 +147,9 @@ fn render_lifecycle(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
         "inferd's lifecycle state: 1 for the current state, 0 for the others.",
     );
     for l in daemons {
-        for s in State::ALL {
-            out.sample(
-                &[("daemon", &l.d.name), ("state", s.as_str())],
-                l.d.snapshot.header.state == s,
-            );
-        }
+        let current = l.d.snapshot.header.state;
+        let one_hot = State::ALL.iter().map(|&s| (s.as_str(), s == current));
+        out.sample_each(&[("daemon", &l.d.name)], "state", one_hot);
     }
     out.family(
         "daemon_info",
@@ -190,19 +187,16 @@ fn render_requests(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
     for l in daemons {
         for (m, model, version) in &l.models {
             for (r, robot) in &l.robots {
-                for status in Status::ALL {
-                    let n = l.d.snapshot.requests(*m, *r, status);
-                    out.sample(
-                        &[
-                            ("daemon", &l.d.name),
-                            ("model", model),
-                            ("version", version),
-                            ("robot_type", robot),
-                            ("status", status.as_str()),
-                        ],
-                        n,
-                    );
-                }
+                let labels = [
+                    ("daemon", l.d.name.as_str()),
+                    ("model", model),
+                    ("version", version),
+                    ("robot_type", robot),
+                ];
+                let by_status = Status::ALL
+                    .iter()
+                    .map(|&status| (status.as_str(), l.d.snapshot.requests(*m, *r, status)));
+                out.sample_each(&labels, "status", by_status);
             }
         }
     }
