@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test run: README's test command, and what CI runs (.ci/run calls this).
-# It installs what the tests need (promtool and Prometheus, cargo-fuzz, numpy and msgpack) only when missing.
+# It installs what the tests need (promtool and Prometheus, cargo-fuzz, numpy and msgpack, PyTorch for
+# libtorch) only when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -19,6 +20,9 @@ cargo build --workspace --all-targets --locked
 
 step "cargo test"
 cargo test --workspace --locked
+
+step "the torch backend (installs PyTorch 2.11 once, into ~/.cache/inferd)"
+bash scripts/test-torch.sh
 
 step "benchmarks: a quick smoke pass of each (numbers come from scripts/bench.sh)"
 cargo test --workspace --benches --locked

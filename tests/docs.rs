@@ -12,7 +12,7 @@ fn long_flags(program: &str) -> Vec<String> {
         .lines()
         // Flag definitions start their line: `--socket <PATH>` or `-h, --help`.
         .filter_map(|l| {
-            let mut words = l.trim_start().split_whitespace();
+            let mut words = l.split_whitespace();
             let first = words.next()?;
             if first.starts_with("--") {
                 Some(first)

@@ -12,9 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Moves the calling thread to `SCHED_IDLE`. Needs no privilege (a thread may always lower its
 /// own priority), but a seccomp filter may refuse it: the thread then keeps its policy, and
-/// the first refusal is logged.
+/// the first refusal is logged. Under systemd the unit sets `CPUSchedulingPolicy=idle` for the
+/// whole process instead (its filter refuses `sched_setscheduler`), so a thread already there
+/// has nothing to do.
 pub(crate) fn yield_to_inferd() {
     static WARNED: AtomicBool = AtomicBool::new(false);
+    if current_policy() == libc::SCHED_IDLE {
+        return;
+    }
     if let Err(e) = set_idle_policy() {
         if !WARNED.swap(true, Ordering::Relaxed) {
             log::warn!("cannot run the HTTP threads under SCHED_IDLE ({e}); scrapes compete with inferd for CPU");
@@ -35,7 +40,6 @@ fn set_idle_policy() -> std::io::Result<()> {
 }
 
 /// The calling thread's scheduling policy.
-#[cfg(test)]
 pub(crate) fn current_policy() -> i32 {
     // SAFETY: reads the calling thread's policy; no memory is passed.
     unsafe { libc::sched_getscheduler(0) }

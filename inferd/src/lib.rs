@@ -4,9 +4,13 @@
 //! # Overview
 //!
 //! - [`Config`] is every option (clap flags, or a TOML file with the same keys).
-//! - [`run`] is the daemon. It creates the segment, loads the model through a [`Backend`]
-//!   ([`CpuBackend`] runs the built-in [`MlpPolicy`] format), starts compute workers behind
-//!   a bounded queue, and serves the socket until SIGTERM drains it; SIGHUP reloads the model.
+//! - [`run`] is the daemon. It creates the segment, loads the model through a [`Backend`],
+//!   starts compute workers behind a bounded queue, and serves the socket until SIGTERM
+//!   drains it; SIGHUP reloads the model.
+//! - Backends: [`CpuBackend`] runs the built-in [`MlpPolicy`] format on the CPU,
+//!   [`CudaBackend`] runs the same format on a GPU (NVRTC kernels, cuBLAS, CUDA graphs for
+//!   small batches), and `TorchBackend` (feature `torch`) runs TorchScript policies through
+//!   libtorch. [`BackendKind`] and [`Device`] choose among them.
 //! - Connections speak the [`protocol`] of `docs/protocol.md`: frames of msgpack maps with
 //!   openpi's msgpack-numpy arrays. Answers go back by id, so requests may be pipelined.
 //! - Workers batch requests as Triton's dynamic batcher does, refuse expired deadlines before

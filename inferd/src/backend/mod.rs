@@ -106,8 +106,9 @@ pub trait Backend: Send + Sync {
     /// Runs one batch. The input must be `batch.rows × input_size` values.
     fn infer(&self, batch: Batch<'_>) -> Result<BatchOutput>;
 
-    /// Device memory in use on the model's GPU, bytes, for the segment's gauge; `None` when
-    /// the model is not on a GPU.
+    /// Device memory the model holds on its GPU, bytes, for the segment's gauge; `None` when
+    /// the model is not on a GPU. Not the CUDA context's own (a few hundred MiB that NVML's
+    /// per-process figure, `inferd_gpu_process_memory_bytes`, includes).
     fn device_memory_used_bytes(&self) -> Option<u64> {
         None
     }

@@ -15,7 +15,7 @@ use cudarc::driver::CudaContext;
 use tch::jit::{CModule, IValue};
 use tch::{Device as TorchDevice, Tensor};
 
-use crate::backend::cuda::{cuda_device_count, memory_used_bytes};
+use crate::backend::cuda::cuda_device_count;
 use crate::backend::{
     Backend, BackendOptions, Batch, BatchOutput, Device, ModelMetadata, ModelSource,
 };
@@ -27,8 +27,9 @@ pub struct TorchBackend {
     module: CModule,
     device: TorchDevice,
     metadata: ModelMetadata,
-    /// The module's GPU, for the memory gauge; `None` on the CPU.
-    gpu: Option<Arc<CudaContext>>,
+    /// The module's GPU and the device memory in use before the module was loaded, for the
+    /// memory gauge; `None` on the CPU.
+    gpu: Option<(Arc<CudaContext>, u64)>,
 }
 
 impl Backend for TorchBackend {
@@ -45,6 +46,15 @@ impl Backend for TorchBackend {
             reason,
         };
         let device = torch_device(options.device)?;
+        // libtorch's caching allocator keeps its statistics to itself, and tch does not bind
+        // them. What the device gained after this point is what loading and serving the model
+        // took: the same primary context as libtorch's, so cuMemGetInfo sees what it does.
+        let gpu = match device {
+            TorchDevice::Cuda(n) if cuda_device_count() > n => CudaContext::new(n)
+                .ok()
+                .and_then(|ctx| memory_used_bytes(&ctx).map(|before| (ctx, before))),
+            _ => None,
+        };
         let mut module = CModule::load_on_device(path, device)
             .map_err(|e| model_error(format!("not a TorchScript module for {device:?}: {e}")))?;
         module
@@ -52,11 +62,6 @@ impl Backend for TorchBackend {
             .map_err(|e| model_error(format!("eval(): {e}")))?;
         let fields = read_metadata(&module).map_err(model_error)?;
         let metadata = metadata(&fields, device).map_err(model_error)?;
-        let gpu = match device {
-            // Same primary context as libtorch's: cuMemGetInfo sees the device as it does.
-            TorchDevice::Cuda(n) if cuda_device_count() > n => CudaContext::new(n).ok(),
-            _ => None,
-        };
         let backend = TorchBackend {
             module,
             device,
@@ -114,8 +119,16 @@ impl Backend for TorchBackend {
     }
 
     fn device_memory_used_bytes(&self) -> Option<u64> {
-        self.gpu.as_deref().and_then(memory_used_bytes)
+        let (ctx, before) = self.gpu.as_ref()?;
+        memory_used_bytes(ctx).map(|now| now.saturating_sub(*before))
     }
+}
+
+/// `total - free` from `cuMemGetInfo` on the context's device: every process's memory on it,
+/// the CUDA contexts included.
+fn memory_used_bytes(ctx: &CudaContext) -> Option<u64> {
+    let (free, total) = ctx.mem_get_info().ok()?;
+    u64::try_from(total.saturating_sub(free)).ok()
 }
 
 impl TorchBackend {

@@ -96,7 +96,10 @@ pub struct CudaBackend {
     kernels: Kernels,
     weights: DeviceWeights,
     metadata: ModelMetadata,
-    ctx: Arc<CudaContext>,
+    /// Device memory the backend allocated: weights and every lane's buffers.
+    allocated_bytes: u64,
+    // Kept last: dropped after everything allocated in it.
+    _ctx: Arc<CudaContext>,
 }
 
 impl CudaBackend {
@@ -149,12 +152,22 @@ impl CudaBackend {
             output_size: policy.output_size(),
             action_limits: policy.action_limits.clone(),
         };
+        let allocated_bytes = lanes
+            .iter()
+            .map(|l| {
+                l.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .device_bytes()
+            })
+            .sum::<usize>()
+            + weights.device_bytes();
         Ok(CudaBackend {
             lanes,
             kernels,
             weights,
             metadata,
-            ctx,
+            allocated_bytes: u64::try_from(allocated_bytes).unwrap_or(u64::MAX),
+            _ctx: ctx,
         })
     }
 }
@@ -168,12 +181,6 @@ pub(super) fn cuda_ordinal(device: Device, backend: &str) -> Result<usize> {
             "the {backend} backend runs on a GPU, not on {device}; use --backend cpu"
         ))),
     }
-}
-
-/// `total - free` from `cuMemGetInfo` on the context's device.
-pub(super) fn memory_used_bytes(ctx: &CudaContext) -> Option<u64> {
-    let (free, total) = ctx.mem_get_info().ok()?;
-    u64::try_from(total.saturating_sub(free)).ok()
 }
 
 impl Backend for CudaBackend {
@@ -220,7 +227,7 @@ impl Backend for CudaBackend {
     }
 
     fn device_memory_used_bytes(&self) -> Option<u64> {
-        memory_used_bytes(&self.ctx)
+        Some(self.allocated_bytes)
     }
 }
 
