@@ -8,14 +8,13 @@
 //! `scripts/gpu/torch_policy.py` makes such a module from a built-in policy file.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use cudarc::driver::CudaContext;
 use tch::jit::{CModule, IValue};
 use tch::{Device as TorchDevice, Tensor};
 
-use crate::backend::cuda::cuda_device_count;
+use crate::backend::cuda::{cuda_device_count, DeviceMemory};
 use crate::backend::{
     Backend, BackendOptions, Batch, BatchOutput, Device, ModelMetadata, ModelSource,
 };
@@ -27,9 +26,8 @@ pub struct TorchBackend {
     module: CModule,
     device: TorchDevice,
     metadata: ModelMetadata,
-    /// The module's GPU and the device memory in use before the module was loaded, for the
-    /// memory gauge; `None` on the CPU.
-    gpu: Option<(Arc<CudaContext>, u64)>,
+    /// For the memory gauge; `None` on the CPU.
+    memory: Option<DeviceMemory>,
 }
 
 impl Backend for TorchBackend {
@@ -46,13 +44,12 @@ impl Backend for TorchBackend {
             reason,
         };
         let device = torch_device(options.device)?;
-        // libtorch's caching allocator keeps its statistics to itself, and tch does not bind
-        // them. What the device gained after this point is what loading and serving the model
-        // took: the same primary context as libtorch's, so cuMemGetInfo sees what it does.
-        let gpu = match device {
-            TorchDevice::Cuda(n) if cuda_device_count() > n => CudaContext::new(n)
-                .ok()
-                .and_then(|ctx| memory_used_bytes(&ctx).map(|before| (ctx, before))),
+        // The primary context, libtorch's too: made here, before the module, so that the
+        // gauge counts what the model takes and not the context.
+        let memory = match device {
+            TorchDevice::Cuda(n) if cuda_device_count() > n => {
+                CudaContext::new(n).ok().and_then(DeviceMemory::before_load)
+            }
             _ => None,
         };
         let mut module = CModule::load_on_device(path, device)
@@ -66,7 +63,7 @@ impl Backend for TorchBackend {
             module,
             device,
             metadata,
-            gpu,
+            memory,
         };
         backend
             .warm_up(options.max_batch_rows.max(1))
@@ -119,16 +116,8 @@ impl Backend for TorchBackend {
     }
 
     fn device_memory_used_bytes(&self) -> Option<u64> {
-        let (ctx, before) = self.gpu.as_ref()?;
-        memory_used_bytes(ctx).map(|now| now.saturating_sub(*before))
+        self.memory.as_ref()?.held_bytes()
     }
-}
-
-/// `total - free` from `cuMemGetInfo` on the context's device: every process's memory on it,
-/// the CUDA contexts included.
-fn memory_used_bytes(ctx: &CudaContext) -> Option<u64> {
-    let (free, total) = ctx.mem_get_info().ok()?;
-    u64::try_from(total.saturating_sub(free)).ok()
 }
 
 impl TorchBackend {

@@ -50,14 +50,6 @@ pub(super) struct Lane {
 unsafe impl Send for Lane {}
 
 impl Lane {
-    /// Device memory the lane's buffers take (the cuBLAS workspace, the input and every
-    /// layer's output); the graphs' own memory is the driver's and is not counted.
-    pub fn device_bytes(&self) -> usize {
-        self._blas_workspace.num_bytes()
-            + self.input.num_bytes()
-            + self.outputs.iter().map(CudaSlice::num_bytes).sum::<usize>()
-    }
-
     /// Allocates a lane for batches of up to `capacity_rows` rows, warms it up (cuBLAS picks
     /// its kernels and allocates its workspace on first use), and captures a graph for each
     /// batch size up to `graph_max_rows`.

@@ -96,10 +96,8 @@ pub struct CudaBackend {
     kernels: Kernels,
     weights: DeviceWeights,
     metadata: ModelMetadata,
-    /// Device memory the backend allocated: weights and every lane's buffers.
-    allocated_bytes: u64,
-    // Kept last: dropped after everything allocated in it.
-    _ctx: Arc<CudaContext>,
+    /// Kept last: dropped after everything allocated in its context.
+    memory: DeviceMemory,
 }
 
 impl CudaBackend {
@@ -120,6 +118,8 @@ impl CudaBackend {
             )));
         }
         let ctx = CudaContext::new(ordinal).map_err(failed("creating the context"))?;
+        let memory = DeviceMemory::before_load(Arc::clone(&ctx))
+            .ok_or_else(|| Error::Backend("cuda: cuMemGetInfo failed".into()))?;
         // SAFETY: set before anything is allocated. Each lane only ever uses its own buffers
         // on its own stream, and the shared weights are written once and synchronized before
         // any lane reads them, so cudarc's per-buffer events (which would also record into
@@ -152,24 +152,43 @@ impl CudaBackend {
             output_size: policy.output_size(),
             action_limits: policy.action_limits.clone(),
         };
-        let allocated_bytes = lanes
-            .iter()
-            .map(|l| {
-                l.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .device_bytes()
-            })
-            .sum::<usize>()
-            + weights.device_bytes();
         Ok(CudaBackend {
             lanes,
             kernels,
             weights,
             metadata,
-            allocated_bytes: u64::try_from(allocated_bytes).unwrap_or(u64::MAX),
-            _ctx: ctx,
+            memory,
         })
     }
+}
+
+/// The device memory a model holds, from `cuMemGetInfo`: what the device's memory in use
+/// (`total - free`, every process's) gained since just before the model was loaded. That
+/// counts the weights, buffers, cuBLAS workspaces, graphs and libtorch's cache, which no
+/// allocator statistic covers for both backends (tch binds none of libtorch's), but not the
+/// CUDA context made before it; another process allocating on the same GPU meanwhile counts
+/// too.
+pub(super) struct DeviceMemory {
+    ctx: Arc<CudaContext>,
+    before_bytes: u64,
+}
+
+impl DeviceMemory {
+    /// Reads the memory in use now, before the model's first allocation.
+    pub fn before_load(ctx: Arc<CudaContext>) -> Option<DeviceMemory> {
+        let before_bytes = used_bytes(&ctx)?;
+        Some(DeviceMemory { ctx, before_bytes })
+    }
+
+    /// What the device gained since [`DeviceMemory::before_load`].
+    pub fn held_bytes(&self) -> Option<u64> {
+        used_bytes(&self.ctx).map(|now| now.saturating_sub(self.before_bytes))
+    }
+}
+
+fn used_bytes(ctx: &CudaContext) -> Option<u64> {
+    let (free, total) = ctx.mem_get_info().ok()?;
+    u64::try_from(total.saturating_sub(free)).ok()
 }
 
 /// The device a GPU backend runs on.
@@ -227,7 +246,7 @@ impl Backend for CudaBackend {
     }
 
     fn device_memory_used_bytes(&self) -> Option<u64> {
-        Some(self.allocated_bytes)
+        self.memory.held_bytes()
     }
 }
 

@@ -87,18 +87,4 @@ impl DeviceWeights {
     pub fn output_size(&self) -> usize {
         self.layers.last().map_or(0, |l| l.outputs)
     }
-
-    /// Device memory the tensors take.
-    pub fn device_bytes(&self) -> usize {
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| l.weight.num_bytes() + l.bias.num_bytes())
-            .sum();
-        let normalization = self
-            .normalization
-            .as_ref()
-            .map_or(0, |n| n.mean.num_bytes() + n.std.num_bytes());
-        layers + normalization + self.action_scale.num_bytes()
-    }
 }
