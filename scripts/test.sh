@@ -11,9 +11,10 @@ step "tools the tests need"
 bash scripts/setup-prometheus.sh
 bash scripts/setup-fuzz.sh
 
-step "format and lints"
+step "format, lints and API docs"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps --locked --quiet
 
 step "build (the end-to-end tests spawn these binaries)"
 cargo build --workspace --all-targets --locked

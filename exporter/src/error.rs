@@ -44,7 +44,7 @@ pub enum Error {
     Proc {
         /// The process.
         pid: u64,
-        /// The file under /proc/<pid>.
+        /// The file under `/proc/<pid>`.
         file: &'static str,
         /// What went wrong.
         message: String,
