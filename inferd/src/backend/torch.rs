@@ -47,9 +47,9 @@ impl Backend for TorchBackend {
         // The primary context, libtorch's too: made here, before the module, so that the
         // gauge counts what the model takes and not the context.
         let memory = match device {
-            TorchDevice::Cuda(n) if cuda_device_count() > n => {
-                CudaContext::new(n).ok().and_then(DeviceMemory::before_load)
-            }
+            TorchDevice::Cuda(n) if cuda_device_count() > n => CudaContext::new(n)
+                .ok()
+                .and_then(|ctx| DeviceMemory::for_device(ctx).ok()),
             _ => None,
         };
         let mut module = CModule::load_on_device(path, device)

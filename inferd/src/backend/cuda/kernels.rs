@@ -13,7 +13,7 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 
 use crate::backend::cuda::failed;
 use crate::policy::Activation;
-use crate::Result;
+use crate::{Error, Result};
 
 /// The CUDA C source. Activations follow `policy::forward` (and PyTorch): ELU with alpha 1,
 /// GELU in its exact erf form. Each thread handles one value of a `[rows, cols]` row-major
@@ -76,7 +76,13 @@ impl Kernels {
             ..CompileOptions::default()
         };
         let ptx = compile_ptx_with_opts(SOURCE, options).map_err(failed("NVRTC compile"))?;
-        let module = ctx.load_module(ptx).map_err(failed("loading the PTX"))?;
+        let module = ctx.load_module(ptx).map_err(|e| {
+            Error::Backend(format!(
+                "cuda: loading the kernels' PTX: {e}; CUDA_ERROR_UNSUPPORTED_PTX_VERSION means \
+                 libnvrtc is newer than the driver: put the libnvrtc of the driver's CUDA \
+                 version first on LD_LIBRARY_PATH (docs/gpu.md)"
+            ))
+        })?;
         let function = |name: &str| {
             module
                 .load_function(name)

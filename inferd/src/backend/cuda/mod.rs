@@ -14,6 +14,7 @@ mod kernels;
 mod lane;
 mod weights;
 
+use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -117,9 +118,9 @@ impl CudaBackend {
                 "--backend cuda: no CUDA device {ordinal} (this host has {count})"
             )));
         }
+        require_driver_version()?;
         let ctx = CudaContext::new(ordinal).map_err(failed("creating the context"))?;
-        let memory = DeviceMemory::before_load(Arc::clone(&ctx))
-            .ok_or_else(|| Error::Backend("cuda: cuMemGetInfo failed".into()))?;
+        let memory = DeviceMemory::for_device(Arc::clone(&ctx))?;
         // SAFETY: set before anything is allocated. Each lane only ever uses its own buffers
         // on its own stream, and the shared weights are written once and synchronized before
         // any lane reads them, so cudarc's per-buffer events (which would also record into
@@ -162,33 +163,78 @@ impl CudaBackend {
     }
 }
 
-/// The device memory a model holds, from `cuMemGetInfo`: what the device's memory in use
-/// (`total - free`, every process's) gained since just before the model was loaded. That
-/// counts the weights, buffers, cuBLAS workspaces, graphs and libtorch's cache, which no
-/// allocator statistic covers for both backends (tch binds none of libtorch's), but not the
-/// CUDA context made before it; another process allocating on the same GPU meanwhile counts
-/// too.
+/// The device memory inferd's models hold, from `cuMemGetInfo`: what the device's memory in
+/// use (`total - free`, every process's) gained since just before the process's first model
+/// on it was loaded. That counts weights, buffers, cuBLAS workspaces, graphs and libtorch's
+/// cache alike (tch binds none of libtorch's allocator statistics), but not the CUDA context
+/// made before it; another process allocating on the same GPU meanwhile counts too.
 pub(super) struct DeviceMemory {
     ctx: Arc<CudaContext>,
-    before_bytes: u64,
+    baseline_bytes: u64,
 }
 
 impl DeviceMemory {
-    /// Reads the memory in use now, before the model's first allocation.
-    pub fn before_load(ctx: Arc<CudaContext>) -> Option<DeviceMemory> {
-        let before_bytes = used_bytes(&ctx)?;
-        Some(DeviceMemory { ctx, before_bytes })
+    /// The first call for a device reads its memory in use, before anything of inferd's is
+    /// allocated there; later ones reuse that reading. A reload loads the new model while the
+    /// old one still serves: a baseline of its own would count the old model's memory as not
+    /// inferd's, and the gauge would drop to about zero once the old model is freed.
+    pub fn for_device(ctx: Arc<CudaContext>) -> Result<DeviceMemory> {
+        static BASELINES: Mutex<BTreeMap<usize, u64>> = Mutex::new(BTreeMap::new());
+        let mut baselines = BASELINES.lock().unwrap_or_else(PoisonError::into_inner);
+        let baseline_bytes = match baselines.get(&ctx.ordinal()) {
+            Some(&bytes) => bytes,
+            None => {
+                // Freed memory goes back to the device at a synchronize (cudarc frees with
+                // cuMemFreeAsync); without one, an earlier context's leftovers would count
+                // as in use here and be missing from the gauge later.
+                ctx.synchronize().map_err(failed("synchronizing"))?;
+                let bytes = used_bytes(&ctx).map_err(failed("reading memory in use"))?;
+                baselines.insert(ctx.ordinal(), bytes);
+                bytes
+            }
+        };
+        drop(baselines);
+        Ok(DeviceMemory {
+            ctx,
+            baseline_bytes,
+        })
     }
 
-    /// What the device gained since [`DeviceMemory::before_load`].
+    /// What the device gained since the baseline.
     pub fn held_bytes(&self) -> Option<u64> {
-        used_bytes(&self.ctx).map(|now| now.saturating_sub(self.before_bytes))
+        used_bytes(&self.ctx)
+            .ok()
+            .map(|now| now.saturating_sub(self.baseline_bytes))
+    }
+
+    /// The context, bound to the calling thread, once all its work is done.
+    pub fn finish(&self) -> std::result::Result<(), cudarc::driver::DriverError> {
+        self.ctx.synchronize()
     }
 }
 
-fn used_bytes(ctx: &CudaContext) -> Option<u64> {
-    let (free, total) = ctx.mem_get_info().ok()?;
-    u64::try_from(total.saturating_sub(free)).ok()
+fn used_bytes(ctx: &CudaContext) -> std::result::Result<u64, cudarc::driver::DriverError> {
+    let (free, total) = ctx.mem_get_info()?;
+    Ok(u64::try_from(total.saturating_sub(free)).unwrap_or(u64::MAX))
+}
+
+/// cudarc's `cuda-13000` bindings time events with `cuEventElapsedTime_v2`, which drivers
+/// before CUDA 12.8 lack; cudarc would panic on the missing symbol at the first batch.
+fn require_driver_version() -> Result<()> {
+    const MIN: i32 = 12_080;
+    let mut version = 0;
+    // SAFETY: libcuda is present (require_libraries); the call writes one int, and needs no
+    // cuInit.
+    let rc = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
+    if rc == cudarc::driver::sys::CUresult::CUDA_SUCCESS && version >= MIN {
+        return Ok(());
+    }
+    Err(Error::Backend(format!(
+        "--backend cuda needs an NVIDIA driver for CUDA 12.8 or later; this one supports {}.{} \
+         (update the driver, or use --backend cpu)",
+        version / 1000,
+        version % 1000 / 10
+    )))
 }
 
 /// The device a GPU backend runs on.
@@ -199,6 +245,17 @@ pub(super) fn cuda_ordinal(device: Device, backend: &str) -> Result<usize> {
         Device::Cpu => Err(Error::Backend(format!(
             "the {backend} backend runs on a GPU, not on {device}; use --backend cpu"
         ))),
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        // The last reference may go on any thread (after a reload, a connection's), and
+        // cudarc frees buffers, graphs and cuBLAS handles in whatever context is current
+        // there: make ours current, and let the lanes' work end, before the fields drop.
+        if let Err(e) = self.memory.finish() {
+            log::warn!("cuda: finishing the old model's work before freeing it: {e}");
+        }
     }
 }
 
