@@ -6,10 +6,11 @@
 //! safety filter on the host: it counts the values it clamps, and a device clip (fminf/fmaxf)
 //! would turn a NaN action into a bound before the filter could refuse it.
 
+use std::ffi::CString;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, LaunchConfig};
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, LaunchConfig};
+use cudarc::nvrtc::{compile_ptx_with_opts, result, sys, CompileOptions, Ptx};
 
 use crate::backend::cuda::failed;
 use crate::policy::Activation;
@@ -69,20 +70,18 @@ pub(super) struct Kernels {
 }
 
 impl Kernels {
-    /// Compiles the source to PTX and loads it; the driver JIT-compiles it for the device.
+    /// Compiles the source for the device's own architecture and loads it. Where NVRTC
+    /// cannot target the device, it compiles PTX instead, for the driver to compile at load.
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Kernels> {
-        let options = CompileOptions {
-            name: Some("inferd_mlp.cu".into()),
-            ..CompileOptions::default()
+        let module = match compile_cubin(ctx) {
+            Ok(cubin) => ctx
+                .load_module(Ptx::from_binary(cubin))
+                .map_err(failed("loading the kernels"))?,
+            Err(e) => {
+                log::warn!("cuda: NVRTC cannot compile for this device ({e}); compiling PTX");
+                load_ptx(ctx)?
+            }
         };
-        let ptx = compile_ptx_with_opts(SOURCE, options).map_err(failed("NVRTC compile"))?;
-        let module = ctx.load_module(ptx).map_err(|e| {
-            Error::Backend(format!(
-                "cuda: loading the kernels' PTX: {e}; CUDA_ERROR_UNSUPPORTED_PTX_VERSION means \
-                 libnvrtc is newer than the driver: put the libnvrtc of the driver's CUDA \
-                 version first on LD_LIBRARY_PATH (docs/gpu.md)"
-            ))
-        })?;
         let function = |name: &str| {
             module
                 .load_function(name)
@@ -94,6 +93,58 @@ impl Kernels {
             bias_scale: function("bias_scale")?,
         })
     }
+}
+
+/// NVRTC's machine code for the device's `sm_XY`. A driver loads machine code from any toolkit
+/// of its major CUDA version, while it refuses PTX from a toolkit newer than itself, and the
+/// libnvrtc found may well be newer than the driver.
+fn compile_cubin(ctx: &CudaContext) -> std::result::Result<Vec<u8>, String> {
+    /// Destroys the program however the compile ends.
+    struct Program(sys::nvrtcProgram);
+    impl Drop for Program {
+        fn drop(&mut self) {
+            // SAFETY: made by create_program and destroyed only here.
+            let _ = unsafe { result::destroy_program(self.0) };
+        }
+    }
+    let (major, minor) = ctx.compute_capability().map_err(|e| e.to_string())?;
+    let arch = format!("--gpu-architecture=sm_{major}{minor}");
+    // Declared before the program, so that it outlives it: NVRTC keeps pointers into it.
+    let source = CString::new(SOURCE).map_err(|e| e.to_string())?;
+    let program = Program(
+        result::create_program(&source, Some(c"inferd_mlp.cu")).map_err(|e| e.to_string())?,
+    );
+    // SAFETY: the program is live (it is destroyed when `program` drops, after these calls);
+    // the CUBIN buffer is as long as NVRTC says the CUBIN is.
+    unsafe {
+        result::compile_program(program.0, &[arch.as_str()])
+            .map_err(|e| format!("{arch}: {e:?}"))?;
+        let mut size = 0usize;
+        sys::nvrtcGetCUBINSize(program.0, &mut size)
+            .result()
+            .map_err(|e| format!("{e:?}"))?;
+        let mut cubin = vec![0u8; size];
+        sys::nvrtcGetCUBIN(program.0, cubin.as_mut_ptr().cast())
+            .result()
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(cubin)
+    }
+}
+
+/// PTX for the driver to compile at load.
+fn load_ptx(ctx: &Arc<CudaContext>) -> Result<Arc<CudaModule>> {
+    let options = CompileOptions {
+        name: Some("inferd_mlp.cu".into()),
+        ..CompileOptions::default()
+    };
+    let ptx = compile_ptx_with_opts(SOURCE, options).map_err(failed("NVRTC compile"))?;
+    ctx.load_module(ptx).map_err(|e| {
+        Error::Backend(format!(
+            "cuda: loading the kernels' PTX: {e}; CUDA_ERROR_UNSUPPORTED_PTX_VERSION means \
+             libnvrtc is newer than the driver: put the libnvrtc of the driver's CUDA version \
+             first on LD_LIBRARY_PATH (docs/gpu.md)"
+        ))
+    })
 }
 
 /// The `activation` argument of `bias_activation`.
