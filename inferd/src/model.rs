@@ -164,7 +164,13 @@ impl ModelStore {
             Ok(model) => {
                 metrics.writer().set_active_model(model.segment_id);
                 log_loaded(&model, config);
-                *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(model);
+                let old = std::mem::replace(
+                    &mut *self.current.write().unwrap_or_else(PoisonError::into_inner),
+                    Arc::new(model),
+                );
+                // Dropped after the lock is released: freeing a GPU model waits for its
+                // streams, and workers must not wait for that to read the current model.
+                drop(old);
                 metrics.add(Gauge::ReloadsTotal, 1);
                 Ok(())
             }

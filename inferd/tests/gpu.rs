@@ -1,6 +1,8 @@
 //! Checks that need a CUDA GPU, ignored elsewhere. Run them on a GPU machine with
-//! `cargo test -p inferd --test tests -- --ignored gpu::` (add `--features torch` for the torch
-//! one), or from prebuilt binaries with `scripts/gpu/check.sh`.
+//! `cargo test -p inferd --test tests -- --ignored --test-threads 1 gpu::` (add
+//! `--features torch` for the torch one), or from prebuilt binaries with
+//! `scripts/gpu/check.sh`. One thread: the memory checks read the whole device's memory in
+//! use, which another test's backend would change under them.
 
 use std::thread;
 

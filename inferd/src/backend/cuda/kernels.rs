@@ -73,12 +73,15 @@ impl Kernels {
     /// Compiles the source for the device's own architecture and loads it. Where NVRTC
     /// cannot target the device, it compiles PTX instead, for the driver to compile at load.
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Kernels> {
-        let module = match compile_cubin(ctx) {
-            Ok(cubin) => ctx
-                .load_module(Ptx::from_binary(cubin))
-                .map_err(failed("loading the kernels"))?,
+        let cubin = compile_cubin(ctx).and_then(|cubin| {
+            ctx.load_module(Ptx::from_binary(cubin))
+                .map_err(|e| format!("loading it: {e}"))
+        });
+        let module = match cubin {
+            Ok(module) => module,
             Err(e) => {
-                log::warn!("cuda: NVRTC cannot compile for this device ({e}); compiling PTX");
+                // A driver of an older major version than libnvrtc refuses its machine code.
+                log::warn!("cuda: the kernels compiled for this device failed ({e}); trying PTX");
                 load_ptx(ctx)?
             }
         };

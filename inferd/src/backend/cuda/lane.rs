@@ -224,6 +224,11 @@ impl Lane {
         Ok(())
     }
 
+    /// Waits for everything queued on the lane's stream.
+    pub fn synchronize(&self) -> std::result::Result<(), cudarc::driver::DriverError> {
+        self.stream.synchronize()
+    }
+
     /// Runs one batch: stage and copy the input, replay the graph for its size or launch the
     /// kernels, copy the output back. Returns the actions and the device time between the
     /// events around the compute, nanoseconds.

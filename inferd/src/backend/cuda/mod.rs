@@ -207,9 +207,22 @@ impl DeviceMemory {
             .map(|now| now.saturating_sub(self.baseline_bytes))
     }
 
-    /// The context, bound to the calling thread, once all its work is done.
-    pub fn finish(&self) -> std::result::Result<(), cudarc::driver::DriverError> {
-        self.ctx.synchronize()
+    /// Makes the context current on the calling thread. An error cudarc recorded earlier
+    /// (its frees and drops can only record theirs) is logged and cleared first: binding
+    /// would return it instead of binding.
+    pub fn bind_to_thread(&self) {
+        if let Err(e) = self.ctx.check_err() {
+            log::warn!(
+                "cuda: an earlier error on device {}: {e}",
+                self.ctx.ordinal()
+            );
+        }
+        if let Err(e) = self.ctx.bind_to_thread() {
+            log::warn!(
+                "cuda: making device {}'s context current: {e}",
+                self.ctx.ordinal()
+            );
+        }
     }
 }
 
@@ -253,8 +266,14 @@ impl Drop for CudaBackend {
         // The last reference may go on any thread (after a reload, a connection's), and
         // cudarc frees buffers, graphs and cuBLAS handles in whatever context is current
         // there: make ours current, and let the lanes' work end, before the fields drop.
-        if let Err(e) = self.memory.finish() {
-            log::warn!("cuda: finishing the old model's work before freeing it: {e}");
+        // Each lane's stream, not the whole context: another model may be capturing a graph
+        // in it, and a context-wide synchronize would break that capture.
+        self.memory.bind_to_thread();
+        for lane in &self.lanes {
+            let lane = lane.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Err(e) = lane.synchronize() {
+                log::warn!("cuda: finishing the old model's work before freeing it: {e}");
+            }
         }
     }
 }
