@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target of both fuzz workspaces (shm-layout/fuzz: the segment reader;
 # inferd/fuzz: the frame decoder, the request parser, the array decoder) for FUZZ_SECONDS each
-# (default 60), starting from and adding to the corpus kept in the repo (<workspace>/corpus/<target>).
+# (default 60), starting from the seed corpus kept in the repo (<workspace>/corpus/<target>). New
+# inputs go to <workspace>/target/corpus/<target> (ignored, kept between local runs), so a run leaves
+# the checkout clean; `cargo fuzz cmin` folds them into the seeds when they are worth keeping.
 # Stops at the first target that crashes; libFuzzer leaves the input in <workspace>/artifacts/<target>/.
 # Needs the nightly toolchain and cargo-fuzz (bash scripts/setup-fuzz.sh installs it).
 set -euo pipefail
@@ -14,8 +16,10 @@ for workspace in shm-layout/fuzz inferd/fuzz; do
   [[ -n $targets ]] || { echo "fuzz: no targets in $workspace" >&2; exit 1; }
   for target in $targets; do
     echo "==> fuzz $workspace $target for ${seconds} s"
-    mkdir -p "$workspace/corpus/$target"
-    (cd "$workspace" && cargo +nightly fuzz run "$target" "corpus/$target" -- -max_total_time="$seconds")
+    mkdir -p "$workspace/corpus/$target" "$workspace/target/corpus/$target"
+    # libFuzzer writes what it finds into the first directory and only reads the others.
+    (cd "$workspace" && cargo +nightly fuzz run "$target" "target/corpus/$target" "corpus/$target" \
+      -- -max_total_time="$seconds")
   done
 done
 echo "fuzz: every target ran ${seconds} s without a crash"
