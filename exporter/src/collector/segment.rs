@@ -306,7 +306,7 @@ fn render_gauges(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
         ("connections", "Open robot connections.", |g| g.connections),
         (
             "device_memory_used_bytes",
-            "Device memory inferd's model holds: what the GPU's memory in use gained since just before the load (not the CUDA context).",
+            "Device memory inferd's model holds: what the GPU's memory in use gained since just before inferd's first model load there (not the CUDA context).",
             |g| g.gpu_memory_used_bytes,
         ),
     ];

@@ -193,7 +193,6 @@ impl DeviceMemory {
                 bytes
             }
         };
-        drop(baselines);
         Ok(DeviceMemory {
             ctx,
             baseline_bytes,
