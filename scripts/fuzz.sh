@@ -22,4 +22,6 @@ for workspace in shm-layout/fuzz inferd/fuzz; do
       -- -max_total_time="$seconds")
   done
 done
+# The segment reader's targets work on files in /dev/shm named after their process.
+rm -f /dev/shm/shm-layout-fuzz-*
 echo "fuzz: every target ran ${seconds} s without a crash"

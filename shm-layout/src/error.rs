@@ -54,6 +54,32 @@ pub enum Error {
         /// The value this layout requires.
         expected: u64,
     },
+    /// Another live process writes the segment of this name: it holds the file's lock.
+    #[error("segment {path} is in use by a running inferd{}: stop it, or give this one another --segment-name", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    InUse {
+        /// The segment file.
+        path: PathBuf,
+        /// The holder's pid, from the segment's header, when it has a readable one.
+        pid: Option<u32>,
+    },
+    /// The segment could not be allocated in full: the tmpfs is full (or too small).
+    #[error("cannot allocate the {need}-byte metrics segment in {dir}: {source}; free space there or choose another --segment-dir")]
+    NoSpace {
+        /// The segment directory.
+        dir: PathBuf,
+        /// Bytes the segment needs.
+        need: usize,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The name is not a regular file (a FIFO, a symbolic link, a directory, ...).
+    #[error("{path} is a {kind}, not a segment file")]
+    NotAFile {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
     /// Every per-thread shard is already claimed.
     #[error("all {0} shards are claimed: more recording threads than the segment has shards")]
     ShardsExhausted(usize),

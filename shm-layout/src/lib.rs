@@ -56,6 +56,13 @@ pub use crate::writer::{
     SegmentWriter, ShardWriter,
 };
 
+/// How often inferd stores its heartbeat (`heartbeat_unix_ns`, release): the writer's side of
+/// the liveness contract.
+pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// How old a heartbeat may get before a reader calls its writer down: five intervals, which
+/// leaves a loaded host four late beats of slack, and reports a dead inferd within half a second.
+pub const HEARTBEAT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Where segments live by default: tmpfs, never a disk-backed file.
 pub const DEFAULT_DIR: &str = "/dev/shm";
 /// The segment name inferd uses by default.

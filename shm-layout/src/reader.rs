@@ -1,17 +1,28 @@
-//! The exporter's side: map a segment read-only, validate it, and take snapshots.
+//! The exporter's side: read a segment through its file descriptor, validate it, and take
+//! snapshots.
 //!
-//! The reader trusts nothing in the segment. It checks the mapped length before it reads the
-//! header, and the header (magic, ready word, major version, size, dimensions) before it reads
-//! anything else. Every index it uses is a compile-time constant, and every sum saturates, so
-//! truncated, corrupt or random bytes give an error or odd numbers, never a panic.
+//! The reader never maps the segment. A mapping of a file that another process can truncate
+//! turns every later access past the new end into SIGBUS, and no check made before the access
+//! can rule that out: the file can shrink between the check and the read. So each read copies
+//! the segment with `pread(2)` into memory this process owns. A file that shrank gives a short
+//! read, which is refused as [`Error::TooSmall`]; nothing the file does can make this process
+//! fault. The copy is then validated, header word by header word, before any offset or count
+//! in it is used, and every sum saturates, so truncated, corrupt or random bytes give an error
+//! or odd numbers, never a panic.
+//!
+//! Why a copy still reads each counter whole: Linux copies a tmpfs page to user memory with
+//! aligned loads of 8 bytes or more (x86-64 `rep movs`, arm64 `ldp`), and every counter and
+//! gauge of the layout is 8-byte aligned, so a value being stored during the copy is read as
+//! either its old or its new value. A slot's `published` word precedes its text, and a slot is
+//! never rewritten once published; a slot read as published whose name is still empty is
+//! treated as not yet published.
 
-use std::fs::File;
-use std::os::unix::fs::MetadataExt;
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
-
-use memmap2::Mmap;
 
 use crate::layout::{
     self, read_text, Header, Histogram, Segment, HEADER_SIZE, MODELS, ROBOT_TYPES, SEGMENT_SIZE,
@@ -23,40 +34,62 @@ use crate::snapshot::{
 };
 use crate::{Error, Result, ShardKind, State};
 
-/// A segment mapped read-only (`PROT_READ`, `MAP_SHARED`).
+/// A segment opened read-only, read by copying it out of the file.
 pub struct SegmentReader {
-    map: Mmap,
+    file: File,
     path: PathBuf,
     inode: u64,
+    owner_uid: u32,
+    image: Image,
 }
 
 impl SegmentReader {
-    /// Opens and validates the segment at `path`. The file is opened `O_RDONLY` and mapped
-    /// `PROT_READ`, so this process cannot write it.
+    /// Opens and validates the segment at `path`.
+    ///
+    /// The file is opened `O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC`, so this process
+    /// cannot write it, a FIFO swapped in at the name cannot block the open, and a symbolic
+    /// link is refused; then the descriptor itself is checked (`fstat`) to be a regular file.
     pub fn open(path: impl AsRef<Path>) -> Result<SegmentReader> {
         let path = path.as_ref().to_owned();
         let io = |source| Error::Io {
             path: path.clone(),
             source,
         };
-        let file = File::open(&path).map_err(io)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => Error::NotAFile {
+                    path: path.clone(),
+                    kind: "symbolic link",
+                },
+                _ => io(e),
+            })?;
         let meta = file.metadata().map_err(io)?;
-        if meta.len() < HEADER_SIZE as u64 {
-            return Err(Error::TooSmall {
-                len: meta.len() as usize,
-                need: HEADER_SIZE,
-            });
+        let kind = meta.file_type();
+        if !kind.is_file() {
+            let kind = if kind.is_fifo() {
+                "FIFO"
+            } else if kind.is_dir() {
+                "directory"
+            } else if kind.is_socket() {
+                "socket"
+            } else if kind.is_char_device() || kind.is_block_device() {
+                "device"
+            } else {
+                "special file"
+            };
+            return Err(Error::NotAFile { path, kind });
         }
-        // SAFETY: a read-only shared mapping. The writer changes the bytes under us, which is
-        // why every field is read through atomics; a writer that truncates the file could make
-        // accesses fault (SIGBUS), which tmpfs segments created at full size by inferd never do.
-        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let reader = SegmentReader {
-            map,
+        let mut reader = SegmentReader {
+            file,
             path,
             inode: meta.ino(),
+            owner_uid: meta.uid(),
+            image: Image::new(),
         };
-        validate(reader.map.as_ptr(), reader.map.len())?;
+        reader.header()?;
         Ok(reader)
     }
 
@@ -65,26 +98,39 @@ impl SegmentReader {
         &self.path
     }
 
-    /// The inode of the mapped file; a new inode at the same path means a new segment.
+    /// The inode of the opened file; a new inode at the same path means a new segment.
     pub fn inode(&self) -> u64 {
         self.inode
     }
 
-    /// The mapped bytes' address, for tests that prove the mapping is read-only.
-    pub fn as_ptr(&self) -> *const u8 {
-        self.map.as_ptr()
+    /// The user id that owned the file when it was opened (from `fstat` of the descriptor
+    /// held, so it is the owner of exactly the bytes this reader reads).
+    pub fn owner_uid(&self) -> u32 {
+        self.owner_uid
     }
 
-    /// Re-validates the header and reads every value.
-    pub fn snapshot(&self) -> Result<Snapshot> {
-        let seg = validate(self.map.as_ptr(), self.map.len())?;
+    /// Copies the whole segment out of the file, re-validates it, and reads every value.
+    pub fn snapshot(&mut self) -> Result<Snapshot> {
+        let len = self.file.metadata().map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.image.fill_from(&self.file, &self.path, SEGMENT_SIZE)?;
+        let seg = self.image.segment(len.len())?;
         Ok(read_segment(seg))
     }
 
-    /// Re-validates and reads the header alone (cheap: no shard is touched).
-    pub fn header(&self) -> Result<HeaderInfo> {
-        let seg = validate(self.map.as_ptr(), self.map.len())?;
-        Ok(read_header(&seg.header))
+    /// Copies and validates the header alone (cheap: 256 bytes, no shard is touched).
+    pub fn header(&mut self) -> Result<HeaderInfo> {
+        self.image.fill_from(&self.file, &self.path, HEADER_SIZE)?;
+        Ok(read_header(self.image.header()?))
+    }
+}
+
+impl AsFd for SegmentReader {
+    /// The read-only descriptor this reader holds.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
     }
 }
 
@@ -92,33 +138,112 @@ impl Snapshot {
     /// Validates and reads a segment image held in ordinary memory: a copy, a fuzz input, or
     /// a file read from disk. It is the same code path as [`SegmentReader::snapshot`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Snapshot> {
-        // Copy into memory aligned like a mapping's start (the layout's structs are 64-aligned),
-        // so that references to its atomics may be formed.
-        #[repr(C, align(64))]
-        #[derive(Clone, Copy)]
-        struct Line([u8; 64]);
-        let mut aligned = vec![Line([0; 64]); bytes.len().div_ceil(64)];
-        for (line, chunk) in aligned.iter_mut().zip(bytes.chunks(64)) {
-            line.0[..chunk.len()].copy_from_slice(chunk);
-        }
-        let seg = validate(aligned.as_ptr().cast::<u8>(), bytes.len())?;
+        let mut image = Image::new();
+        image.fill_from_slice(bytes);
+        let seg = image.segment(bytes.len() as u64)?;
         Ok(read_segment(seg))
     }
 }
 
-/// Checks the length, then the header, and only then hands out the whole segment.
-fn validate<'a>(base: *const u8, len: usize) -> Result<&'a Segment> {
-    if len < HEADER_SIZE {
-        return Err(Error::TooSmall {
-            len,
-            need: HEADER_SIZE,
-        });
+/// One cache line; the unit of [`Image`], so that the image is aligned like the layout's structs.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([u8; 64]);
+
+/// A copy of (the start of) a segment in this process's own memory, 64-byte aligned so that
+/// references to the layout's structs may be formed over it. Only this process writes it, so
+/// nothing can change or shrink it while it is read.
+struct Image {
+    lines: Vec<Line>,
+    /// Bytes of `lines` that hold file contents.
+    len: usize,
+}
+
+impl Image {
+    fn new() -> Image {
+        Image {
+            lines: Vec::new(),
+            len: 0,
+        }
     }
-    debug_assert_eq!(base.align_offset(std::mem::align_of::<Segment>()), 0);
-    // SAFETY: `len >= HEADER_SIZE` bytes are mapped at `base`, which is 64-aligned (a page, or
-    // `from_bytes`'s aligned copy); every Header field is an atomic or never-written padding, so a shared reference
-    // is sound while the writer stores into it.
-    let header: &Header = unsafe { &*base.cast::<Header>() };
+
+    fn bytes_mut(&mut self, len: usize) -> &mut [u8] {
+        let lines = len.div_ceil(64);
+        if self.lines.len() < lines {
+            self.lines.resize(lines, Line([0; 64]));
+        }
+        // SAFETY: `lines` holds at least `len` initialized bytes, `Line` is plain bytes with no
+        // padding, and the slice borrows `self` mutably for its lifetime.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), len) }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `len <= lines.len() * 64` initialized bytes (kept by `fill_*`), borrowed from `self`.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    /// Copies up to `want` bytes from the start of `file`. A short file gives a short image.
+    fn fill_from(&mut self, file: &File, path: &Path, want: usize) -> Result<()> {
+        let buf = self.bytes_mut(want);
+        let mut got = 0;
+        while got < want {
+            match file.read_at(&mut buf[got..], got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    self.len = 0;
+                    return Err(Error::Io {
+                        path: path.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        self.len = got;
+        Ok(())
+    }
+
+    fn fill_from_slice(&mut self, bytes: &[u8]) {
+        self.bytes_mut(bytes.len()).copy_from_slice(bytes);
+        self.len = bytes.len();
+    }
+
+    /// The header, once every header word is what this reader's layout requires.
+    fn header(&self) -> Result<&Header> {
+        let bytes = self.bytes();
+        if bytes.len() < HEADER_SIZE {
+            return Err(Error::TooSmall {
+                len: bytes.len(),
+                need: HEADER_SIZE,
+            });
+        }
+        // SAFETY: at least HEADER_SIZE bytes, 64-aligned (the image is made of `Line`s), and
+        // every Header field is an atomic or plain bytes, for which any bit pattern is valid.
+        let header: &Header = unsafe { &*bytes.as_ptr().cast::<Header>() };
+        validate_header(header)?;
+        Ok(header)
+    }
+
+    /// The whole segment, once the header checks pass, the image holds all of it, and the
+    /// file (`file_len` bytes) is as long as its header says.
+    fn segment(&self, file_len: u64) -> Result<&Segment> {
+        let total = self.header()?.total_size_bytes.load(Relaxed);
+        let bytes = self.bytes();
+        if bytes.len() < SEGMENT_SIZE || file_len < total {
+            return Err(Error::TooSmall {
+                len: usize::try_from(file_len.min(bytes.len() as u64)).unwrap_or(usize::MAX),
+                need: usize::try_from(total).unwrap_or(usize::MAX),
+            });
+        }
+        // SAFETY: at least SEGMENT_SIZE bytes, aligned as above, and every Segment field is an
+        // atomic or plain bytes.
+        Ok(unsafe { &*bytes.as_ptr().cast::<Segment>() })
+    }
+}
+
+/// Checks every header word before anything it describes is trusted.
+fn validate_header(header: &Header) -> Result<()> {
     let magic = header.magic.load(Relaxed);
     if magic != layout::MAGIC {
         return Err(Error::BadMagic(magic));
@@ -137,8 +262,8 @@ fn validate<'a>(base: *const u8, len: usize) -> Result<&'a Segment> {
             expected_major: layout::VERSION_MAJOR,
         });
     }
-    let total = header.total_size_bytes.load(Relaxed);
     // A higher minor may append sections, so the segment may be larger, never smaller.
+    let total = header.total_size_bytes.load(Relaxed);
     if total < SEGMENT_SIZE as u64 {
         return Err(Error::LayoutMismatch {
             field: "total_size_bytes",
@@ -146,53 +271,75 @@ fn validate<'a>(base: *const u8, len: usize) -> Result<&'a Segment> {
             expected: SEGMENT_SIZE as u64,
         });
     }
-    if (len as u64) < total {
-        return Err(Error::TooSmall {
-            len,
-            need: usize::try_from(total).unwrap_or(usize::MAX),
-        });
-    }
-    let expect = |field, found: u64, expected: usize| {
-        if found == expected as u64 {
-            Ok(())
-        } else {
-            Err(Error::LayoutMismatch {
+    let words: [(&'static str, u64, usize); 13] = [
+        ("dim_models", header.dim_models.load(Relaxed).into(), MODELS),
+        (
+            "dim_robot_types",
+            header.dim_robot_types.load(Relaxed).into(),
+            ROBOT_TYPES,
+        ),
+        (
+            "dim_statuses",
+            header.dim_statuses.load(Relaxed).into(),
+            STATUSES,
+        ),
+        ("dim_shards", header.dim_shards.load(Relaxed).into(), SHARDS),
+        (
+            "dim_duration_buckets",
+            header.dim_duration_buckets.load(Relaxed).into(),
+            crate::buckets::DURATION_BUCKETS,
+        ),
+        (
+            "dim_batch_buckets",
+            header.dim_batch_buckets.load(Relaxed).into(),
+            crate::buckets::BATCH_BUCKETS,
+        ),
+        (
+            "dim_bytes_buckets",
+            header.dim_bytes_buckets.load(Relaxed).into(),
+            crate::buckets::BYTES_BUCKETS,
+        ),
+        (
+            "dim_safety_reasons",
+            header.dim_safety_reasons.load(Relaxed).into(),
+            layout::SAFETY_REASONS,
+        ),
+        (
+            "models_offset",
+            header.models_offset.load(Relaxed),
+            layout::MODELS_OFFSET,
+        ),
+        (
+            "robot_types_offset",
+            header.robot_types_offset.load(Relaxed),
+            layout::ROBOT_TYPES_OFFSET,
+        ),
+        (
+            "gauges_offset",
+            header.gauges_offset.load(Relaxed),
+            layout::GAUGES_OFFSET,
+        ),
+        (
+            "shards_offset",
+            header.shards_offset.load(Relaxed),
+            layout::SHARDS_OFFSET,
+        ),
+        (
+            "shard_stride_bytes",
+            header.shard_stride_bytes.load(Relaxed),
+            layout::SHARD_SIZE,
+        ),
+    ];
+    for (field, found, expected) in words {
+        if found != expected as u64 {
+            return Err(Error::LayoutMismatch {
                 field,
                 found,
                 expected: expected as u64,
-            })
+            });
         }
-    };
-    expect("dim_models", header.dim_models.load(Relaxed).into(), MODELS)?;
-    expect(
-        "dim_robot_types",
-        header.dim_robot_types.load(Relaxed).into(),
-        ROBOT_TYPES,
-    )?;
-    expect(
-        "dim_statuses",
-        header.dim_statuses.load(Relaxed).into(),
-        STATUSES,
-    )?;
-    expect("dim_shards", header.dim_shards.load(Relaxed).into(), SHARDS)?;
-    expect(
-        "models_offset",
-        header.models_offset.load(Relaxed),
-        layout::MODELS_OFFSET,
-    )?;
-    expect(
-        "shards_offset",
-        header.shards_offset.load(Relaxed),
-        layout::SHARDS_OFFSET,
-    )?;
-    expect(
-        "shard_stride_bytes",
-        header.shard_stride_bytes.load(Relaxed),
-        layout::SHARD_SIZE,
-    )?;
-    // SAFETY: `len >= total >= SEGMENT_SIZE`, alignment as above, and every Segment field is an
-    // atomic or padding.
-    Ok(unsafe { &*base.cast::<Segment>() })
+    }
+    Ok(())
 }
 
 fn read_header(h: &Header) -> HeaderInfo {
@@ -209,6 +356,19 @@ fn read_header(h: &Header) -> HeaderInfo {
         active_model: (active < MODELS).then_some(active),
         inferd_version: read_text(&h.inferd_version),
     }
+}
+
+/// A registry slot's name, if the slot is published and its name has arrived: a copy taken
+/// while the writer publishes may see the flag before the text (see the module's comment).
+fn published_text(
+    published: &std::sync::atomic::AtomicU32,
+    name: &[std::sync::atomic::AtomicU8],
+) -> Option<String> {
+    if published.load(Acquire) != 1 {
+        return None;
+    }
+    let name = read_text(name);
+    (!name.is_empty()).then_some(name)
 }
 
 fn sum_into(acc: &mut [u64], values: &[AtomicU64]) {
@@ -239,8 +399,9 @@ fn read_segment(seg: &Segment) -> Snapshot {
         .models
         .iter()
         .map(|slot| {
-            (slot.published.load(Acquire) == 1).then(|| ModelSlotInfo {
-                name: read_text(&slot.name),
+            let name = published_text(&slot.published, &slot.name)?;
+            Some(ModelSlotInfo {
+                name,
                 version: read_text(&slot.version),
                 backend: read_text(&slot.backend),
                 device: read_text(&slot.device),
@@ -252,7 +413,7 @@ fn read_segment(seg: &Segment) -> Snapshot {
     let robot_types = seg
         .robot_types
         .iter()
-        .map(|slot| (slot.published.load(Acquire) == 1).then(|| read_text(&slot.name)))
+        .map(|slot| published_text(&slot.published, &slot.name))
         .collect();
 
     let mut requests_by_label = vec![0u64; MODELS * ROBOT_TYPES * STATUSES];

@@ -2,10 +2,12 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
+use std::io::ErrorKind;
 use std::marker::PhantomData;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{AcqRel, Relaxed, Release};
 use std::sync::atomic::{AtomicI64, AtomicU64};
@@ -112,6 +114,8 @@ pub struct RequestSample {
 
 struct Mapping {
     map: MmapMut,
+    /// The segment file, held open for its `flock`: the name is this writer's while it lives.
+    file: File,
     path: PathBuf,
 }
 
@@ -142,51 +146,60 @@ pub struct SegmentWriter {
 }
 
 impl SegmentWriter {
-    /// Creates a fresh segment and publishes its header.
+    /// Creates a fresh segment and publishes it under its name.
     ///
-    /// The file is built under a temporary name and renamed into place, so a reader never sees
-    /// a half-written header, and a reader still holding the previous segment keeps its
-    /// (now unlinked) mapping until it notices the new generation.
+    /// - A name belongs to one live writer: the segment file is locked (`flock`) for the
+    ///   writer's lifetime, and a name whose file another process holds locked is refused at
+    ///   once with [`Error::InUse`], before anything is created. A lock dies with its process,
+    ///   so a crashed writer's name is free again, whatever pid comes next.
+    /// - The whole segment is allocated at creation (`posix_fallocate`), so a full tmpfs is an
+    ///   [`Error::NoSpace`] now instead of a SIGBUS at the first store into an unallocated page.
+    /// - The file is built under a temporary dot-name and renamed into place, so a reader never
+    ///   sees a half-written header, and a reader still holding the previous segment keeps
+    ///   reading its (now unlinked) file until it notices the new inode.
     pub fn create(opts: &SegmentOptions) -> Result<SegmentWriter> {
         validate_name(&opts.name)?;
         require_tmpfs(&opts.dir)?;
         let path = opts.path();
+        let mut previous = lock_previous(&path)?;
         let tmp = opts
             .dir
             .join(format!(".{}.{}.tmp", opts.name, std::process::id()));
-        let io = |source| Error::Io {
-            path: tmp.clone(),
-            source,
+        let built = build(opts, &tmp).and_then(|(file, map)| {
+            publish(&tmp, &path, &mut previous)?;
+            Ok((file, map))
+        });
+        let (file, map) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
         };
-        let _ = fs::remove_file(&tmp);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(opts.mode)
-            .open(&tmp)
-            .map_err(io)?;
-        // The umask may have narrowed the mode at creation; set it exactly.
-        file.set_permissions(fs::Permissions::from_mode(opts.mode))
-            .map_err(io)?;
-        file.set_len(layout::SEGMENT_SIZE as u64).map_err(io)?;
-        // SAFETY: the file is ours, freshly created under a private name, and sized above.
-        let map = unsafe { MmapMut::map_mut(&file) }.map_err(io)?;
-        let mapping = Mapping {
-            map,
-            path: path.clone(),
-        };
-        init_header(mapping.segment(), &opts.inferd_version);
-        fs::rename(&tmp, &path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
+        drop(previous);
         Ok(SegmentWriter {
             inner: Arc::new(Inner {
-                mapping,
+                mapping: Mapping { map, file, path },
                 registry: Mutex::new(Registry::default()),
             }),
         })
+    }
+
+    /// Removes the segment's file if it is still this writer's (it is locked, so no other
+    /// inferd can have replaced it). For a start that failed: it leaves nothing behind.
+    pub fn remove(&self) -> Result<()> {
+        let m = &self.inner.mapping;
+        let io = |source| Error::Io {
+            path: m.path.clone(),
+            source,
+        };
+        let ours = m.file.metadata().map_err(io)?.ino();
+        match fs::symlink_metadata(&m.path) {
+            Ok(at_name) if at_name.ino() == ours => fs::remove_file(&m.path).map_err(io),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(e)),
+        }
     }
 
     /// The segment's path.
@@ -208,7 +221,7 @@ impl SegmentWriter {
         self.segment().header.state.store(state as u32, Release);
     }
 
-    /// Stores the current time as the heartbeat. Call at least every 250 ms.
+    /// Stores the current time as the heartbeat. Call every [`crate::HEARTBEAT_INTERVAL`].
     pub fn heartbeat(&self) {
         self.segment()
             .header
@@ -466,6 +479,167 @@ impl Drop for ShardWriter {
     fn drop(&mut self) {
         // Release: the next owner's Acquire claim sees every count this thread stored.
         self.shard().claimed.store(0, Release);
+    }
+}
+
+/// Builds the segment under the temporary name `tmp`: created, allocated in full, locked,
+/// mapped, and its header published.
+fn build(opts: &SegmentOptions, tmp: &Path) -> Result<(File, MmapMut)> {
+    let io = |source| Error::Io {
+        path: tmp.to_owned(),
+        source,
+    };
+    let _ = fs::remove_file(tmp);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(opts.mode)
+        .open(tmp)
+        .map_err(io)?;
+    // The umask may have narrowed the mode at creation; set it exactly.
+    file.set_permissions(fs::Permissions::from_mode(opts.mode))
+        .map_err(io)?;
+    allocate(&file, &opts.dir)?;
+    // A new file, so nobody else can hold it; the lock moves with the file when it is renamed.
+    lock(&file).map_err(io)?;
+    // SAFETY: the file is ours, freshly created under a private name, and allocated above.
+    let map = unsafe { MmapMut::map_mut(&file) }.map_err(io)?;
+    // SAFETY: as in `Mapping::segment`: page-aligned, SEGMENT_SIZE long, atomics and padding.
+    init_header(
+        unsafe { &*map.as_ptr().cast::<Segment>() },
+        &opts.inferd_version,
+    );
+    Ok((file, map))
+}
+
+/// Allocates every byte of the segment, so that no later store can find tmpfs full.
+fn allocate(file: &File, dir: &Path) -> Result<()> {
+    let len = layout::SEGMENT_SIZE as libc::off_t;
+    // SAFETY: a plain syscall on a descriptor we own.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        errno => Err(Error::NoSpace {
+            dir: dir.to_owned(),
+            need: layout::SEGMENT_SIZE,
+            source: std::io::Error::from_raw_os_error(errno),
+        }),
+    }
+}
+
+/// Takes the writer's lock on `file` without waiting.
+fn lock(file: &File) -> std::io::Result<()> {
+    // SAFETY: a plain syscall on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Locks the file now at `path`, left by an earlier writer, so that it can be replaced; or
+/// refuses with [`Error::InUse`] when a live writer holds it. `None` when there is nothing
+/// (or no regular file) to lock.
+fn lock_previous(path: &Path) -> Result<Option<File>> {
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    // A file unlinked or replaced between our open and our lock is not the one at the name:
+    // look again. Writers replace a name only while holding its lock, so this ends.
+    for _ in 0..16 {
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+            .open(path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            // A symbolic link is not a segment: the rename replaces the link itself.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        match lock(&file) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                return Err(Error::InUse {
+                    path: path.to_owned(),
+                    pid: writer_pid(&file),
+                })
+            }
+            Err(e) => return Err(io(e)),
+        }
+        match fs::symlink_metadata(path) {
+            Ok(now) if now.ino() == meta.ino() => return Ok(Some(file)),
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        }
+    }
+    Err(io(std::io::Error::other(
+        "the file at this name keeps being replaced",
+    )))
+}
+
+/// The pid in a locked segment's header, when it has a readable one.
+fn writer_pid(file: &File) -> Option<u32> {
+    let mut word = [0u8; 8];
+    file.read_exact_at(&mut word, 0).ok()?;
+    if u64::from_le_bytes(word) != layout::MAGIC {
+        return None;
+    }
+    let at = std::mem::offset_of!(layout::Header, writer_pid) as u64;
+    file.read_exact_at(&mut word, at).ok()?;
+    u32::try_from(u64::from_le_bytes(word)).ok()
+}
+
+/// Renames the built segment at `tmp` to `path`. With `previous` locked, the file at the name
+/// is one no live writer holds; without, the name must still be free (`RENAME_NOREPLACE`), or
+/// the file that appeared there meanwhile is checked like any previous one.
+fn publish(tmp: &Path, path: &Path, previous: &mut Option<File>) -> Result<()> {
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    for _ in 0..16 {
+        if previous.is_some() {
+            return fs::rename(tmp, path).map_err(io);
+        }
+        match rename_noreplace(tmp, path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => *previous = lock_previous(path)?,
+            Err(e) => return Err(io(e)),
+        }
+    }
+    Err(io(std::io::Error::other(
+        "the file at this name keeps being replaced",
+    )))
+}
+
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: two valid C strings; renameat2 only reads them.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -128,7 +128,7 @@ fn parent_reads_while_child_records() {
             "child exited before it was ready"
         );
     }
-    let reader =
+    let mut reader =
         SegmentReader::open(std::path::Path::new(shm_layout::DEFAULT_DIR).join(&name)).unwrap();
     child.stdin.take().unwrap().write_all(b"go\n").unwrap();
 

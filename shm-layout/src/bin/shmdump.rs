@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(|| args.dir.join(&args.name));
     loop {
-        let result = SegmentReader::open(&path).and_then(|r| r.snapshot());
+        let result = SegmentReader::open(&path).and_then(|mut r| r.snapshot());
         match result {
             Ok(snapshot) => print!("{}", render(&snapshot, SystemTime::now())),
             Err(e) => {
