@@ -73,3 +73,81 @@ fn readme_quick_start_is_two_commands_that_exist() {
         ".ci/run must call README's test command"
     );
 }
+
+/// Every "N ms" or "N s" on a line about the heartbeat, in every doc, rule and dashboard.
+fn heartbeat_durations_ms(text: &str) -> Vec<(String, u128)> {
+    let mut found = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| l.to_lowercase().contains("heartbeat"))
+    {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for pair in words.windows(2) {
+            let number = pair[0].trim_start_matches(|c: char| !c.is_ascii_digit());
+            let Ok(n) = number.parse::<u128>() else {
+                continue;
+            };
+            let unit = pair[1].trim_end_matches(|c: char| !c.is_ascii_alphabetic());
+            match unit {
+                "ms" => found.push((line.trim().to_owned(), n)),
+                "s" => found.push((line.trim().to_owned(), n * 1000)),
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn heartbeat_figures_in_docs_are_the_shm_layout_constants() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let allowed = [
+        shm_layout::HEARTBEAT_INTERVAL.as_millis(),
+        shm_layout::HEARTBEAT_TIMEOUT.as_millis(),
+    ];
+    let files = [
+        "README.md",
+        "docs/metrics.md",
+        "docs/shm-layout.md",
+        "docs/reliability.md",
+        "docs/runbook.md",
+        "scripts/prometheus/rules.yml",
+        "scripts/grafana/inferd-dashboard.json",
+    ];
+    let mut checked = 0;
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(format!("{root}/{file}")) else {
+            continue;
+        };
+        for (line, ms) in heartbeat_durations_ms(&text) {
+            assert!(
+                allowed.contains(&ms),
+                "{file}: {ms} ms is neither HEARTBEAT_INTERVAL nor HEARTBEAT_TIMEOUT: {line}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "only {checked} heartbeat figures found");
+    // The exporter's HELP texts quote the same constants.
+    let page = Command::new(bin("exporter"))
+        .args([
+            "--once",
+            "--nvml-interval-ms",
+            "10",
+            "--segment-dir",
+            "/nonexistent",
+        ])
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.stdout);
+    for (metric, ms) in [
+        ("inferd_up", allowed[1]),
+        ("inferd_heartbeat_age_seconds", allowed[0]),
+    ] {
+        let help = page
+            .lines()
+            .find(|l| l.starts_with(&format!("# HELP {metric} ")))
+            .unwrap_or_else(|| panic!("no HELP for {metric}"));
+        assert!(help.contains(&format!("{ms} ms")), "{help}");
+    }
+}

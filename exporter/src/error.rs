@@ -36,6 +36,19 @@ pub enum Error {
     /// The namespace is not a valid metric name prefix.
     #[error("invalid namespace {0:?}: use [a-zA-Z_][a-zA-Z0-9_]*")]
     Namespace(String),
+    /// A segment file is owned by a user not allowed to own segments (`--segment-owner`).
+    #[error("segment {segment:?} is owned by uid {uid}, which is not an allowed owner ({allowed}); see --segment-owner")]
+    ForeignOwner {
+        /// The segment's name.
+        segment: String,
+        /// The file's owner.
+        uid: u32,
+        /// The allowed owners, for the message.
+        allowed: String,
+    },
+    /// A `--segment-owner` names no user.
+    #[error("--segment-owner {0:?}: no such user (give a user name or a numeric uid)")]
+    Owner(String),
     /// A segment could not be opened or read.
     #[error(transparent)]
     Segment(#[from] shm_layout::Error),

@@ -8,6 +8,7 @@ use crate::collector::{
 };
 use crate::discovery::Discovery;
 use crate::gpu::{GpuSampler, GpuSource};
+use crate::owner::Owners;
 use crate::scrape::{CollectorRun, Scrape};
 use crate::text::{valid_namespace, Format, MetricsWriter};
 use crate::{Error, Options, Result};
@@ -27,7 +28,8 @@ impl Exporter {
         if !valid_namespace(&options.namespace) {
             return Err(Error::Namespace(options.namespace.clone()));
         }
-        let discovery = Discovery::new(&options.segment_dir, &options.segments)?;
+        let owners = Owners::from_specs(&options.segment_owners)?;
+        let discovery = Discovery::new(&options.segment_dir, &options.segments, owners)?;
         let sampler = GpuSampler::spawn(gpu, options.nvml_interval(), options.nvml_pcie)?;
         // Order matters: the process and NVML collectors use the daemons the segment collector
         // found, and the exporter collector reports on all the others.

@@ -37,12 +37,15 @@ mod exporter;
 mod gpu;
 mod json;
 mod options;
+mod owner;
 mod priority;
 mod scrape;
 mod server;
 mod text;
 
-pub use crate::discovery::{Discovery, Refusal, SegmentView, FORGET_DELETED_AFTER};
+pub use crate::discovery::{
+    Discovery, Refusal, SegmentView, FORGET_DELETED_AFTER, MAX_TRACKED_SEGMENTS,
+};
 pub use crate::error::{Error, Result};
 pub use crate::exporter::Exporter;
 pub use crate::gpu::{
@@ -50,6 +53,7 @@ pub use crate::gpu::{
     NvmlSource, SourceError, THROTTLE_REASONS,
 };
 pub use crate::options::{Options, DEFAULT_PORT};
+pub use crate::owner::{Owners, INFERD_USER};
 pub use crate::scrape::{CollectorRun, Daemon, ProcessStats, Scrape, HEARTBEAT_TIMEOUT};
 pub use crate::server::{accepts_gzip, bind, handle, runtime, serve, Server};
 pub use crate::text::{Format, Kind, Labels, MetricsWriter, Value};

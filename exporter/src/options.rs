@@ -32,6 +32,14 @@ pub struct Options {
     #[arg(long, default_value = shm_layout::DEFAULT_DIR)]
     pub segment_dir: PathBuf,
 
+    /// Users whose segment files are read (user names or numeric uids); may be given several
+    /// times. A file owned by anyone else is refused (reason `foreign_owner`), since anyone who
+    /// can write --segment-dir could otherwise add daemons and series. Default: the user
+    /// `inferd` (the shipped units run inferd as it) when it exists, root, and the user the
+    /// exporter runs as.
+    #[arg(long = "segment-owner", value_name = "USER")]
+    pub segment_owners: Vec<String>,
+
     /// How often the background thread samples NVML, in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     pub nvml_interval_ms: u64,

@@ -9,11 +9,8 @@ use shm_layout::{Snapshot, State};
 use crate::discovery::Refusal;
 use crate::gpu::GpuSample;
 
-/// A daemon is `up` while its heartbeat is younger than this: two heartbeat periods of the
-/// segment's contract (a writer beats at least every 250 ms), so a dead inferd reads `up 0`
-/// within two periods. inferd itself beats every 100 ms, which leaves a loaded host five beats
-/// of scheduling slack before a live daemon could read as down.
-pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(500);
+/// A daemon is `up` while its heartbeat is younger than this (the segment's contract).
+pub use shm_layout::HEARTBEAT_TIMEOUT;
 
 /// One inferd, as its segment shows it.
 pub struct Daemon {

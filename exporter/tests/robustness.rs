@@ -40,9 +40,11 @@ fn remaps_when_inferd_restarts_with_a_new_generation() {
     let gen1 = value(&page, "inferd_generation{daemon=\"inferd-r\"}").unwrap();
     let ok = "inferd_requests_total{daemon=\"inferd-r\",model=\"policy\",version=\"v1\",robot_type=\"anymal\",status=\"ok\"}";
     assert_eq!(value(&page, ok), Some(10.0));
-    // The restarted inferd renames a fresh segment over the old one.
+    // The restarted inferd renames a fresh segment over the old one, once the first is gone.
+    let first_generation = first.generation();
+    drop(first);
     let second = writer(dir.path(), "inferd-r");
-    assert_ne!(second.generation(), first.generation());
+    assert_ne!(second.generation(), first_generation);
     populate(&second, 1, 0);
     let page = metrics(server.addr());
     let gen2 = value(&page, "inferd_generation{daemon=\"inferd-r\"}").unwrap();

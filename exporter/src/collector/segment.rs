@@ -110,15 +110,36 @@ impl<'a> Labelled<'a> {
     }
 }
 
+/// HELP texts that quote the heartbeat contract, made from its constants once.
+struct LifecycleHelp {
+    up: String,
+    heartbeat_age_seconds: String,
+}
+
+fn lifecycle_help() -> &'static LifecycleHelp {
+    static HELP: OnceLock<LifecycleHelp> = OnceLock::new();
+    HELP.get_or_init(|| LifecycleHelp {
+        up: format!(
+            "1 if inferd is serving: state starting, ready or draining, a heartbeat younger than {} ms, and its segment present.",
+            shm_layout::HEARTBEAT_TIMEOUT.as_millis()
+        ),
+        heartbeat_age_seconds: format!(
+            "Seconds since inferd's last heartbeat (it beats every {} ms).",
+            shm_layout::HEARTBEAT_INTERVAL.as_millis()
+        ),
+    })
+}
+
 fn render_lifecycle(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
-    out.family("up", Kind::Gauge, "1 if inferd is serving: state starting, ready or draining, a heartbeat younger than 500 ms, and its segment present.");
+    let help = lifecycle_help();
+    out.family("up", Kind::Gauge, &help.up);
     for l in daemons {
         out.sample(&[("daemon", &l.d.name)], l.d.up);
     }
     out.family(
         "heartbeat_age_seconds",
         Kind::Gauge,
-        "Seconds since inferd's last heartbeat (it beats every 250 ms).",
+        &help.heartbeat_age_seconds,
     );
     for l in daemons {
         out.sample(&[("daemon", &l.d.name)], l.d.heartbeat_age_seconds);
