@@ -138,11 +138,16 @@ pub struct Config {
 }
 
 impl Config {
-    /// Parses the process's arguments, merging the config file. A command line that does not
-    /// parse, `--help` and `--version` print clap's text and exit, as a command-line tool should.
+    /// Parses the process's arguments, merging the config file. `--help` and `--version` print
+    /// clap's text and exit 0; a command line that does not parse prints clap's text (with its
+    /// usage hint) and exits [`crate::EXIT_CONFIG`], as other configuration errors do.
     pub fn from_env() -> Result<Config> {
         match Config::parse_from_args(std::env::args_os()) {
-            Err(Error::Cli(e)) => e.exit(),
+            Err(Error::Cli(e)) if !e.use_stderr() => e.exit(),
+            Err(Error::Cli(e)) => {
+                let _ = e.print();
+                std::process::exit(crate::EXIT_CONFIG.into())
+            }
             other => other,
         }
     }

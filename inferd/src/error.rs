@@ -52,7 +52,26 @@ pub enum Error {
     Connection(#[source] std::io::Error),
 }
 
+/// The exit status of a configuration error: `EX_CONFIG` of sysexits.h. The systemd units set
+/// `RestartPreventExitStatus=78`, so a typo stops the unit instead of restarting it forever.
+pub const EXIT_CONFIG: u8 = 78;
+
 impl Error {
+    /// The exit status inferd ends with when this error stops it: [`EXIT_CONFIG`] for what only
+    /// a change of configuration can fix (options, the model file they name, a socket or
+    /// segment name another inferd holds), 1 for the rest, which a restart may cure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Cli(_) | Error::Config(_) | Error::Model { .. } => EXIT_CONFIG,
+            Error::Segment(
+                shm_layout::Error::InvalidName(_)
+                | shm_layout::Error::NotTmpfs(_)
+                | shm_layout::Error::InUse { .. },
+            ) => EXIT_CONFIG,
+            _ => 1,
+        }
+    }
+
     /// An [`Error::Io`] for `path`.
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();

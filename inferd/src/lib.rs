@@ -60,8 +60,8 @@ pub use crate::bench::{run_bench, BenchOptions, BenchReport, Latency};
 pub use crate::client::{AnswerReceiver, Client, RequestSender, CLIENT_MAX_FRAME_BYTES};
 pub use crate::config::{default_socket_path, Config, IO_THREADS};
 pub use crate::echo::{demo_metadata_frame, serve_echo};
-pub use crate::error::{Error, Result};
-pub use crate::logging::init_logging;
+pub use crate::error::{Error, Result, EXIT_CONFIG};
+pub use crate::logging::{init_logging, report_fatal};
 pub use crate::policy::{
     check_limits, Activation, Linear, MlpPolicy, ObsNormalization, DEFAULT_OBS_EPS, DEMO_WIDTHS,
     MAX_POLICY_FILE_BYTES, MLP_FORMAT, MLP_FORMAT_VERSION,

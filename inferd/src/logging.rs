@@ -42,6 +42,18 @@ pub fn init_logging(filter: &str) -> Result<()> {
         .map_err(|e| Error::Config(format!("logging: {e}")))
 }
 
+/// Prints the error that stops inferd: one line on stderr, `inferd: <error>`, at error
+/// priority under journald. Not through `log`, which may not be started yet (or filtered off).
+pub fn report_fatal(e: &Error) {
+    let priority = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        "<3>"
+    } else {
+        ""
+    };
+    let line = e.to_string().replace('\n', " ");
+    let _ = writeln!(std::io::stderr(), "{priority}inferd: {line}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,16 +9,13 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use shm_layout::{
-    Gauge, RequestSample, RobotTypeId, SegmentOptions, SegmentWriter, ShardKind, ShardWriter, State,
+    Gauge, RequestSample, RobotTypeId, SegmentOptions, SegmentWriter, ShardKind, ShardWriter,
+    State, HEARTBEAT_INTERVAL,
 };
 
 use crate::Result;
-
-/// How often the heartbeat is stored; readers call a writer dead after 250 ms of silence.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The robot type of connections that sent no hello.
 pub const UNKNOWN_ROBOT_TYPE: &str = "unknown";
@@ -212,11 +209,11 @@ mod tests {
     #[test]
     fn heartbeat_advances_and_stops() {
         let m = metrics();
-        let reader = SegmentReader::open(m.writer().path()).unwrap();
+        let mut reader = SegmentReader::open(m.writer().path()).unwrap();
         let before = reader.header().unwrap().heartbeat_unix_ns;
         let stop = Arc::new(AtomicBool::new(false));
         let t = m.start_heartbeat(Arc::clone(&stop)).unwrap();
-        std::thread::sleep(Duration::from_millis(350));
+        std::thread::sleep(std::time::Duration::from_millis(350));
         stop.store(true, Ordering::Relaxed);
         t.join().unwrap();
         assert!(reader.header().unwrap().heartbeat_unix_ns > before);

@@ -60,7 +60,7 @@ fn bad_options_and_bad_models_fail_clearly() {
         .arg("--no-such-flag")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(i32::from(inferd::EXIT_CONFIG)));
 
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("bad.safetensors");
@@ -75,7 +75,7 @@ fn bad_options_and_bad_models_fail_clearly() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("bad.safetensors") && stderr.contains("not safetensors"),
+        stderr.contains("bad.safetensors") && stderr.contains("not a policy file"),
         "{stderr}"
     );
     let _ = std::fs::remove_file(std::path::Path::new("/dev/shm").join(name));
@@ -194,7 +194,7 @@ fn inferd_with_no_arguments_serves_the_demo_policy() {
         .unwrap();
     let start = Instant::now();
     while !SegmentReader::open(&default_segment)
-        .and_then(|r| r.header())
+        .and_then(|mut r| r.header())
         .is_ok_and(|h| h.state == State::Ready && h.writer_pid == u64::from(child.id()))
     {
         assert!(start.elapsed() < PATIENCE, "inferd did not become ready");

@@ -94,7 +94,7 @@ impl Daemon {
                     self.log()
                 );
             }
-            if let Ok(s) = SegmentReader::open(&self.segment).and_then(|r| r.snapshot()) {
+            if let Ok(s) = SegmentReader::open(&self.segment).and_then(|mut r| r.snapshot()) {
                 if done(&s) {
                     return s;
                 }

@@ -154,7 +154,7 @@ fn each_start_has_a_new_generation_and_a_live_heartbeat() {
         let path = std::path::Path::new("/dev/shm").join(&name);
         let start = Instant::now();
         let header = loop {
-            let h = SegmentReader::open(&path).and_then(|r| r.header()).ok();
+            let h = SegmentReader::open(&path).and_then(|mut r| r.header()).ok();
             if let Some(h) =
                 h.filter(|h| h.state == State::Ready && h.writer_pid == u64::from(child.id()))
             {

@@ -24,6 +24,8 @@ mod lifecycle;
 mod protocol_doc;
 /// Many robots at once, each receiving exactly its own answers, with the right numbers.
 mod robots;
+/// A segment name has one live inferd, a failed start leaves nothing, a full tmpfs kills nothing.
+mod startup;
 /// Socket activation and sd_notify (READY, WATCHDOG, STOPPING) with systemd's own tools.
 mod systemd;
 /// The torch backend over the socket on the CPU, and on CUDA (ignored without a GPU).

@@ -21,6 +21,30 @@ pub const DEFAULT_OBS_EPS: f32 = 1e-8;
 /// The largest policy file read, bytes; far above any MLP policy.
 pub const MAX_POLICY_FILE_BYTES: u64 = 1 << 30;
 
+/// Why `bytes` is not a safetensors file, in terms of what the file is. safetensors' own
+/// errors describe its parser ("header too large" for a text file, whose first eight bytes
+/// read as a huge header length).
+fn not_safetensors(bytes: &[u8], e: safetensors::SafeTensorError) -> String {
+    let start = &bytes[..bytes.len().min(16)];
+    let texty = !start.is_empty()
+        && start
+            .iter()
+            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace());
+    let what = if bytes.is_empty() {
+        "the file is empty".to_owned()
+    } else if texty {
+        format!(
+            "it starts with text ({:?}), not with the 8-byte header length of a safetensors file",
+            String::from_utf8_lossy(start)
+        )
+    } else {
+        format!("its safetensors header does not parse ({e})")
+    };
+    format!(
+        "not a policy file: {what}. Policy files are safetensors made by scripts/export_policy.py"
+    )
+}
+
 impl MlpPolicy {
     /// Reads and checks a policy file.
     pub fn load(path: &Path) -> Result<MlpPolicy> {
@@ -28,13 +52,14 @@ impl MlpPolicy {
             path: path.to_owned(),
             reason,
         };
-        let len = std::fs::metadata(path).map_err(Error::io(path))?.len();
+        let unreadable = |e: std::io::Error| model_error(format!("cannot read it: {e}"));
+        let len = std::fs::metadata(path).map_err(unreadable)?.len();
         if len > MAX_POLICY_FILE_BYTES {
             return Err(model_error(format!(
                 "{len} bytes is over the {MAX_POLICY_FILE_BYTES}-byte limit"
             )));
         }
-        let bytes = std::fs::read(path).map_err(Error::io(path))?;
+        let bytes = std::fs::read(path).map_err(unreadable)?;
         MlpPolicy::from_safetensors(&bytes).map_err(model_error)
     }
 
@@ -56,9 +81,8 @@ impl MlpPolicy {
     /// Any other tensor is an error, so that a misnamed one cannot be silently ignored.
     pub fn from_safetensors(bytes: &[u8]) -> Result<MlpPolicy, String> {
         let (_, header) =
-            SafeTensors::read_metadata(bytes).map_err(|e| format!("not safetensors: {e}"))?;
-        let tensors =
-            SafeTensors::deserialize(bytes).map_err(|e| format!("not safetensors: {e}"))?;
+            SafeTensors::read_metadata(bytes).map_err(|e| not_safetensors(bytes, e))?;
+        let tensors = SafeTensors::deserialize(bytes).map_err(|e| not_safetensors(bytes, e))?;
         let empty = HashMap::new();
         let meta = header.metadata().as_ref().unwrap_or(&empty);
         match meta.get("format").map(String::as_str) {
@@ -276,6 +300,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_text_file_as_model_says_it_is_text_not_header_too_large() {
+        let text = b"# my policy notes\nlayers: 3\n".repeat(4);
+        let err = MlpPolicy::from_safetensors(&text).unwrap_err();
+        assert!(err.contains("starts with text"), "{err}");
+        assert!(!err.contains("too large"), "{err}");
+        let err = MlpPolicy::from_safetensors(b"").unwrap_err();
+        assert!(err.contains("empty"), "{err}");
+    }
+
+    #[test]
     fn demo_round_trips_through_safetensors() {
         let demo = MlpPolicy::demo();
         let bytes = demo.to_safetensors().unwrap();
@@ -291,11 +325,12 @@ mod tests {
         std::fs::write(&path, b"not a model").unwrap();
         let err = MlpPolicy::load(&path).unwrap_err().to_string();
         assert!(
-            err.contains("policy.safetensors") && err.contains("not safetensors"),
+            err.contains("policy.safetensors") && err.contains("not a policy file"),
             "{err}"
         );
         let err = MlpPolicy::load(&dir.path().join("missing")).unwrap_err();
-        assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert!(matches!(err, Error::Model { .. }), "{err}");
+        assert!(err.to_string().contains("cannot read it"), "{err}");
     }
 
     fn file(tensors: Vec<(&str, Vec<usize>, Vec<f32>)>, meta: &[(&str, &str)]) -> Vec<u8> {
@@ -431,7 +466,7 @@ mod tests {
                 ),
                 "layers.1 takes 5 inputs",
             ),
-            (b"garbage".to_vec(), "not safetensors"),
+            (b"garbage".to_vec(), "not a policy file"),
         ];
         for (bytes, want) in cases {
             let err = MlpPolicy::from_safetensors(&bytes).unwrap_err();

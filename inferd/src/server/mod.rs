@@ -53,14 +53,26 @@ pub fn run(config: Config) -> Result<()> {
         metrics.writer().generation()
     );
     let stop_heartbeat = Arc::new(AtomicBool::new(false));
-    let heartbeat = metrics.start_heartbeat(Arc::clone(&stop_heartbeat))?;
+    let heartbeat = match metrics.start_heartbeat(Arc::clone(&stop_heartbeat)) {
+        Ok(heartbeat) => heartbeat,
+        Err(e) => {
+            let _ = metrics.writer().remove();
+            return Err(e);
+        }
+    };
     let outcome = serve(config, Arc::clone(&metrics), signals);
     metrics.set_state(State::Stopped);
     stop_heartbeat.store(true, Ordering::Relaxed);
     let _ = heartbeat.join();
     match &outcome {
         Ok(()) => log::info!("stopped"),
-        Err(e) => log::error!("stopped: {e}"),
+        // `serve` fails only before it is ready: a start that failed leaves no segment for the
+        // exporter to report down forever. (A daemon that served keeps its stopped segment.)
+        Err(_) => {
+            if let Err(e) = metrics.writer().remove() {
+                log::warn!("could not remove the segment of a failed start: {e}");
+            }
+        }
     }
     outcome
 }
