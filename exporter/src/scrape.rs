@@ -34,18 +34,36 @@ impl Daemon {
     pub fn new(name: String, snapshot: Snapshot, deleted: bool, now: SystemTime) -> Daemon {
         let beat = SystemTime::UNIX_EPOCH + Duration::from_nanos(snapshot.header.heartbeat_unix_ns);
         let age = now.duration_since(beat).unwrap_or(Duration::ZERO);
-        let serving = matches!(
-            snapshot.header.state,
-            State::Starting | State::Ready | State::Draining
-        );
         Daemon {
-            up: serving && !deleted && age < HEARTBEAT_TIMEOUT,
+            up: serving(snapshot.header.state) && !deleted && age < HEARTBEAT_TIMEOUT,
             heartbeat_age_seconds: age.as_secs_f64(),
             name,
             snapshot,
             deleted,
         }
     }
+
+    /// Why it is not up, in words for `/health`; `None` when it is.
+    pub fn down_reason(&self) -> Option<String> {
+        let state = self.snapshot.header.state;
+        if self.up {
+            None
+        } else if self.deleted {
+            Some("segment file deleted".to_owned())
+        } else if !serving(state) {
+            Some(format!("state {}", state.as_str()))
+        } else {
+            Some(format!(
+                "heartbeat {:.1} s old (the limit is {} s)",
+                self.heartbeat_age_seconds,
+                HEARTBEAT_TIMEOUT.as_secs_f64()
+            ))
+        }
+    }
+}
+
+fn serving(state: State) -> bool {
+    matches!(state, State::Starting | State::Ready | State::Draining)
 }
 
 /// An inferd process's resource use, from `/proc/<pid>`.

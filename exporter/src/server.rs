@@ -123,19 +123,32 @@ pub fn handle(exporter: &Exporter, req: &Request<Incoming>) -> Response<Full<Byt
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
     let gzip = accepts_gzip(header(header::ACCEPT_ENCODING));
-    let (content_type, body) = match req.uri().path() {
+    let ok = |(content_type, body)| (StatusCode::OK, content_type, body);
+    let (status, content_type, body) = match req.uri().path() {
         "/metrics" => {
             let format = Format::from_accept(header(header::ACCEPT));
-            (format.content_type(), exporter.metrics(format).into_bytes())
+            ok((format.content_type(), exporter.metrics(format).into_bytes()))
         }
-        "/health" => json_body(json::health(&exporter.scrape())),
-        "/gpu/stats" => json_body(json::gpu_stats(&exporter.scrape())),
-        "/queue/stats" => json_body(json::queue_stats(&exporter.scrape())),
-        "/models/stats" => json_body(json::models_stats(&exporter.scrape())),
-        "/" => ("text/plain; charset=utf-8", INDEX.as_bytes().to_vec()),
+        "/health" => {
+            // 503 tells a load balancer or a probe what the body says: an inferd is not up.
+            let (healthy, body) = json::health(&exporter.scrape());
+            let (content_type, body) = json_body(body);
+            let status = if healthy {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, content_type, body)
+        }
+        "/gpu/stats" => ok(json_body(json::gpu_stats(&exporter.scrape()))),
+        "/queue/stats" => ok(json_body(json::queue_stats(&exporter.scrape()))),
+        "/models/stats" => ok(json_body(json::models_stats(&exporter.scrape()))),
+        "/" => ok(("text/plain; charset=utf-8", INDEX.as_bytes().to_vec())),
         _ => return text(StatusCode::NOT_FOUND, "not found; see /\n"),
     };
-    respond(content_type, body, gzip)
+    let mut r = respond(content_type, body, gzip);
+    *r.status_mut() = status;
+    r
 }
 
 const INDEX: &str = "inferd exporter\n\n/metrics       Prometheus text 0.0.4, or OpenMetrics 1.0 by Accept\n/health        exporter, inferd and NVML status (JSON)\n/gpu/stats     latest GPU sample (JSON)\n/queue/stats   queues, in-flight requests, connections (JSON)\n/models/stats  per-model requests and latency (JSON)\n";

@@ -68,12 +68,15 @@ fn serves_until_sigterm_then_exits_cleanly() {
         .spawn()
         .unwrap();
     let served = eventually(Duration::from_secs(30), || {
-        try_get(addr, "/health", &[]).is_ok_and(|r| r.status == 200)
+        try_get(addr, "/health", &[]).is_ok_and(|r| r.status == 503)
     });
     if !served {
         let _ = child.kill();
     }
-    assert!(served, "the exporter never answered on {addr}");
+    assert!(
+        served,
+        "the exporter never answered on {addr} (503: no inferd)"
+    );
     assert!(metrics(addr).contains("inferd_exporter_build_info"));
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

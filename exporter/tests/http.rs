@@ -181,3 +181,104 @@ fn unknown_paths_and_methods_are_refused_cleanly() {
     let _ = s.read_to_end(&mut buf);
     assert_eq!(get(server.addr(), "/metrics", &[]).status, 200);
 }
+
+#[test]
+fn health_is_503_when_no_daemon_is_up() {
+    let dir = shm_dir();
+    let server = start(dir.path(), &["inferd*"], fake_gpu());
+    let r = get(server.addr(), "/health", &[]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let h = r.json();
+    assert_eq!(h["status"], "down");
+    assert_eq!(h["reason"], "no segment found");
+    assert_eq!(h["daemons"], serde_json::json!([]));
+}
+
+#[test]
+fn health_is_503_when_its_only_daemon_is_down() {
+    let dir = shm_dir();
+    let w = writer(dir.path(), "inferd-only");
+    w.set_state(shm_layout::State::Stopped);
+    let server = start(dir.path(), &["inferd*"], fake_gpu());
+    let r = get(server.addr(), "/health", &[]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    let h = r.json();
+    assert_eq!(h["status"], "down");
+    assert_eq!(h["reason"], "no inferd up: inferd-only");
+    assert_eq!(h["daemons"][0]["status"], "down");
+    assert_eq!(h["daemons"][0]["reason"], "state stopped");
+}
+
+#[test]
+fn health_is_200_when_every_daemon_is_up() {
+    let dir = shm_dir();
+    let (a, b) = (
+        writer(dir.path(), "inferd-a"),
+        writer(dir.path(), "inferd-b"),
+    );
+    let _alive = (keep_alive(&a), keep_alive(&b));
+    let server = start(dir.path(), &["inferd*"], fake_gpu());
+    let r = get(server.addr(), "/health", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let h = r.json();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["reason"], serde_json::Value::Null);
+    for d in h["daemons"].as_array().unwrap() {
+        assert_eq!(d["status"], "up", "{d}");
+        assert_eq!(d["reason"], serde_json::Value::Null, "{d}");
+    }
+}
+
+#[test]
+fn health_is_503_when_one_daemon_of_two_is_down() {
+    let dir = shm_dir();
+    let up = writer(dir.path(), "inferd-up");
+    let _alive = keep_alive(&up);
+    let down = writer(dir.path(), "inferd-down");
+    let server = start(dir.path(), &["inferd*"], fake_gpu());
+    let daemon = |h: &serde_json::Value, name: &str| {
+        h["daemons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["daemon"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} missing from {h}"))
+    };
+
+    // A heartbeat gone stale: inferd hung or killed.
+    std::thread::sleep(exporter::HEARTBEAT_TIMEOUT + std::time::Duration::from_millis(100));
+    let r = get(server.addr(), "/health", &[]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    let h = r.json();
+    assert_eq!(h["status"], "degraded");
+    assert_eq!(h["reason"], "inferd down: inferd-down");
+    assert_eq!(daemon(&h, "inferd-up")["status"], "up");
+    let d = daemon(&h, "inferd-down");
+    assert_eq!(d["status"], "down");
+    assert!(
+        d["reason"].as_str().unwrap().starts_with("heartbeat "),
+        "{d}"
+    );
+
+    // A clean stop, heartbeat fresh.
+    down.set_state(shm_layout::State::Stopped);
+    down.heartbeat();
+    let r = get(server.addr(), "/health", &[]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    let h = r.json();
+    assert_eq!(h["status"], "degraded");
+    assert_eq!(daemon(&h, "inferd-down")["reason"], "state stopped");
+}
+
+#[test]
+fn health_is_503_when_the_segment_directory_cannot_be_listed() {
+    let dir = shm_dir();
+    let server = start(&dir.path().join("missing"), &["inferd*"], fake_gpu());
+    let r = get(server.addr(), "/health", &[]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    let h = r.json();
+    assert_eq!(h["status"], "down");
+    assert_eq!(h["reason"], "cannot list the segment directory");
+}
