@@ -1,7 +1,5 @@
 //! The one error type of this crate.
 
-use std::net::SocketAddr;
-
 /// Everything that can stop the exporter from starting or a collector from reading.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -9,9 +7,17 @@ pub enum Error {
     /// The listen socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        /// The address asked for.
-        addr: SocketAddr,
+        /// The address asked for (and the one it resolved to, for a host name).
+        addr: String,
         /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The `--listen` host name could not be resolved.
+    #[error("cannot resolve the listen address {listen}: {source}")]
+    Resolve {
+        /// The address as given.
+        listen: String,
+        /// What the resolver said.
         source: std::io::Error,
     },
     /// The runtime or a thread could not be started.

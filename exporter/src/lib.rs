@@ -36,6 +36,7 @@ mod error;
 mod exporter;
 mod gpu;
 mod json;
+mod listen;
 mod options;
 mod priority;
 mod scrape;
@@ -49,6 +50,7 @@ pub use crate::gpu::{
     FakeDevice, FakeGpuSource, GpuIdentity, GpuProcess, GpuSample, GpuSampler, GpuSource, GpuStats,
     NvmlSource, SourceError, THROTTLE_REASONS,
 };
+pub use crate::listen::Listen;
 pub use crate::options::{Options, DEFAULT_PORT};
 pub use crate::scrape::{CollectorRun, Daemon, ProcessStats, Scrape, HEARTBEAT_TIMEOUT};
 pub use crate::server::{accepts_gzip, bind, handle, runtime, serve, Server};

@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
             .context("writing to stdout")?;
         return Ok(());
     }
-    let listener = exporter::bind(options.listen)?;
+    let listener = exporter::bind(&options.listen)?;
     let addr = listener.local_addr().context("reading the bound address")?;
     log::info!("listening on http://{addr}/metrics");
     let rt = exporter::runtime()?;

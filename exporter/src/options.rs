@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::listen::Listen;
+
 /// The default port: 9464 is taken by the OpenTelemetry Prometheus exporter, and 9470 is free
 /// in the Prometheus port registry's neighbourhood of GPU and inference exporters.
 pub const DEFAULT_PORT: u16 = 9470;
@@ -18,9 +20,11 @@ pub const DEFAULT_PORT: u16 = 9470;
     about = "Prometheus exporter for inferd and its GPUs"
 )]
 pub struct Options {
-    /// Address and port to serve /metrics and the JSON endpoints on.
-    #[arg(long, env = "EXPORTER_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
-    pub listen: SocketAddr,
+    /// Where to serve /metrics and the JSON endpoints: HOST:PORT (a name is resolved at start
+    /// and binds its first IPv4 address, else its first IPv6 one; localhost:9470 is loopback),
+    /// IPV4:PORT, [IPV6]:PORT, or :PORT for every interface, IPv6 and IPv4.
+    #[arg(long, env = "EXPORTER_LISTEN", value_name = "ADDR", default_value_t = Listen::any_ipv4(DEFAULT_PORT))]
+    pub listen: Listen,
 
     /// Segments to read: names or globs inside --segment-dir; may be given several times.
     /// Hosts that run one inferd per GPU name their segments inferd-0, inferd-1, ...; the
@@ -60,7 +64,7 @@ impl Options {
     /// reading `segments` in `segment_dir`.
     pub fn local(segment_dir: impl Into<PathBuf>, segments: &[&str]) -> Options {
         let mut opts = Options::parse_from(["exporter"]);
-        opts.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        opts.listen = Listen::from(SocketAddr::from(([127, 0, 0, 1], 0)));
         opts.segment_dir = segment_dir.into();
         opts.segments = segments.iter().map(|s| (*s).to_owned()).collect();
         opts
@@ -80,6 +84,16 @@ mod tests {
         assert_eq!(o.nvml_interval(), Duration::from_secs(1));
         assert_eq!(o.namespace, "inferd");
         assert!(!o.nvml_pcie && !o.once);
+    }
+
+    #[test]
+    fn listen_takes_a_host_name_or_a_bare_port() {
+        let o = Options::parse_from(["exporter", "--listen", "localhost:9470"]);
+        assert_eq!(o.listen.to_string(), "localhost:9470");
+        let o = Options::parse_from(["exporter", "--listen", ":9470"]);
+        assert!(o.listen.is_any());
+        let e = Options::try_parse_from(["exporter", "--listen", "nonsense"]).unwrap_err();
+        assert!(e.to_string().contains("'nonsense'"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::Write as _;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::oneshot;
 
 use crate::gpu::GpuSource;
+use crate::listen::Listen;
 use crate::text::{quality, Format};
 use crate::{json, Error, Exporter, Options, Result};
 
@@ -43,13 +44,42 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Binds the listen socket (before the runtime exists, so bind errors surface at once).
-pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
-    let listener =
-        std::net::TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| Error::Bind { addr, source })?;
-    Ok(listener)
+pub fn bind(listen: &Listen) -> Result<std::net::TcpListener> {
+    let addr = listen.resolve().map_err(|source| Error::Resolve {
+        listen: listen.to_string(),
+        source,
+    })?;
+    let bound = match listen_on(addr) {
+        // `:PORT` on a host without IPv6: every IPv4 interface, then.
+        Err(e) if listen.is_any() && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            listen_on(SocketAddr::from(([0, 0, 0, 0], listen.port())))
+        }
+        bound => bound,
+    };
+    bound.map_err(|source| Error::Bind {
+        addr: if listen.to_string() == addr.to_string() {
+            addr.to_string()
+        } else {
+            format!("{listen} ({addr})")
+        },
+        source,
+    })
+}
+
+fn listen_on(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As std's bind does: a restart binds while the old process's connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        // `[::]` takes IPv4 too, whatever the host's `net.ipv6.bindv6only`.
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&addr.into())?;
+    // std's backlog.
+    socket.listen(128)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// Serves `listener` until `shutdown` completes, then lets responses in progress finish.
@@ -62,8 +92,10 @@ pub async fn serve(
         what: "the listener",
         source,
     })?;
-    let listener = tokio::net::TcpListener::from_std(listener)
-        .map_err(|source| Error::Bind { addr, source })?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| Error::Bind {
+        addr: addr.to_string(),
+        source,
+    })?;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -219,9 +251,9 @@ pub struct Server {
 impl Server {
     /// Binds `options.listen`, builds the exporter over `gpu`, and serves until stopped.
     pub fn start(options: &Options, gpu: Box<dyn GpuSource>) -> Result<Server> {
-        let listener = bind(options.listen)?;
-        let addr = listener.local_addr().map_err(|source| Error::Bind {
-            addr: options.listen,
+        let listener = bind(&options.listen)?;
+        let addr = listener.local_addr().map_err(|source| Error::Start {
+            what: "the listener",
             source,
         })?;
         let exporter = Arc::new(Exporter::new(options, gpu)?);

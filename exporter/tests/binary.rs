@@ -50,15 +50,68 @@ fn bad_flags_fail_with_a_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid segment pattern"));
 }
 
-#[test]
-fn serves_until_sigterm_then_exits_cleanly() {
+/// An exporter process, killed when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the binary with `args` and waits until `addr` answers `/metrics`.
+fn serve(args: &[&str], addr: SocketAddr) -> Running {
     let dir = shm_dir();
-    let port = TcpListener::bind("127.0.0.1:0")
+    let child = Command::new(BIN)
+        .args(args)
+        .arg("--segment-dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = Running(child);
+    let served = eventually(Duration::from_secs(30), || {
+        try_get(addr, "/metrics", &[]).is_ok_and(|r| r.status == 200)
+    });
+    assert!(served, "the exporter never answered on {addr}");
+    running
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        .port()
+}
+
+#[test]
+fn listen_takes_localhost_and_a_bare_port() {
+    let port = free_port();
+    let localhost = format!("localhost:{port}");
+    let _e = serve(
+        &["--listen", &localhost],
+        SocketAddr::from(([127, 0, 0, 1], port)),
+    );
+
+    let port = free_port();
+    let bare = format!(":{port}");
+    let _e = serve(
+        &["--listen", &bare],
+        SocketAddr::from(([127, 0, 0, 1], port)),
+    );
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        assert_eq!(get(v6, "/", &[]).status, 200, ":PORT takes IPv6 too");
+    }
+}
+
+#[test]
+fn serves_until_sigterm_then_exits_cleanly() {
+    let dir = shm_dir();
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut child = Command::new(BIN)
         .args(["--listen", &addr.to_string(), "--nvml-interval-ms", "50"])
         .arg("--segment-dir")
