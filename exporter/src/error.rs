@@ -60,5 +60,21 @@ pub enum Error {
     Nvml(String),
 }
 
+impl Error {
+    /// Whether the configuration is at fault (a flag's value, an address that cannot be bound),
+    /// so that restarting with the same configuration cannot help: the binary exits with
+    /// `EX_CONFIG` for these, and systemd's `RestartPreventExitStatus` stops there.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Error::Bind { .. }
+                | Error::Resolve { .. }
+                | Error::Pattern { .. }
+                | Error::PatternPath(_)
+                | Error::Namespace(_)
+        )
+    }
+}
+
 /// This crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -17,7 +17,10 @@ pub const DEFAULT_PORT: u16 = 9470;
 #[command(
     name = "exporter",
     version,
-    about = "Prometheus exporter for inferd and its GPUs"
+    about = "Prometheus exporter for inferd and its GPUs",
+    after_help = "Exit status: 0 on SIGTERM or after --once; 78 (EX_CONFIG) for a configuration \
+                  error (a bad flag or value, an address in use or that does not resolve), \
+                  printed as one line; 1 for any other failure."
 )]
 pub struct Options {
     /// Where to serve /metrics and the JSON endpoints: HOST:PORT (a name is resolved at start

@@ -34,20 +34,92 @@ fn once_prints_a_page_and_exits() {
     );
 }
 
+/// Runs the binary to its exit; returns the exit code and stderr.
+fn fails(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// stderr's single line, `exporter: ...`; panics if there is more (a backtrace, a usage).
+fn one_line(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line: {stderr:?}");
+    assert!(lines[0].starts_with("exporter: "), "{stderr:?}");
+    lines[0]
+}
+
 #[test]
 fn bad_flags_fail_with_a_message() {
-    let out = Command::new(BIN)
-        .args(["--namespace", "no:colons", "--once"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid namespace"));
-    let out = Command::new(BIN)
-        .args(["--segment", "[", "--once"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid segment pattern"));
+    // RUST_BACKTRACE used to add a backtrace to anyhow's report.
+    let backtrace = [("RUST_BACKTRACE", "1")];
+    let (code, stderr) = fails(&["--namespace", "no:colons", "--once"], &backtrace);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(one_line(&stderr).contains("invalid namespace \"no:colons\""));
+    let (code, stderr) = fails(&["--segment", "[", "--once"], &backtrace);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(one_line(&stderr).contains("invalid segment pattern \"[\""));
+    let (code, stderr) = fails(&["--no-such-flag"], &[]);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(one_line(&stderr).contains("'--no-such-flag'"));
+    let (code, stderr) = fails(&["--nvml-interval-ms", "1"], &[]);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(one_line(&stderr).contains("'1'"));
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    for flag in ["--help", "--version"] {
+        let out = Command::new(BIN).arg(flag).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        assert!(!out.stdout.is_empty() && out.stderr.is_empty(), "{flag}");
+    }
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        [":PORT", "Exit status"].iter().all(|s| help.contains(s)),
+        "{help}"
+    );
+}
+
+#[test]
+fn a_bad_listen_address_exits_78_with_one_line_naming_it() {
+    let (code, stderr) = fails(&["--listen", "nonsense"], &[]);
+    assert_eq!(code, Some(78), "{stderr}");
+    let line = one_line(&stderr);
+    assert!(
+        line.contains("'nonsense'") && line.contains("--listen"),
+        "{line}"
+    );
+    // The environment variable takes the same syntax, and is refused the same way.
+    let (code, stderr) = fails(&["--once"], &[("EXPORTER_LISTEN", "also:nonsense")]);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(one_line(&stderr).contains("'also:nonsense'"), "{stderr}");
+    // A name that does not resolve: a configuration error too.
+    let (code, stderr) = fails(&["--listen", "no-such-host.invalid:9470"], &[]);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        one_line(&stderr).contains("no-such-host.invalid:9470"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_listen_port_in_use_exits_78_naming_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = shm_dir();
+    let dir = dir.path().to_str().unwrap();
+    let (code, stderr) = fails(&["--listen", &addr, "--segment-dir", dir], &[]);
+    assert_eq!(code, Some(78), "{stderr}");
+    let line = one_line(&stderr);
+    assert!(line.contains(&format!("cannot listen on {addr}")), "{line}");
 }
 
 /// An exporter process, killed when dropped.
