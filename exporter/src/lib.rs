@@ -52,6 +52,11 @@ pub use crate::gpu::{
 };
 pub use crate::listen::Listen;
 pub use crate::options::{Options, DEFAULT_PORT};
-pub use crate::scrape::{CollectorRun, Daemon, ProcessStats, Scrape, HEARTBEAT_TIMEOUT};
-pub use crate::server::{accepts_gzip, bind, handle, runtime, serve, Server};
+pub use crate::scrape::{
+    CollectorRun, Daemon, HttpConnections, ProcessStats, Scrape, HEARTBEAT_TIMEOUT,
+};
+pub use crate::server::{
+    accepts_gzip, bind, handle, runtime, serve, HttpLimits, Server, HEADER_READ_TIMEOUT,
+    IDLE_TIMEOUT,
+};
 pub use crate::text::{Format, Kind, Labels, MetricsWriter, Value};

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser as _;
-use exporter::{Exporter, Format, NvmlSource, Options};
+use exporter::{Exporter, Format, HttpLimits, NvmlSource, Options};
 
 /// `EX_CONFIG`: the configuration is wrong; restarting with it cannot help.
 const EX_CONFIG: u8 = 78;
@@ -82,6 +82,7 @@ fn run(options: &Options) -> Result<(), Failure> {
     rt.block_on(exporter::serve(
         listener,
         Arc::new(exporter),
+        HttpLimits::new(options),
         shutdown_signal(),
     ))?;
     log::info!("stopped");

@@ -29,6 +29,12 @@ pub struct Options {
     #[arg(long, env = "EXPORTER_LISTEN", value_name = "ADDR", default_value_t = Listen::any_ipv4(DEFAULT_PORT))]
     pub listen: Listen,
 
+    /// HTTP connections open at once. A new one past the limit takes the place of the
+    /// connection that has waited longest for a request; when every one is answering a
+    /// request, the new one is closed at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
     /// Segments to read: names or globs inside --segment-dir; may be given several times.
     /// Hosts that run one inferd per GPU name their segments inferd-0, inferd-1, ...; the
     /// default finds them all. Dot-files are skipped: they are writers' temporary files.
@@ -87,6 +93,8 @@ mod tests {
         assert_eq!(o.nvml_interval(), Duration::from_secs(1));
         assert_eq!(o.namespace, "inferd");
         assert!(!o.nvml_pcie && !o.once);
+        assert_eq!(o.max_connections, 64);
+        assert!(Options::try_parse_from(["exporter", "--max-connections", "0"]).is_err());
     }
 
     #[test]

@@ -94,6 +94,19 @@ pub struct CollectorRun {
     pub success: bool,
 }
 
+/// The exporter's own HTTP connections, as its accept loop counts them.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct HttpConnections {
+    /// Open now, those asked to close and not yet closed included.
+    pub open: u64,
+    /// Closed to make room for a new connection at `--max-connections`.
+    pub evicted_total: u64,
+    /// New connections closed at once: at the limit, every open one was answering a request.
+    pub refused_total: u64,
+    /// Closed because a request's headers took too long from their first byte.
+    pub header_timeouts_total: u64,
+}
+
 /// Everything one scrape read. Each collector fills its part; rendering only reads it.
 pub struct Scrape {
     /// When the scrape started.
@@ -114,6 +127,8 @@ pub struct Scrape {
     pub duration_seconds: f64,
     /// When the exporter started.
     pub exporter_started_at: SystemTime,
+    /// The exporter's HTTP connections.
+    pub http: HttpConnections,
 }
 
 impl Scrape {
@@ -129,6 +144,7 @@ impl Scrape {
             collectors: Vec::new(),
             duration_seconds: 0.0,
             exporter_started_at,
+            http: HttpConnections::default(),
         }
     }
 }
