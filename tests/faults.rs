@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use inferd::protocol::{ClientMessage, Hello, InferRequest, Metadata, ServerMessage, Tensor};
 use shm_layout::{Snapshot, Status};
 
-use crate::util::{http_get, unique, wait_for, Exporter, Inferd, PATIENCE};
+use crate::util::{http_get, http_get_any, unique, wait_for, Exporter, Inferd, PATIENCE};
 
 /// The heartbeat period the segment's design promises (`SegmentWriter::heartbeat`: "at least
 /// every 250 ms"); the issue promises `up 0` within two of them.
@@ -426,7 +426,8 @@ fn kill_9_inferd_under_load() {
         first.proc.wait().code().is_none(),
         "inferd died of the signal"
     );
-    let health = exporter.get("/health");
+    let (status, health) = http_get_any(exporter.addr, "/health").unwrap();
+    assert_eq!(status, 503, "/health with its only inferd killed: {health}");
     assert!(
         health.contains(&name),
         "/health still reports the dead daemon: {health}"

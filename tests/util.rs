@@ -263,6 +263,14 @@ pub fn sample_value(page: &str, series: &str) -> Option<f64> {
 
 /// A minimal HTTP/1.1 GET with `Connection: close`; Ok(body) on 200.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    match http_get_any(addr, path)? {
+        (200, body) => Ok(body),
+        (status, _) => Err(format!("status: {status}")),
+    }
+}
+
+/// As [`http_get`], whatever the status (`/health` answers 503 while an inferd is down).
+pub fn http_get_any(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     let mut s =
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
@@ -276,16 +284,18 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
     s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").ok_or("no header end")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("status: {}", head.lines().next().unwrap_or("")));
-    }
+    let status = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("status: {}", head.lines().next().unwrap_or("")))?;
     if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        return Ok(dechunk(body));
+        return Ok((status, dechunk(body)));
     }
-    Ok(body.to_owned())
+    Ok((status, body.to_owned()))
 }
 
 fn dechunk(mut body: &str) -> String {

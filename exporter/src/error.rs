@@ -1,7 +1,5 @@
 //! The one error type of this crate.
 
-use std::net::SocketAddr;
-
 /// Everything that can stop the exporter from starting or a collector from reading.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -9,9 +7,17 @@ pub enum Error {
     /// The listen socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        /// The address asked for.
-        addr: SocketAddr,
+        /// The address asked for (and the one it resolved to, for a host name).
+        addr: String,
         /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The `--listen` host name could not be resolved.
+    #[error("cannot resolve the listen address {listen}: {source}")]
+    Resolve {
+        /// The address as given.
+        listen: String,
+        /// What the resolver said.
         source: std::io::Error,
     },
     /// The runtime or a thread could not be started.
@@ -65,6 +71,22 @@ pub enum Error {
     /// NVML failed (not installed, no driver, or a call failed).
     #[error("nvml: {0}")]
     Nvml(String),
+}
+
+impl Error {
+    /// Whether the configuration is at fault (a flag's value, an address that cannot be bound),
+    /// so that restarting with the same configuration cannot help: the binary exits with
+    /// `EX_CONFIG` for these, and systemd's `RestartPreventExitStatus` stops there.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Error::Bind { .. }
+                | Error::Resolve { .. }
+                | Error::Pattern { .. }
+                | Error::PatternPath(_)
+                | Error::Namespace(_)
+        )
+    }
 }
 
 /// This crate's result type.

@@ -1,6 +1,7 @@
 //! The [`Exporter`]: its collectors, and one scrape through all of them.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::collector::{
@@ -10,6 +11,7 @@ use crate::discovery::Discovery;
 use crate::gpu::{GpuSampler, GpuSource};
 use crate::owner::Owners;
 use crate::scrape::{CollectorRun, Scrape};
+use crate::server::HttpStats;
 use crate::text::{valid_namespace, Format, MetricsWriter};
 use crate::{Error, Options, Result};
 
@@ -20,6 +22,8 @@ pub struct Exporter {
     started_at: SystemTime,
     /// The last page's size, so the next one is allocated once.
     last_page_bytes: AtomicUsize,
+    /// What the HTTP server counts, for the exporter's own metrics.
+    http: Arc<HttpStats>,
 }
 
 impl Exporter {
@@ -31,20 +35,27 @@ impl Exporter {
         let owners = Owners::from_specs(&options.segment_owners)?;
         let discovery = Discovery::new(&options.segment_dir, &options.segments, owners)?;
         let sampler = GpuSampler::spawn(gpu, options.nvml_interval(), options.nvml_pcie)?;
+        let http = Arc::new(HttpStats::default());
         // Order matters: the process and NVML collectors use the daemons the segment collector
         // found, and the exporter collector reports on all the others.
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(SegmentCollector::new(discovery)),
             Box::new(ProcessCollector::new()),
             Box::new(NvmlCollector::new(sampler)),
-            Box::new(ExporterCollector),
+            Box::new(ExporterCollector::new(Arc::clone(&http))),
         ];
         Ok(Exporter {
             namespace: options.namespace.clone(),
             collectors,
             started_at: SystemTime::now(),
             last_page_bytes: AtomicUsize::new(64 * 1024),
+            http,
         })
+    }
+
+    /// The counts the HTTP server keeps, which the exporter's own metrics report.
+    pub(crate) fn http_stats(&self) -> &Arc<HttpStats> {
+        &self.http
     }
 
     /// Reads every source once. `/metrics` and the JSON endpoints are built from the result.

@@ -7,8 +7,11 @@ use shm_layout::{HistogramSnapshot, Status};
 
 use crate::scrape::Scrape;
 
-/// `/health`: the exporter, each inferd's liveness, and NVML's.
-pub fn health(s: &Scrape) -> Value {
+/// `/health`: the exporter, each inferd's liveness, and NVML's; and whether it is healthy
+/// (answered 200, else 503): at least one inferd read, and every one read up. `status` says
+/// which: `ok`, `degraded` (some down), or `down` (none up, or none found), with the `reason`.
+/// NVML is reported but does not count: inferd serves on the CPU too.
+pub fn health(s: &Scrape) -> (bool, Value) {
     let daemons: Vec<Value> = s
         .daemons
         .iter()
@@ -17,6 +20,8 @@ pub fn health(s: &Scrape) -> Value {
             json!({
                 "daemon": d.name,
                 "up": d.up,
+                "status": if d.up { "up" } else { "down" },
+                "reason": d.down_reason(),
                 "state": h.state.as_str(),
                 "heartbeat_age_seconds": d.heartbeat_age_seconds,
                 "generation": h.generation,
@@ -31,8 +36,37 @@ pub fn health(s: &Scrape) -> Value {
         .iter()
         .map(|r| json!({"segment": r.segment, "reason": r.reason, "error": r.message}))
         .collect();
-    json!({
-        "status": "ok",
+    let down: Vec<&str> = s
+        .daemons
+        .iter()
+        .filter(|d| !d.up)
+        .map(|d| d.name.as_str())
+        .collect();
+    // The segment collector succeeds when it has listed the directory.
+    let listed = s
+        .collectors
+        .iter()
+        .any(|c| c.collector == "segment" && c.success);
+    let (status, reason) = if s.daemons.is_empty() && !listed {
+        ("down", Some("cannot list the segment directory".to_owned()))
+    } else if s.daemons.is_empty() && s.refusals.is_empty() {
+        ("down", Some("no segment found".to_owned()))
+    } else if s.daemons.is_empty() {
+        let n = s.refusals.len();
+        ("down", Some(format!("no readable segment ({n} refused)")))
+    } else if down.len() == s.daemons.len() {
+        ("down", Some(format!("no inferd up: {}", down.join(", "))))
+    } else if !down.is_empty() {
+        (
+            "degraded",
+            Some(format!("inferd down: {}", down.join(", "))),
+        )
+    } else {
+        ("ok", None)
+    };
+    let body = json!({
+        "status": status,
+        "reason": reason,
         "exporter": {
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": s.at.duration_since(s.exporter_started_at).map(|d| d.as_secs_f64()).unwrap_or(0.0),
@@ -45,7 +79,8 @@ pub fn health(s: &Scrape) -> Value {
             "error": s.gpu.nvml_error,
             "sample_age_seconds": s.gpu.age_seconds(s.at),
         },
-    })
+    });
+    (status == "ok", body)
 }
 
 /// `/gpu/stats`: the latest GPU sample, with each inferd's processes matched by pid.

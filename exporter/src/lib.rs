@@ -36,6 +36,7 @@ mod error;
 mod exporter;
 mod gpu;
 mod json;
+mod listen;
 mod options;
 mod owner;
 mod priority;
@@ -52,8 +53,14 @@ pub use crate::gpu::{
     FakeDevice, FakeGpuSource, GpuIdentity, GpuProcess, GpuSample, GpuSampler, GpuSource, GpuStats,
     NvmlSource, SourceError, THROTTLE_REASONS,
 };
+pub use crate::listen::Listen;
 pub use crate::options::{Options, DEFAULT_PORT};
 pub use crate::owner::{Owners, INFERD_USER};
-pub use crate::scrape::{CollectorRun, Daemon, ProcessStats, Scrape, HEARTBEAT_TIMEOUT};
-pub use crate::server::{accepts_gzip, bind, handle, runtime, serve, Server};
+pub use crate::scrape::{
+    CollectorRun, Daemon, HttpConnections, ProcessStats, Scrape, HEARTBEAT_TIMEOUT,
+};
+pub use crate::server::{
+    accepts_gzip, bind, handle, runtime, serve, HttpLimits, Server, HEADER_READ_TIMEOUT,
+    IDLE_TIMEOUT,
+};
 pub use crate::text::{Format, Kind, Labels, MetricsWriter, Value};

@@ -1,32 +1,88 @@
 //! `exporter`: serves inferd's metrics to Prometheus. See `exporter --help`.
+//!
+//! Exit status: 0 after `--help`, `--version`, `--once` or SIGTERM; 78 (`EX_CONFIG` of
+//! sysexits.h) when the configuration is wrong, so that systemd's `RestartPreventExitStatus=78`
+//! does not restart a typo in a loop; 1 for anything else. A failure is one line on stderr.
 
 use std::io::Write as _;
+use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::Parser as _;
-use exporter::{Exporter, Format, NvmlSource, Options};
+use exporter::{Exporter, Format, HttpLimits, NvmlSource, Options};
 
-fn main() -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let options = Options::parse();
-    let exporter = Exporter::new(&options, Box::new(NvmlSource::new()))?;
+/// `EX_CONFIG`: the configuration is wrong; restarting with it cannot help.
+const EX_CONFIG: u8 = 78;
+
+/// Why the exporter stopped, which its exit status tells.
+enum Failure {
+    /// A flag, its value, or what it names (an address, a pattern) is wrong.
+    Config(String),
+    /// Anything else.
+    Runtime(String),
+}
+
+impl From<exporter::Error> for Failure {
+    fn from(e: exporter::Error) -> Failure {
+        if e.is_config() {
+            Failure::Config(e.to_string())
+        } else {
+            Failure::Runtime(e.to_string())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let result = Options::try_parse()
+        .map_err(usage_error)
+        .and_then(|options| {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+                .init();
+            run(&options)
+        });
+    let (code, message) = match result {
+        Ok(()) => return ExitCode::SUCCESS,
+        Err(Failure::Config(message)) => (EX_CONFIG, message),
+        Err(Failure::Runtime(message)) => (1, message),
+    };
+    eprintln!("exporter: {message}");
+    ExitCode::from(code)
+}
+
+/// A clap error as one line; `--help` and `--version` print and exit 0 here, as clap would.
+fn usage_error(e: clap::Error) -> Failure {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    // The first line says what is wrong; the rest is usage and a pointer to --help.
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    Failure::Config(line.strip_prefix("error: ").unwrap_or(line).to_owned())
+}
+
+fn run(options: &Options) -> Result<(), Failure> {
     if options.once {
+        let exporter = Exporter::new(options, Box::new(NvmlSource::new()))?;
         // Give the sampler one interval so the page carries a GPU sample.
         std::thread::sleep(options.nvml_interval() + std::time::Duration::from_millis(200));
         let page = exporter.metrics(Format::Prometheus);
-        std::io::stdout()
+        return std::io::stdout()
             .write_all(page.as_bytes())
-            .context("writing to stdout")?;
-        return Ok(());
+            .map_err(|e| Failure::Runtime(format!("writing to stdout: {e}")));
     }
-    let listener = exporter::bind(options.listen)?;
-    let addr = listener.local_addr().context("reading the bound address")?;
+    // Bound before anything starts, so that a bad address fails alone, with nothing logged.
+    let listener = exporter::bind(&options.listen)?;
+    let exporter = Exporter::new(options, Box::new(NvmlSource::new()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::Runtime(format!("reading the bound address: {e}")))?;
     log::info!("listening on http://{addr}/metrics");
     let rt = exporter::runtime()?;
     rt.block_on(exporter::serve(
         listener,
         Arc::new(exporter),
+        HttpLimits::new(options),
         shutdown_signal(),
     ))?;
     log::info!("stopped");

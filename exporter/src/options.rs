@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::listen::Listen;
+
 /// The default port: 9464 is taken by the OpenTelemetry Prometheus exporter, and 9470 is free
 /// in the Prometheus port registry's neighbourhood of GPU and inference exporters.
 pub const DEFAULT_PORT: u16 = 9470;
@@ -15,12 +17,23 @@ pub const DEFAULT_PORT: u16 = 9470;
 #[command(
     name = "exporter",
     version,
-    about = "Prometheus exporter for inferd and its GPUs"
+    about = "Prometheus exporter for inferd and its GPUs",
+    after_help = "Exit status: 0 on SIGTERM or after --once; 78 (EX_CONFIG) for a configuration \
+                  error (a bad flag or value, an address in use or that does not resolve), \
+                  printed as one line; 1 for any other failure."
 )]
 pub struct Options {
-    /// Address and port to serve /metrics and the JSON endpoints on.
-    #[arg(long, env = "EXPORTER_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
-    pub listen: SocketAddr,
+    /// Where to serve /metrics and the JSON endpoints: HOST:PORT (a name is resolved at start
+    /// and binds its first IPv4 address, else its first IPv6 one; localhost:9470 is loopback),
+    /// IPV4:PORT, [IPV6]:PORT, or :PORT for every interface, IPv6 and IPv4.
+    #[arg(long, env = "EXPORTER_LISTEN", value_name = "ADDR", default_value_t = Listen::any_ipv4(DEFAULT_PORT))]
+    pub listen: Listen,
+
+    /// HTTP connections open at once. A new one past the limit takes the place of the
+    /// connection that has waited longest for a request; when every one is answering a
+    /// request, the new one is closed at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
 
     /// Segments to read: names or globs inside --segment-dir; may be given several times.
     /// Hosts that run one inferd per GPU name their segments inferd-0, inferd-1, ...; the
@@ -68,7 +81,7 @@ impl Options {
     /// reading `segments` in `segment_dir`.
     pub fn local(segment_dir: impl Into<PathBuf>, segments: &[&str]) -> Options {
         let mut opts = Options::parse_from(["exporter"]);
-        opts.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        opts.listen = Listen::from(SocketAddr::from(([127, 0, 0, 1], 0)));
         opts.segment_dir = segment_dir.into();
         opts.segments = segments.iter().map(|s| (*s).to_owned()).collect();
         opts
@@ -88,6 +101,18 @@ mod tests {
         assert_eq!(o.nvml_interval(), Duration::from_secs(1));
         assert_eq!(o.namespace, "inferd");
         assert!(!o.nvml_pcie && !o.once);
+        assert_eq!(o.max_connections, 64);
+        assert!(Options::try_parse_from(["exporter", "--max-connections", "0"]).is_err());
+    }
+
+    #[test]
+    fn listen_takes_a_host_name_or_a_bare_port() {
+        let o = Options::parse_from(["exporter", "--listen", "localhost:9470"]);
+        assert_eq!(o.listen.to_string(), "localhost:9470");
+        let o = Options::parse_from(["exporter", "--listen", ":9470"]);
+        assert!(o.listen.is_any());
+        let e = Options::try_parse_from(["exporter", "--listen", "nonsense"]).unwrap_err();
+        assert!(e.to_string().contains("'nonsense'"), "{e}");
     }
 
     #[test]

@@ -31,18 +31,36 @@ impl Daemon {
     pub fn new(name: String, snapshot: Snapshot, deleted: bool, now: SystemTime) -> Daemon {
         let beat = SystemTime::UNIX_EPOCH + Duration::from_nanos(snapshot.header.heartbeat_unix_ns);
         let age = now.duration_since(beat).unwrap_or(Duration::ZERO);
-        let serving = matches!(
-            snapshot.header.state,
-            State::Starting | State::Ready | State::Draining
-        );
         Daemon {
-            up: serving && !deleted && age < HEARTBEAT_TIMEOUT,
+            up: serving(snapshot.header.state) && !deleted && age < HEARTBEAT_TIMEOUT,
             heartbeat_age_seconds: age.as_secs_f64(),
             name,
             snapshot,
             deleted,
         }
     }
+
+    /// Why it is not up, in words for `/health`; `None` when it is.
+    pub fn down_reason(&self) -> Option<String> {
+        let state = self.snapshot.header.state;
+        if self.up {
+            None
+        } else if self.deleted {
+            Some("segment file deleted".to_owned())
+        } else if !serving(state) {
+            Some(format!("state {}", state.as_str()))
+        } else {
+            Some(format!(
+                "heartbeat {:.1} s old (the limit is {} s)",
+                self.heartbeat_age_seconds,
+                HEARTBEAT_TIMEOUT.as_secs_f64()
+            ))
+        }
+    }
+}
+
+fn serving(state: State) -> bool {
+    matches!(state, State::Starting | State::Ready | State::Draining)
 }
 
 /// An inferd process's resource use, from `/proc/<pid>`.
@@ -73,6 +91,19 @@ pub struct CollectorRun {
     pub success: bool,
 }
 
+/// The exporter's own HTTP connections, as its accept loop counts them.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct HttpConnections {
+    /// Open now, those asked to close and not yet closed included.
+    pub open: u64,
+    /// Closed to make room for a new connection at `--max-connections`.
+    pub evicted_total: u64,
+    /// New connections closed at once: at the limit, every open one was answering a request.
+    pub refused_total: u64,
+    /// Closed because a request's headers took too long from their first byte.
+    pub header_timeouts_total: u64,
+}
+
 /// Everything one scrape read. Each collector fills its part; rendering only reads it.
 pub struct Scrape {
     /// When the scrape started.
@@ -93,6 +124,8 @@ pub struct Scrape {
     pub duration_seconds: f64,
     /// When the exporter started.
     pub exporter_started_at: SystemTime,
+    /// The exporter's HTTP connections.
+    pub http: HttpConnections,
 }
 
 impl Scrape {
@@ -108,6 +141,7 @@ impl Scrape {
             collectors: Vec::new(),
             duration_seconds: 0.0,
             exporter_started_at,
+            http: HttpConnections::default(),
         }
     }
 }

@@ -183,6 +183,62 @@ pub fn try_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result
     })
 }
 
+/// `GET path` on an open keep-alive connection, reading exactly one response (its
+/// `Content-Length`), so that the connection can be used again.
+pub fn get_on(s: &mut TcpStream, path: &str) -> Result<Response, String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|x| e(&x))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: exporter\r\n\r\n").map_err(|x| e(&x))?;
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).map_err(|x| e(&x))? {
+            0 => return Err(format!("closed after {} bytes of the head", raw.len())),
+            _ => raw.push(byte[0]),
+        }
+    }
+    let head = String::from_utf8_lossy(&raw).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or("no status line")?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .ok_or("no content-length")?;
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).map_err(|x| e(&x))?;
+    Ok(Response {
+        status,
+        headers,
+        body: String::from_utf8(body).map_err(|x| e(&x))?,
+        gzipped: false,
+    })
+}
+
+/// Whether the server has closed `s`: a read sees end of file or a reset within `within`.
+pub fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            // An error response before the close (408 and the like) is read past.
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
 /// `GET /metrics` in the Prometheus text format.
 pub fn metrics(addr: SocketAddr) -> String {
     let r = get(addr, "/metrics", &[]);

@@ -181,3 +181,208 @@ fn unknown_paths_and_methods_are_refused_cleanly() {
     let _ = s.read_to_end(&mut buf);
     assert_eq!(get(server.addr(), "/metrics", &[]).status, 200);
 }
+
+#[test]
+fn health_is_503_when_no_daemon_is_up() {
+    let dir = shm_dir();
+    let server = start(dir.path(), &["inferd*"], fake_gpu());
+    let r = get(server.addr(), "/health", &[]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let h = r.json();
+    assert_eq!(h["status"], "down");
+    assert_eq!(h["reason"], "no segment found");
+    assert_eq!(h["daemons"], serde_json::json!([]));
+}
+
+#[test]
+fn health_is_503_when_its_only_daemon_is_down() {
+    let dir = shm_dir();
+    let w = writer(dir.path(), "inferd-only");
+    w.set_state(shm_layout::State::Stopped);
+    let server = start(dir.path(), &["inferd*"], fake_gpu());
+    let r = get(server.addr(), "/health", &[]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    let h = r.json();
+    assert_eq!(h["status"], "down");
+    assert_eq!(h["reason"], "no inferd up: inferd-only");
+    assert_eq!(h["daemons"][0]["status"], "down");
+    assert_eq!(h["daemons"][0]["reason"], "state stopped");
+}
+
+#[test]
+fn health_is_200_when_every_daemon_is_up() {
+    let dir = shm_dir();
+    let (a, b) = (
+        writer(dir.path(), "inferd-a"),
+        writer(dir.path(), "inferd-b"),
+    );
+    let _alive = (keep_alive(&a), keep_alive(&b));
+    let server = start(dir.path(), &["inferd*"], fake_gpu());
+    let r = get(server.addr(), "/health", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let h = r.json();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["reason"], serde_json::Value::Null);
+    for d in h["daemons"].as_array().unwrap() {
+        assert_eq!(d["status"], "up", "{d}");
+        assert_eq!(d["reason"], serde_json::Value::Null, "{d}");
+    }
+}
+
+#[test]
+fn health_is_503_when_one_daemon_of_two_is_down() {
+    let dir = shm_dir();
+    let up = writer(dir.path(), "inferd-up");
+    let _alive = keep_alive(&up);
+    let down = writer(dir.path(), "inferd-down");
+    let server = start(dir.path(), &["inferd*"], fake_gpu());
+    let daemon = |h: &serde_json::Value, name: &str| {
+        h["daemons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["daemon"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} missing from {h}"))
+    };
+
+    // A heartbeat gone stale: inferd hung or killed.
+    std::thread::sleep(exporter::HEARTBEAT_TIMEOUT + std::time::Duration::from_millis(100));
+    let r = get(server.addr(), "/health", &[]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    let h = r.json();
+    assert_eq!(h["status"], "degraded");
+    assert_eq!(h["reason"], "inferd down: inferd-down");
+    assert_eq!(daemon(&h, "inferd-up")["status"], "up");
+    let d = daemon(&h, "inferd-down");
+    assert_eq!(d["status"], "down");
+    assert!(
+        d["reason"].as_str().unwrap().starts_with("heartbeat "),
+        "{d}"
+    );
+
+    // A clean stop, heartbeat fresh.
+    down.set_state(shm_layout::State::Stopped);
+    down.heartbeat();
+    let r = get(server.addr(), "/health", &[]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    let h = r.json();
+    assert_eq!(h["status"], "degraded");
+    assert_eq!(daemon(&h, "inferd-down")["reason"], "state stopped");
+}
+
+/// Short timeouts, so that the tests of them need not wait the real ones.
+fn start_with(dir: &std::path::Path, limits: exporter::HttpLimits) -> exporter::Server {
+    let opts = exporter::Options::local(dir, &["inferd*"]);
+    exporter::Server::start_with(&opts, Box::new(exporter::FakeGpuSource::missing()), limits)
+        .unwrap()
+}
+
+fn limits(max_connections: usize, idle_ms: u64, header_ms: u64) -> exporter::HttpLimits {
+    exporter::HttpLimits {
+        max_connections,
+        idle_timeout: std::time::Duration::from_millis(idle_ms),
+        header_read_timeout: std::time::Duration::from_millis(header_ms),
+    }
+}
+
+#[test]
+fn a_keep_alive_connection_idle_past_the_old_10_s_timeout_is_still_served() {
+    use exporter::{HEADER_READ_TIMEOUT, IDLE_TIMEOUT};
+    assert!(IDLE_TIMEOUT >= std::time::Duration::from_secs(120));
+    let dir = shm_dir();
+    let server = start(dir.path(), &["inferd*"], fake_gpu());
+    let mut s = std::net::TcpStream::connect(server.addr()).unwrap();
+    assert_eq!(get_on(&mut s, "/metrics").unwrap().status, 200);
+    // Past the header timeout, which used to close idle connections too.
+    std::thread::sleep(HEADER_READ_TIMEOUT + std::time::Duration::from_secs(1));
+    let again = get_on(&mut s, "/metrics").expect("the idle connection was closed");
+    assert_eq!(again.status, 200);
+}
+
+#[test]
+fn idle_time_between_requests_is_not_header_time() {
+    // The same defect as above with short timeouts: idle longer than the header timeout.
+    let dir = shm_dir();
+    let server = start_with(dir.path(), limits(64, 2_000, 300));
+    let mut s = std::net::TcpStream::connect(server.addr()).unwrap();
+    assert_eq!(get_on(&mut s, "/health").unwrap().status, 503);
+    std::thread::sleep(std::time::Duration::from_millis(900));
+    let again = get_on(&mut s, "/health").expect("closed while idle");
+    assert_eq!(again.status, 503);
+    // And the idle timeout still ends it.
+    assert!(closed_by_server(&mut s, std::time::Duration::from_secs(5)));
+}
+
+#[test]
+fn a_slowloris_header_is_cut_off_after_the_header_timeout() {
+    use std::io::Write as _;
+    use std::time::{Duration, Instant};
+    let dir = shm_dir();
+    let server = start_with(dir.path(), limits(64, 60_000, 500));
+    let mut s = std::net::TcpStream::connect(server.addr()).unwrap();
+    // Idle first, longer than the header timeout: that alone must not close it.
+    std::thread::sleep(Duration::from_millis(800));
+    let started = Instant::now();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut cut_after = None;
+    while started.elapsed() < Duration::from_secs(5) {
+        if s.write_all(b"X-Slow: 1\r\n").is_err()
+            || closed_by_server(&mut s, Duration::from_millis(100))
+        {
+            cut_after = Some(started.elapsed());
+            break;
+        }
+    }
+    let cut_after = cut_after.expect("a trickled header kept its connection 5 s");
+    assert!(cut_after >= Duration::from_millis(450), "{cut_after:?}");
+    assert!(cut_after < Duration::from_secs(3), "{cut_after:?}");
+    let page = metrics(server.addr());
+    let timeouts = "inferd_exporter_http_connections_closed_total{reason=\"header_timeout\"}";
+    assert_eq!(value(&page, timeouts), Some(1.0), "{page}");
+}
+
+#[test]
+fn at_the_connection_limit_the_connection_idle_longest_makes_room() {
+    use std::time::Duration;
+    let dir = shm_dir();
+    let server = start_with(dir.path(), limits(3, 60_000, 10_000));
+    let mut oldest = std::net::TcpStream::connect(server.addr()).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    // Idle after a request: hyper's graceful shutdown closes these at once.
+    let mut served = std::net::TcpStream::connect(server.addr()).unwrap();
+    assert_eq!(get_on(&mut served, "/").unwrap().status, 200);
+    let mut newest = std::net::TcpStream::connect(server.addr()).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+
+    // A fourth: the one that sent nothing for longest goes.
+    assert_eq!(get(server.addr(), "/", &[]).status, 200);
+    assert!(closed_by_server(&mut oldest, Duration::from_secs(5)));
+    // The fourth closed itself (`Connection: close`); a fifth takes its place, and a sixth
+    // sends the served one, idle since its response, after the first.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut fifth = std::net::TcpStream::connect(server.addr()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(get(server.addr(), "/", &[]).status, 200);
+    assert!(closed_by_server(&mut served, Duration::from_secs(5)));
+    assert!(!closed_by_server(&mut newest, Duration::from_millis(200)));
+    assert!(!closed_by_server(&mut fifth, Duration::from_millis(200)));
+    let page = metrics(server.addr());
+    let evicted = "inferd_exporter_http_connections_closed_total{reason=\"evicted\"}";
+    assert!(value(&page, evicted).unwrap() >= 2.0, "{page}");
+    let open = value(&page, "inferd_exporter_http_connections").unwrap();
+    assert!((1.0..=3.0).contains(&open), "{page}");
+}
+
+#[test]
+fn health_is_503_when_the_segment_directory_cannot_be_listed() {
+    let dir = shm_dir();
+    let server = start(&dir.path().join("missing"), &["inferd*"], fake_gpu());
+    let r = get(server.addr(), "/health", &[]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    let h = r.json();
+    assert_eq!(h["status"], "down");
+    assert_eq!(h["reason"], "cannot list the segment directory");
+}

@@ -1,19 +1,33 @@
-//! The exporter's own metrics: how each scrape went, and which build is running.
+//! The exporter's own metrics: how each scrape went, its HTTP connections, and which build is
+//! running.
+
+use std::sync::Arc;
 
 use super::Collector;
 use crate::scrape::Scrape;
+use crate::server::HttpStats;
 use crate::text::{Kind, MetricsWriter};
 use crate::Result;
 
-/// Reports the scrape itself; reads nothing.
-pub(crate) struct ExporterCollector;
+/// Reports the scrape itself and the HTTP server's connection counts.
+pub(crate) struct ExporterCollector {
+    http: Arc<HttpStats>,
+}
+
+impl ExporterCollector {
+    /// Reports `http`, the counts the HTTP server keeps.
+    pub(crate) fn new(http: Arc<HttpStats>) -> ExporterCollector {
+        ExporterCollector { http }
+    }
+}
 
 impl Collector for ExporterCollector {
     fn name(&self) -> &'static str {
         "exporter"
     }
 
-    fn collect(&self, _scrape: &mut Scrape) -> Result<()> {
+    fn collect(&self, scrape: &mut Scrape) -> Result<()> {
+        scrape.http = self.http.read();
         Ok(())
     }
 
@@ -49,6 +63,25 @@ impl Collector for ExporterCollector {
             .exporter_started_at
             .duration_since(std::time::UNIX_EPOCH);
         out.sample(&[], started.map(|d| d.as_secs_f64()).unwrap_or(0.0));
+        out.family(
+            "exporter_http_connections",
+            Kind::Gauge,
+            "HTTP connections open now, including those asked to close.",
+        );
+        out.sample(&[], scrape.http.open);
+        out.family(
+            "exporter_http_connections_closed_total",
+            Kind::Counter,
+            "HTTP connections the exporter closed: evicted (the one idle longest, for a new one at --max-connections), refused (a new one at the limit, every open one busy), header_timeout.",
+        );
+        let http = &scrape.http;
+        for (reason, n) in [
+            ("evicted", http.evicted_total),
+            ("refused", http.refused_total),
+            ("header_timeout", http.header_timeouts_total),
+        ] {
+            out.sample(&[("reason", reason)], n);
+        }
         out.family(
             "exporter_build_info",
             Kind::Gauge,
