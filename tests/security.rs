@@ -1,12 +1,10 @@
-//! Segment and socket permissions, a read-only mapping in the exporter, no robot payloads
-//! exposed, and the systemd units' hardening.
-//!
-//! That a write through a reader's mapping faults is shown on the mapping itself by
-//! `shm-layout/tests/writer.rs::reader_mapping_is_read_only`; here the running exporter is
-//! checked to hold the segment that way and no other.
+//! Segment and socket permissions, an exporter that reads segments without mapping them and
+//! cannot write them, files dropped in the segment directory that cannot kill, hang or fool
+//! the exporter, no robot payloads exposed, and the systemd units' hardening.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use inferd::protocol::{ClientMessage, InferRequest, ServerMessage, Tensor};
 use shm_layout::Status;
@@ -93,7 +91,7 @@ fn exporter_sees(exporter: &Exporter, daemon: &str) {
 }
 
 #[test]
-fn the_segment_is_0640_and_the_exporter_maps_it_read_only() {
+fn the_segment_is_0640_and_the_exporter_reads_it_without_a_mapping() {
     let d = Inferd::start(&[]);
     let exporter = Exporter::start(&[&d.segment_name]);
     exporter_sees(&exporter, &d.segment_name);
@@ -110,28 +108,201 @@ fn the_segment_is_0640_and_the_exporter_maps_it_read_only() {
             "{m:?}"
         );
     }
-
-    // The exporter's: shared (`ms`), readable, not writable, and never able to become writable:
-    // the file was opened read-only, so the kernel left out `mw` (may write) and mprotect
-    // cannot add PROT_WRITE.
+    // The exporter maps nothing of it (a mapping of a file someone can shrink is a SIGBUS
+    // waiting to happen), and reads through a read-only descriptor.
     let reader = mappings(exporter.proc.pid(), &path);
     assert!(
-        !reader.is_empty(),
-        "the exporter does not map {}",
-        path.display()
+        reader.is_empty(),
+        "the exporter maps the segment: {reader:?}"
     );
-    for m in &reader {
-        assert_eq!(m.perms, "r--s", "{m:?}");
-        let has = |flag: &str| m.vm_flags.iter().any(|f| f == flag);
-        assert!(has("rd") && has("ms"), "{m:?}");
-        assert!(
-            !has("wr") && !has("mw"),
-            "the exporter's mapping may be written: {m:?}"
+    let modes = descriptor_modes(exporter.proc.pid(), &path);
+    assert!(!modes.is_empty(), "the exporter holds no descriptor on it");
+    assert!(modes.iter().all(|&m| m == libc::O_RDONLY), "{modes:?}");
+}
+
+/// Runs `f` until it returns, or panics after `limit`: a hung exporter must fail the test,
+/// not hang it.
+fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what} took longer than {limit:?}"))
+}
+
+#[test]
+fn shrunk_segment_does_not_kill_the_exporter() {
+    let d = Inferd::start(&[]);
+    let pattern = format!("{}*", d.segment_name);
+    let exporter = Exporter::start(&[&pattern]);
+    exporter_sees(&exporter, &d.segment_name);
+    // Any local user who can write /dev/shm: copy a live segment, let the exporter read it,
+    // then shrink it under the exporter.
+    let evil_name = format!("{}-evil", d.segment_name);
+    let evil = Path::new(shm_layout::DEFAULT_DIR).join(&evil_name);
+    let _cleanup = RemoveOnDrop(evil.clone());
+    std::fs::copy(d.segment_path(), &evil).unwrap();
+    wait_for("the exporter to read the copy", || {
+        exporter
+            .get("/metrics")
+            .contains(&format!("daemon=\"{evil_name}\""))
+            .then_some(())
+    });
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&evil)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    for _ in 0..5 {
+        let page = exporter.get("/metrics");
+        assert_eq!(
+            sum(&page, "inferd_up", &[("daemon", &d.segment_name)]),
+            Some(1.0),
+            "the real daemon is still read"
         );
     }
-    // Nor does it keep a descriptor that could write the file.
-    let modes = descriptor_modes(exporter.proc.pid(), &path);
-    assert!(modes.iter().all(|&m| m == libc::O_RDONLY), "{modes:?}");
+    let page = exporter.get("/metrics");
+    let refused = sum(
+        &page,
+        "inferd_segment_refused",
+        &[("segment", &evil_name), ("reason", "too_small")],
+    );
+    assert_eq!(
+        refused,
+        Some(1.0),
+        "the shrunk file is refused as too_small"
+    );
+    let counted = sum(
+        &page,
+        "inferd_segment_errors_total",
+        &[("segment", &evil_name), ("reason", "too_small")],
+    );
+    assert_eq!(counted, Some(1.0), "and counted once");
+    let mut exporter = exporter;
+    assert!(
+        exporter.proc.child.try_wait().unwrap().is_none(),
+        "the exporter died:\n{}",
+        exporter.proc.log()
+    );
+}
+
+#[test]
+fn a_fifo_swapped_over_a_segment_name_does_not_hang_the_exporter() {
+    let d = Inferd::start(&[]);
+    let pattern = format!("{}*", d.segment_name);
+    let exporter = Exporter::start(&[&pattern]);
+    exporter_sees(&exporter, &d.segment_name);
+    let dir = Path::new(shm_layout::DEFAULT_DIR);
+    let name = format!("{}-swap", d.segment_name);
+    let target = dir.join(&name);
+    // Dot-names: the exporter skips them, so only the swapped name is ever seen.
+    let file = dir.join(format!(".{name}.file"));
+    let fifo = dir.join(format!(".{name}.fifo"));
+    let _cleanup = [
+        RemoveOnDrop(target.clone()),
+        RemoveOnDrop(file.clone()),
+        RemoveOnDrop(fifo.clone()),
+    ];
+    std::fs::copy(d.segment_path(), &file).unwrap();
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, target) = (std::sync::Arc::clone(&stop), target.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for source in [&file, &fifo] {
+                    let staged = source.with_extension("staged");
+                    let _ = std::fs::remove_file(&staged);
+                    if std::fs::hard_link(source, &staged).is_ok()
+                        && std::fs::rename(&staged, &target).is_ok()
+                    {
+                        swaps += 1;
+                    }
+                }
+            }
+            swaps
+        })
+    };
+    let addr = exporter.addr;
+    let started = Instant::now();
+    let mut scrapes = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let page = within(
+            Duration::from_secs(5),
+            "a scrape during the swaps",
+            move || crate::util::http_get(addr, "/metrics"),
+        );
+        assert!(page.is_ok(), "{page:?}");
+        scrapes += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(
+        swaps > 100 && scrapes > 10,
+        "{swaps} swaps, {scrapes} scrapes"
+    );
+    // And it still reads the real daemon.
+    let page = exporter.get("/metrics");
+    assert_eq!(
+        sum(&page, "inferd_up", &[("daemon", &d.segment_name)]),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn foreign_segments_are_not_shown_as_daemons() {
+    let d = Inferd::start(&[]);
+    let pattern = format!("{}*", d.segment_name);
+    let exporter = Exporter::start(&[&pattern]);
+    exporter_sees(&exporter, &d.segment_name);
+    let foreign_name = format!("{}-foreign", d.segment_name);
+    let foreign = Path::new(shm_layout::DEFAULT_DIR).join(&foreign_name);
+    let _cleanup = RemoveOnDrop(foreign.clone());
+    std::fs::copy(d.segment_path(), &foreign).unwrap();
+    // Another user's file: nobody (65534) stands for anyone who can write /dev/shm.
+    if std::os::unix::fs::chown(&foreign, Some(65_534), Some(65_534)).is_err() {
+        eprintln!("skipped: changing a file's owner needs root");
+        return;
+    }
+    let page = wait_for("the foreign file to be refused", || {
+        let page = exporter.get("/metrics");
+        sum(
+            &page,
+            "inferd_segment_refused",
+            &[("segment", &foreign_name), ("reason", "foreign_owner")],
+        )
+        .map(|_| page)
+    });
+    assert!(
+        !page.contains(&format!("daemon=\"{foreign_name}\"")),
+        "a foreign segment is shown as a daemon"
+    );
+    assert_eq!(
+        sum(
+            &page,
+            "inferd_segment_errors_total",
+            &[("segment", &foreign_name), ("reason", "foreign_owner")],
+        ),
+        Some(1.0)
+    );
+}
+
+/// Removes a file when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 #[test]

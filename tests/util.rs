@@ -232,8 +232,9 @@ impl Exporter {
             addr,
             _dir: dir,
         };
+        // Any answer will do: /health is 503 until every daemon it reads is up.
         wait_for("the exporter to answer /health", || {
-            http_get(e.addr, "/health").ok()
+            http_get_any(e.addr, "/health").ok()
         });
         e
     }
