@@ -317,3 +317,58 @@ fn serves_until_sigterm_then_exits_cleanly() {
     assert!(exited, "no exit within 20 s of SIGTERM");
     assert!(child.wait().unwrap().success(), "exit status after SIGTERM");
 }
+
+#[test]
+fn a_missing_segment_dir_or_no_match_is_logged_once_each() {
+    let parent = shm_dir();
+    let dir = parent.path().join("later");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let log = parent.path().join("exporter.log");
+    let child = Command::new(BIN)
+        .args(["--listen", &addr.to_string(), "--nvml-interval-ms", "50"])
+        .arg("--segment-dir")
+        .arg(&dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _running = Running(child);
+    let scrape = || {
+        assert!(eventually(Duration::from_secs(30), || try_get(
+            addr,
+            "/metrics",
+            &[]
+        )
+        .is_ok()));
+    };
+    let count = |needle: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    };
+    for _ in 0..3 {
+        scrape();
+    }
+    assert_eq!(
+        count("cannot list the segment directory"),
+        1,
+        "{:?}",
+        std::fs::read_to_string(&log)
+    );
+    // The directory appears, with nothing in it that matches: said once more, once.
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("unrelated"), b"x").unwrap();
+    for _ in 0..3 {
+        scrape();
+    }
+    assert_eq!(
+        count("no segment in"),
+        1,
+        "{:?}",
+        std::fs::read_to_string(&log)
+    );
+    assert_eq!(count("cannot list the segment directory"), 1);
+}
