@@ -373,7 +373,10 @@ mod tests {
         assert!(!disc.scan(t0).unwrap()[0].deleted);
         std::fs::remove_file(w.path()).unwrap();
         let views = disc.scan(t0).unwrap();
-        assert!(views[0].deleted, "still readable through the old mapping");
+        assert!(
+            views[0].deleted,
+            "still readable through the old descriptor"
+        );
         assert_eq!(disc.scan(t0 + FORGET_DELETED_AFTER / 2).unwrap().len(), 1);
         assert!(disc.scan(t0 + FORGET_DELETED_AFTER * 2).unwrap().is_empty());
     }

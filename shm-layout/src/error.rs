@@ -20,7 +20,7 @@ pub enum Error {
     /// The directory is not on tmpfs; an mmap'd disk file stalls its writer on I/O.
     #[error("{0} is not on tmpfs: the segment must live in memory (for example /dev/shm)")]
     NotTmpfs(PathBuf),
-    /// The mapping is shorter than the part the reader needs to look at.
+    /// The file (or the bytes read of it) is shorter than the part the reader needs.
     #[error("segment is {len} bytes, but at least {need} are needed")]
     TooSmall {
         /// Bytes available.

@@ -5,12 +5,14 @@
 //!
 //! - [`layout`] is the segment's bytes: `#[repr(C)]` structs of atomics, pinned by `const`
 //!   assertions and documented field by field in `docs/shm-layout.md`.
-//! - [`SegmentWriter`] creates the segment on tmpfs (mode 0640), fills the model and robot-type
-//!   registries, and hands each recording thread a [`ShardWriter`]. Recording a request is a
+//! - [`SegmentWriter`] creates the segment on tmpfs (mode 0640, allocated in full, its name
+//!   locked for the writer's life), fills the model and robot-type registries, and hands each
+//!   recording thread a [`ShardWriter`]. Recording a request is a
 //!   handful of relaxed loads and stores into that thread's shard: no lock, syscall, allocation
 //!   or locked instruction.
-//! - [`SegmentReader`] maps a segment read-only, validates it, and takes [`Snapshot`]s: plain
-//!   values summed over shards, with self-consistent cumulative histograms.
+//! - [`SegmentReader`] opens a segment read-only, copies it out of the file (never mapping it,
+//!   so a file that shrinks cannot fault the reader), validates the copy, and takes
+//!   [`Snapshot`]s: plain values summed over shards, with self-consistent cumulative histograms.
 //!
 //! # Example
 //!
