@@ -185,8 +185,9 @@ impl ModelStore {
 
 fn log_loaded(model: &LoadedModel, config: &Config) {
     let m = model.metadata();
+    // Names come from the model file, which may come from anywhere: quoted and escaped.
     log::info!(
-        "serving model {} version {} from {} on {}/{}: {}[{}] -> {}[{}], action limits {}",
+        "serving model {:?} version {:?} from {} on {}/{}: {:?}[{}] -> {:?}[{}], action limits {}",
         m.name,
         m.version,
         config.model_source(),

@@ -225,9 +225,10 @@ impl Worker {
 
     fn fail_all(&self, model: &LoadedModel, jobs: Vec<Job>, start: Instant, msg: &str) {
         log::error!(
-            "model {} failed a batch of {} requests: {msg}",
+            "model {:?} failed a batch of {} requests: {}",
             model.metadata().name,
-            jobs.len()
+            jobs.len(),
+            msg.escape_debug()
         );
         for job in jobs {
             let queue_ns = Some(ns(start.saturating_duration_since(job.arrived)));
