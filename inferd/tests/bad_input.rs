@@ -4,7 +4,7 @@ use inferd::protocol::{ClientMessage, ErrorCode, InferRequest, ServerMessage, Te
 use rmpv::ValueRef;
 use shm_layout::{State, Status};
 
-use crate::common::{assert_close, count, demo_actions, infer, Daemon, Raw};
+use crate::common::{assert_close, count, demo_actions, infer, robot_index, Daemon, Raw};
 
 /// What a bad input must get.
 #[derive(Debug)]
@@ -242,6 +242,104 @@ fn a_request_after_sigterm_is_answered_shutting_down() {
         other => panic!("expected the queued result, got {other:?}"),
     }
     assert!(d.wait_exit().success());
+}
+
+fn hello(robot_type: &str, robot_id: Option<&str>) -> Vec<u8> {
+    ClientMessage::Hello(inferd::protocol::Hello {
+        robot_type: robot_type.into(),
+        robot_id: robot_id.map(str::to_owned),
+    })
+    .encode()
+}
+
+/// Expects an `invalid_input` answer with `id`, naming `what` in its message.
+fn refused(raw: &mut Raw, id: Option<u64>, what: &str) {
+    match raw.recv() {
+        Some(ServerMessage::Error(e)) => {
+            assert_eq!(
+                (e.code, e.id),
+                (ErrorCode::InvalidInput, id),
+                "{what}: {e:?}"
+            );
+            assert!(e.message.contains(what), "{what}: {}", e.message);
+        }
+        other => panic!("{what}: expected invalid_input, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_hello_claiming_a_reserved_robot_type_is_refused() {
+    let d = Daemon::start(&[]);
+    let mut raw = d.connect();
+    for reserved in [shm_layout::OTHER_LABEL, "unknown"] {
+        raw.send_bytes(&hello(reserved, Some("7")));
+        refused(&mut raw, None, "is reserved");
+    }
+    // Compared exactly: another case is another robot type.
+    raw.send_bytes(&hello("Other", None));
+    serves(&mut raw, 1, "after the hellos");
+    let s = d.snapshot();
+    let m = s.header.active_model.unwrap();
+    assert_eq!(s.requests(m, robot_index(&s, "Other"), Status::Ok), 1);
+    // No named slot took a reserved label: `other` stays the overflow bucket alone.
+    let named = shm_layout::layout::ROBOT_TYPES - 1;
+    let taken: Vec<&str> = (0..named).filter_map(|r| s.robot_type_label(r)).collect();
+    assert!(!taken.contains(&shm_layout::OTHER_LABEL), "{taken:?}");
+    assert_eq!(
+        taken.iter().filter(|&&t| t == "unknown").count(),
+        1,
+        "{taken:?}"
+    );
+    assert_eq!(count(&s, Status::InvalidInput), 2);
+}
+
+#[test]
+fn a_hello_forging_a_log_line_is_refused_and_every_log_line_is_one_record() {
+    // At debug level under journald, where a line starting `<0>` is an emergency.
+    let mut d = Daemon::start_with_env(&[], &[("JOURNAL_STREAM", "8:12345")]);
+    let mut raw = d.connect();
+    let forged = "x\n<0>FAKE";
+    raw.send_bytes(&hello(forged, None));
+    refused(&mut raw, None, "control character U+000A");
+    raw.send_bytes(&hello("anymal_c", Some(forged)));
+    refused(&mut raw, None, "robot_id");
+    for bad in [
+        "tab\there",
+        "nul\0",
+        "del\u{7f}",
+        "nel\u{85}",
+        "esc\u{1b}[2J",
+    ] {
+        raw.send_bytes(&hello(bad, None));
+        refused(&mut raw, None, "control character");
+    }
+    // An id-carrying hello gets its refusal back under that id.
+    raw.send_bytes(&frame(vec![
+        ("type", "hello".into()),
+        ("id", 41u64.into()),
+        ("robot_type", "evil\r\n<0>FAKE".into()),
+    ]));
+    refused(&mut raw, Some(41), "control character U+000D");
+    // The rule allows every printable character, non-ASCII and spaces too.
+    raw.send_bytes(&hello("ロボット 犬", Some("unit 7")));
+    serves(&mut raw, 1, "after the hellos");
+    let s = d.snapshot();
+    let m = s.header.active_model.unwrap();
+    assert_eq!(s.requests(m, robot_index(&s, "ロボット 犬"), Status::Ok), 1);
+    drop(raw);
+    d.wait_until("the connection is closed", |s| s.gauges.connections == 0);
+    let log = d.log();
+    assert!(log.contains("FAKE"), "the refusals were logged:\n{log}");
+    for line in log.lines() {
+        let priority = line
+            .strip_prefix('<')
+            .and_then(|l| l.split_once('>'))
+            .map(|(p, _)| p);
+        assert!(
+            matches!(priority, Some("3" | "4" | "6" | "7")),
+            "a line of the log is not one of inferd's records: {line:?}\n{log}"
+        );
+    }
 }
 
 /// The resident size of a process, bytes.

@@ -1,11 +1,11 @@
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
-use inferd::Config;
+use inferd::{Config, MlpPolicy};
 use shm_layout::{SegmentReader, State};
 
-use crate::common::{assert_close, demo_actions, Daemon, PATIENCE};
+use crate::common::{assert_close, demo_actions, write_policy, Daemon, PATIENCE};
 
 fn inferctl(d: &Daemon, args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_inferctl"))
@@ -218,4 +218,52 @@ fn inferd_with_no_arguments_serves_the_demo_policy() {
     let actions: Vec<f32> = serde_json::from_value(json(&out)["actions"].clone()).unwrap();
     assert_close(&actions, &demo_actions(&[0.0; 48]), "demo on zeros");
     assert!(exited.success());
+}
+
+#[test]
+fn a_model_named_other_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in inferd::protocol::RESERVED_LABELS {
+        let mut policy = MlpPolicy::demo();
+        policy.name = name.into();
+        let model = write_policy(dir.path(), &policy);
+        let segment = crate::common::unique("inferd-reserved");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_inferd"))
+            .args([
+                "--model",
+                &model,
+                "--backend",
+                "cpu",
+                "--segment-name",
+                &segment,
+            ])
+            .arg("--socket")
+            .arg(dir.path().join("s.sock"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A daemon that takes the model serves until told otherwise: do not wait for ever.
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if start.elapsed() > PATIENCE {
+                child.kill().unwrap();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let out = child.wait_with_output().unwrap();
+        let _ = std::fs::remove_file(std::path::Path::new("/dev/shm").join(&segment));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "a model named {name:?} was served: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("model's name {name:?} is reserved")),
+            "{stderr}"
+        );
+    }
 }

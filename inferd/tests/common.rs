@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use inferd::protocol::{ClientMessage, InferRequest, ServerMessage, Tensor};
+use inferd::MlpPolicy;
 use shm_layout::{SegmentReader, Snapshot, State, Status};
 
 /// Generous: the CI box has two loaded cores.
@@ -35,6 +36,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts inferd with `args` plus its own socket and segment, and waits until it is ready.
     pub fn start(args: &[&str]) -> Daemon {
+        Daemon::start_with_env(args, &[])
+    }
+
+    /// [`Daemon::start`] with these environment variables set too.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("inferd.sock");
         let name = unique("inferd-e2e");
@@ -52,6 +58,7 @@ impl Daemon {
                 "debug",
             ])
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -274,4 +281,11 @@ pub fn obs_for(robot: usize, seq: usize) -> Vec<f32> {
     (0..48)
         .map(|i| ((robot * 31 + seq * 7 + i) % 17) as f32 / 8.0 - 1.0 + robot as f32 * 0.01)
         .collect()
+}
+
+/// Writes `policy` into `dir` and returns the file's path, as a flag value.
+pub fn write_policy(dir: &Path, policy: &MlpPolicy) -> String {
+    let path = dir.join(format!("{}.safetensors", policy.name));
+    std::fs::write(&path, policy.to_safetensors().unwrap()).unwrap();
+    path.to_str().unwrap().to_owned()
 }

@@ -169,3 +169,19 @@ fn the_error_code_table_lists_exactly_the_codes() {
         inferd::protocol::PROTOCOL_VERSION
     )));
 }
+
+#[test]
+fn the_reserved_label_values_are_the_documented_ones() {
+    let hello = DOC
+        .split("2. **Hello**")
+        .nth(1)
+        .and_then(|s| s.split("3. **Requests.**").next())
+        .expect("the hello's part of the conversation");
+    for label in inferd::protocol::RESERVED_LABELS {
+        assert!(
+            hello.contains(&format!("`{label}` (")),
+            "the hello does not name the reserved value {label:?}"
+        );
+    }
+    assert!(inferd::protocol::RESERVED_LABELS.contains(&shm_layout::OTHER_LABEL));
+}

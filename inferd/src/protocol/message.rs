@@ -15,6 +15,45 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The longest robot type accepted in a hello: the segment's label width.
 pub const MAX_ROBOT_TYPE_BYTES: usize = shm_layout::layout::ROBOT_TYPE_BYTES;
 
+/// The longest robot id accepted in a hello: the robot type's limit, so that one rule covers
+/// both of a hello's strings.
+pub const MAX_ROBOT_ID_BYTES: usize = MAX_ROBOT_TYPE_BYTES;
+
+/// Label values that the metrics give a meaning of their own, so that neither a hello's
+/// `robot_type` nor a model's name may claim one: `other` is the overflow bucket of both
+/// dimensions (shm-layout's `OTHER_LABEL`, whose slot the exporter would otherwise have to
+/// rename), and `unknown` is the robot type of connections that sent no hello. The one list
+/// both checks read, and the one `docs/protocol.md` names.
+pub const RESERVED_LABELS: [&str; 2] =
+    [shm_layout::OTHER_LABEL, crate::metrics::UNKNOWN_ROBOT_TYPE];
+
+/// Whether `value` is one of the [`RESERVED_LABELS`]; compared exactly, as Prometheus
+/// compares label values.
+pub fn is_reserved_label(value: &str) -> bool {
+    RESERVED_LABELS.contains(&value)
+}
+
+/// Checks one of a hello's strings: 1 to `max` bytes of UTF-8 without control characters
+/// (Unicode `Cc`: U+0000 to U+001F and U+007F to U+009F). Control characters are refused
+/// because these strings reach logs, where a newline would let a client start a line of its
+/// own (journald reads a leading `<N>` as its priority), and metric labels.
+fn check_hello_text(key: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.is_empty() || value.len() > max {
+        return Err(format!(
+            "{key} must be 1 to {max} bytes without control characters, got {} bytes",
+            value.len()
+        ));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{key} {value:?} holds the control character U+{:04X}; control characters \
+             (U+0000 to U+001F, U+007F to U+009F) are not allowed",
+            u32::from(c)
+        ));
+    }
+    Ok(())
+}
+
 /// Who the model is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModelDescription {
@@ -72,9 +111,11 @@ pub struct Metadata {
 /// A client's introduction; optional, and sent before its requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
-    /// The robot's type, e.g. `anymal_c`: the label its requests are counted under.
+    /// The robot's type, e.g. `anymal_c`: the label its requests are counted under. 1 to
+    /// [`MAX_ROBOT_TYPE_BYTES`] bytes, no control characters, none of [`RESERVED_LABELS`].
     pub robot_type: String,
-    /// This robot's identity, for logs.
+    /// This robot's identity, for logs; optional. 1 to [`MAX_ROBOT_ID_BYTES`] bytes, no
+    /// control characters.
     pub robot_id: Option<String>,
 }
 
@@ -315,16 +356,21 @@ impl ClientMessage {
 
 fn decode_hello(map: &MapRef<'_, '_>) -> Result<Hello, String> {
     let robot_type = text(map, "robot_type")?;
-    if robot_type.is_empty() || robot_type.len() > MAX_ROBOT_TYPE_BYTES || robot_type.contains('\0')
-    {
+    check_hello_text("robot_type", robot_type, MAX_ROBOT_TYPE_BYTES)?;
+    if is_reserved_label(robot_type) {
         return Err(format!(
-            "robot_type must be 1 to {MAX_ROBOT_TYPE_BYTES} bytes without NUL, got {} bytes",
-            robot_type.len()
+            "robot_type {robot_type:?} is reserved: {} are labels the metrics give a meaning \
+             of their own",
+            reserved_list()
         ));
     }
     let robot_id = match optional(map, "robot_id") {
         None => None,
-        Some(ValueRef::String(s)) => Some(s.as_str().ok_or("robot_id is not UTF-8")?.to_owned()),
+        Some(ValueRef::String(s)) => {
+            let id = s.as_str().ok_or("robot_id is not UTF-8")?;
+            check_hello_text("robot_id", id, MAX_ROBOT_ID_BYTES)?;
+            Some(id.to_owned())
+        }
         Some(ValueRef::Integer(n)) => Some(n.to_string()),
         Some(_) => return Err("robot_id must be a string or an integer".into()),
     };
@@ -332,6 +378,12 @@ fn decode_hello(map: &MapRef<'_, '_>) -> Result<Hello, String> {
         robot_type: robot_type.to_owned(),
         robot_id,
     })
+}
+
+/// The reserved labels as prose: `"other" and "unknown"`.
+pub(crate) fn reserved_list() -> String {
+    let quoted: Vec<String> = RESERVED_LABELS.iter().map(|l| format!("{l:?}")).collect();
+    quoted.join(" and ")
 }
 
 fn decode_infer(map: &MapRef<'_, '_>) -> Result<InferRequest, String> {
@@ -713,6 +765,76 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    fn hello_with(robot_type: &'static str, robot_id: Option<&'static str>) -> ValueRef<'static> {
+        let mut fields = vec![("type", "hello".into()), ("robot_type", robot_type.into())];
+        if let Some(id) = robot_id {
+            fields.push(("robot_id", id.into()));
+        }
+        obj(fields)
+    }
+
+    #[test]
+    fn a_hello_claiming_a_reserved_robot_type_is_refused() {
+        assert!(RESERVED_LABELS.contains(&shm_layout::OTHER_LABEL));
+        for reserved in RESERVED_LABELS {
+            let (id, msg) =
+                invalid(ClientMessage::decode(&hello_with(reserved, None)).unwrap_err());
+            assert_eq!(id, None);
+            assert!(msg.contains(&format!("{reserved:?} is reserved")), "{msg}");
+        }
+        // Exactly these values: near misses are ordinary robot types.
+        for fine in ["Other", "others", " other", "unknown_robot"] {
+            assert!(
+                ClientMessage::decode(&hello_with(fine, None)).is_ok(),
+                "{fine}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hello_with_a_control_character_is_refused() {
+        for bad in [
+            "x\n<0>FAKE",
+            "cr\r",
+            "tab\t",
+            "nul\0",
+            "del\u{7f}",
+            "nel\u{85}",
+            "\u{1b}[2J",
+        ] {
+            let (_, msg) = invalid(ClientMessage::decode(&hello_with(bad, None)).unwrap_err());
+            assert!(
+                msg.starts_with("robot_type ") && msg.contains("control character"),
+                "{msg}"
+            );
+            assert!(
+                !msg.contains('\n') && !msg.contains('\r'),
+                "the refusal echoes it raw: {msg}"
+            );
+            let (_, msg) =
+                invalid(ClientMessage::decode(&hello_with("go2", Some(bad))).unwrap_err());
+            assert!(
+                msg.starts_with("robot_id ") && msg.contains("control character"),
+                "{msg}"
+            );
+        }
+        let long: &'static str = "r".repeat(MAX_ROBOT_ID_BYTES + 1).leak();
+        let (_, msg) = invalid(ClientMessage::decode(&hello_with("go2", Some(long))).unwrap_err());
+        assert!(msg.contains("robot_id must be 1 to"), "{msg}");
+        let (_, msg) = invalid(ClientMessage::decode(&hello_with("go2", Some(""))).unwrap_err());
+        assert!(msg.contains("robot_id must be 1 to"), "{msg}");
+        // Printable text of any script, with spaces, is fine, up to the limit in bytes.
+        let widest: &'static str = "é".repeat(MAX_ROBOT_TYPE_BYTES / 2).leak();
+        for fine in ["ロボット 犬", "anymal c", widest] {
+            assert!(
+                ClientMessage::decode(&hello_with(fine, Some(fine))).is_ok(),
+                "{fine}"
+            );
+        }
+        let over: &'static str = "é".repeat(MAX_ROBOT_TYPE_BYTES / 2 + 1).leak();
+        assert!(ClientMessage::decode(&hello_with(over, None)).is_err());
     }
 
     #[test]
