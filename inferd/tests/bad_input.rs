@@ -244,6 +244,22 @@ fn a_request_after_sigterm_is_answered_shutting_down() {
     assert!(d.wait_exit().success());
 }
 
+#[test]
+fn deadline_us_zero_means_no_deadline_not_one_already_passed() {
+    let d = Daemon::start(&[]);
+    let mut raw = d.connect();
+    let obs: Vec<f32> = (0..48).map(|i| i as f32 / 48.0).collect();
+    raw.infer(1, obs.clone(), Some(0));
+    match raw.recv() {
+        Some(ServerMessage::Result(r)) => {
+            assert_eq!(r.id, 1);
+            assert_close(&r.outputs[0].1.data, &demo_actions(&obs), "deadline_us 0");
+        }
+        other => panic!("expected a result, got {other:?}"),
+    }
+    assert_eq!(count(&d.snapshot(), Status::DeadlineExceeded), 0);
+}
+
 fn hello(robot_type: &str, robot_id: Option<&str>) -> Vec<u8> {
     ClientMessage::Hello(inferd::protocol::Hello {
         robot_type: robot_type.into(),

@@ -127,7 +127,8 @@ pub struct InferRequest {
     /// Input tensors by name.
     pub inputs: Vec<(String, Tensor)>,
     /// Budget in microseconds from the server's receipt of the frame; past it, the request
-    /// is answered `deadline_exceeded` instead of being computed.
+    /// is answered `deadline_exceeded` instead of being computed. `None` for no deadline; a
+    /// `deadline_us` of 0 on the wire decodes as `None` too.
     pub deadline_us: Option<u64>,
 }
 
@@ -389,12 +390,15 @@ pub(crate) fn reserved_list() -> String {
 fn decode_infer(map: &MapRef<'_, '_>) -> Result<InferRequest, String> {
     let id = uint(map, "id")?;
     let inputs = decode_tensors(field(map, "inputs")?, "input")?;
+    // 0 is no deadline, as nil is: clients whose structs default every field to 0 (protobuf
+    // style) would otherwise have every request refused as already late.
     let deadline_us = match optional(map, "deadline_us") {
         None => None,
         Some(v) => Some(
             v.as_u64()
                 .ok_or("deadline_us must be a non-negative integer")?,
-        ),
+        )
+        .filter(|&us| us != 0),
     };
     Ok(InferRequest {
         id,
@@ -835,6 +839,25 @@ mod tests {
         }
         let over: &'static str = "é".repeat(MAX_ROBOT_TYPE_BYTES / 2 + 1).leak();
         assert!(ClientMessage::decode(&hello_with(over, None)).is_err());
+    }
+
+    #[test]
+    fn deadline_us_zero_decodes_as_no_deadline() {
+        let bytes = obs(2).data_bytes();
+        let t = obs(2);
+        for (deadline, want) in [(0u64, None), (1, Some(1)), (5_000, Some(5_000))] {
+            let m = ClientMessage::decode(&obj(vec![
+                ("type", "infer".into()),
+                ("id", 1u64.into()),
+                ("inputs", obj(vec![("obs", t.to_value(&bytes))])),
+                ("deadline_us", deadline.into()),
+            ]))
+            .unwrap();
+            let ClientMessage::Infer(r) = m else {
+                panic!("not an infer: {m:?}")
+            };
+            assert_eq!(r.deadline_us, want, "deadline_us {deadline}");
+        }
     }
 
     #[test]
