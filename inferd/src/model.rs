@@ -118,6 +118,7 @@ fn metadata(config: &Config, meta: &ModelMetadata, safety: &SafetyFilter) -> Met
         }),
         max_frame_bytes: config.max_frame_bytes as u64,
         max_in_flight: config.max_in_flight as u64,
+        max_batch_size: config.max_batch_size as u64,
     }
 }
 

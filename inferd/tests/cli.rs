@@ -2,10 +2,11 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
+use inferd::protocol::{ErrorCode, ServerMessage, Tensor};
 use inferd::{Config, MlpPolicy};
 use shm_layout::{SegmentReader, State};
 
-use crate::common::{assert_close, demo_actions, write_policy, Daemon, PATIENCE};
+use crate::common::{assert_close, demo_actions, infer, write_policy, Daemon, Raw, PATIENCE};
 
 fn inferctl(d: &Daemon, args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_inferctl"))
@@ -265,5 +266,32 @@ fn a_model_named_other_is_refused_at_load() {
             stderr.contains(&format!("model's name {name:?} is reserved")),
             "{stderr}"
         );
+    }
+}
+
+#[test]
+fn the_metadata_gives_max_batch_size_and_a_larger_batch_is_refused() {
+    let d = Daemon::start(&["--max-batch-size", "7"]);
+    let info = json(&inferctl(&d, &["info", "--json"]));
+    assert_eq!(info["max_batch_size"], 7);
+    let text = String::from_utf8(inferctl(&d, &["info"]).stdout).unwrap();
+    assert!(text.contains("batches of up to 7 observations"), "{text}");
+
+    // The metadata type `inferd::Client` gives its users.
+    let mut raw = Raw::connect_bare(&d.socket);
+    match raw.recv() {
+        Some(ServerMessage::Metadata(m)) => assert_eq!(m.max_batch_size, 7),
+        other => panic!("expected the metadata, got {other:?}"),
+    }
+    let batch = |n: usize| Tensor::new(vec![n, 48], vec![0.25; n * 48]).unwrap();
+    raw.send(&infer(1, batch(7), None));
+    assert!(matches!(raw.recv(), Some(ServerMessage::Result(r)) if r.id == 1));
+    raw.send(&infer(2, batch(8), None));
+    match raw.recv() {
+        Some(ServerMessage::Error(e)) => {
+            assert_eq!((e.id, e.code), (Some(2), ErrorCode::InvalidInput));
+            assert!(e.message.contains("1 <= n <= 7"), "{}", e.message);
+        }
+        other => panic!("expected invalid_input, got {other:?}"),
     }
 }

@@ -170,6 +170,41 @@ fn the_error_code_table_lists_exactly_the_codes() {
     )));
 }
 
+fn frame_json(frame: &[u8]) -> Json {
+    to_json(&rmpv::decode::read_value(&mut &frame[..]).unwrap())
+}
+
+/// The rows of the table under `heading` (up to the next heading): each row's first cell's
+/// names, backticks removed (`` `inputs`, `outputs` `` gives both).
+fn table_names(heading: &str) -> Vec<String> {
+    let section = DOC
+        .split(heading)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {heading:?} section"));
+    let section = section.split("\n## ").next().unwrap_or_default();
+    let mut names: Vec<String> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split(" |").next())
+        .flat_map(|cell| cell.split(", "))
+        .map(|n| n.trim_matches('`').to_owned())
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+#[test]
+fn the_metadata_table_lists_exactly_the_fields_the_server_sends() {
+    let frame = inferd::demo_metadata_frame().unwrap();
+    let Json::Object(fields) = frame_json(&frame[4..]) else {
+        panic!("the metadata is not a map")
+    };
+    let mut sent: Vec<String> = fields.keys().filter(|k| *k != "type").cloned().collect();
+    sent.sort_unstable();
+    assert_eq!(table_names("## Metadata"), sent);
+    assert!(sent.contains(&"max_batch_size".to_owned()));
+}
+
 #[test]
 fn the_reserved_label_values_are_the_documented_ones() {
     let hello = DOC

@@ -160,3 +160,13 @@ def test_export_policy_cli_converts_an_rsl_rl_state_dict(start_inferd, tmp_path)
     with InferdClient(d.socket) as client:
         assert client.metadata["model"]["name"] == "rsl"
         np.testing.assert_allclose(client.infer(obs), want, rtol=1e-5, atol=1e-6)
+
+
+def test_metadata_gives_max_batch_size(start_inferd):
+    d = start_inferd("--max-batch-size", "5")
+    with InferdClient(d.socket) as client:
+        assert client.metadata["max_batch_size"] == 5
+        assert client.infer(np.zeros((5, 48), np.float32)).shape == (5, 12)
+        with pytest.raises(InferdError) as e:
+            client.infer(np.zeros((6, 48), np.float32))
+        assert e.value.code == "invalid_input"

@@ -126,8 +126,8 @@ async fn main() -> anyhow::Result<()> {
                     None => println!("limits    none"),
                 }
                 println!(
-                    "frames    up to {} bytes, {} in flight per connection",
-                    m.max_frame_bytes, m.max_in_flight
+                    "frames    up to {} bytes, {} in flight per connection, batches of up to {} observations",
+                    m.max_frame_bytes, m.max_in_flight, m.max_batch_size
                 );
             }
         }
@@ -231,5 +231,6 @@ fn metadata_json(m: &inferd::protocol::Metadata) -> serde_json::Value {
         "action_limits": m.action_limits.as_ref().map(|l| serde_json::json!({"low": l.low, "high": l.high})),
         "max_frame_bytes": m.max_frame_bytes,
         "max_in_flight": m.max_in_flight,
+        "max_batch_size": m.max_batch_size,
     })
 }

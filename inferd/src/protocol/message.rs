@@ -106,6 +106,9 @@ pub struct Metadata {
     pub max_frame_bytes: u64,
     /// How many requests one connection may have in flight.
     pub max_in_flight: u64,
+    /// The most observations one request may carry (`n` of an `[n, width]` batch), and one
+    /// batch may compute.
+    pub max_batch_size: u64,
 }
 
 /// A client's introduction; optional, and sent before its requests.
@@ -489,6 +492,7 @@ fn encode_metadata(m: &Metadata) -> Vec<u8> {
         ("action_limits", limits),
         ("max_frame_bytes", ValueRef::from(m.max_frame_bytes)),
         ("max_in_flight", ValueRef::from(m.max_in_flight)),
+        ("max_batch_size", ValueRef::from(m.max_batch_size)),
     ]))
 }
 
@@ -586,6 +590,7 @@ fn decode_metadata(map: &MapRef<'_, '_>) -> Result<Metadata, String> {
         action_limits,
         max_frame_bytes: uint(map, "max_frame_bytes")?,
         max_in_flight: uint(map, "max_in_flight")?,
+        max_batch_size: uint(map, "max_batch_size")?,
     })
 }
 
@@ -649,6 +654,7 @@ mod tests {
             }),
             max_frame_bytes: 1 << 20,
             max_in_flight: 64,
+            max_batch_size: 32,
         });
         assert_eq!(server_round_trip(&metadata), metadata);
         let result = ServerMessage::Result(InferResult {
