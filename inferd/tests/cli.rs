@@ -270,6 +270,31 @@ fn a_model_named_other_is_refused_at_load() {
 }
 
 #[test]
+fn inferctl_into_a_closed_pipe_exits_quietly_without_a_panic() {
+    let d = Daemon::start(&[]);
+    for args in [&["info"][..], &["info", "--json"], &["infer"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_inferctl"))
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader leaves before inferctl has connected, as `head -n 1` may.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "inferctl {args:?} exited {:?}: {stderr}",
+            out.status
+        );
+        assert!(stderr.is_empty(), "inferctl {args:?} said: {stderr}");
+    }
+}
+
+#[test]
 fn the_metadata_gives_max_batch_size_and_a_larger_batch_is_refused() {
     let d = Daemon::start(&["--max-batch-size", "7"]);
     let info = json(&inferctl(&d, &["info", "--json"]));
