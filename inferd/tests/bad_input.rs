@@ -1,10 +1,15 @@
+use std::collections::HashMap;
 use std::net::Shutdown;
+use std::time::Duration;
 
 use inferd::protocol::{ClientMessage, ErrorCode, InferRequest, ServerMessage, Tensor};
 use rmpv::ValueRef;
 use shm_layout::{State, Status};
 
-use crate::common::{assert_close, count, demo_actions, infer, robot_index, Daemon, Raw};
+use crate::common::{
+    assert_close, count, demo_actions, id_of, infer, robot_index, slow_policy, slow_request,
+    slow_requests, status_of, write_policy, Daemon, Raw, SLOW_ROWS,
+};
 
 /// What a bad input must get.
 #[derive(Debug)]
@@ -220,26 +225,48 @@ fn each_bad_input_gets_its_code_and_the_next_robot_is_served() {
 
 #[test]
 fn a_request_after_sigterm_is_answered_shutting_down() {
-    let mut d = Daemon::start(&["--max-queue-delay-us", "3000000"]);
+    // Seconds of work queued on one worker keep the drain going while the robot sends more.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = slow_policy("slow", 1.0);
+    let model = write_policy(dir.path(), &policy);
+    let n = slow_requests(&policy, Duration::from_secs(2), 60);
+    let rows = SLOW_ROWS.to_string();
+    let mut d = Daemon::start(&[
+        "--model",
+        &model,
+        "--backend",
+        "cpu",
+        "--workers",
+        "1",
+        "--max-batch-size",
+        &rows,
+    ]);
     let mut raw = d.connect();
-    let obs = vec![0.1f32; 48];
-    raw.infer(1, obs.clone(), None);
-    d.wait_until("the request is queued", |s| s.gauges.in_flight == 1);
+    for id in 0..n as u64 {
+        raw.send(&slow_request(id, &[0.1; 48]));
+    }
+    d.wait_until("the requests are queued", |s| {
+        s.gauges.in_flight == n as i64
+    });
     d.signal(libc::SIGTERM);
     d.wait_until("draining", |s| s.header.state == State::Draining);
-    raw.infer(2, obs.clone(), None);
-    match raw.recv() {
-        Some(ServerMessage::Error(e)) => {
-            assert_eq!((e.id, e.code), (Some(2), ErrorCode::ShuttingDown))
-        }
-        other => panic!("expected shutting_down, got {other:?}"),
-    }
+    raw.infer(1000, vec![0.1; 48], None);
     // New connections are no longer accepted.
     assert!(std::os::unix::net::UnixStream::connect(&d.socket).is_err());
-    // The request queued before the signal still completes.
-    match raw.recv() {
-        Some(ServerMessage::Result(r)) => assert_eq!(r.id, 1),
-        other => panic!("expected the queued result, got {other:?}"),
+    // The late request is refused; the ones queued before the signal still complete.
+    let answers: HashMap<u64, Status> = (0..=n)
+        .map(|_| {
+            let answer = raw.recv().expect("an answer");
+            (id_of(&answer).expect("an id"), status_of(&answer))
+        })
+        .collect();
+    assert_eq!(
+        answers.get(&1000),
+        Some(&Status::ShuttingDown),
+        "{answers:?}"
+    );
+    for id in 0..n as u64 {
+        assert_eq!(answers.get(&id), Some(&Status::Ok), "{id}: {answers:?}");
     }
     assert!(d.wait_exit().success());
 }

@@ -127,6 +127,7 @@ impl Scheduler {
                 jobs_rx.clone(),
                 stop_rx.clone(),
                 abandon_rx.clone(),
+                crate::signals::drain_started(),
                 shared.metrics.claim_worker_shard()?,
             );
             let handle = std::thread::Builder::new()
