@@ -80,29 +80,49 @@ class InferdError(Exception):
         self.request_id = request_id
 
 
+def _naming_path(error, path):
+    """``error`` again, of the same OSError subclass (so that ``except FileNotFoundError`` and
+    ``except ConnectionRefusedError`` still catch it), with a message that names the socket."""
+    reason = error.strerror or str(error) or type(error).__name__
+    message = f"cannot connect to inferd at {path}: {reason}"
+    try:
+        if error.errno is not None:
+            return type(error)(error.errno, message)
+        return type(error)(message)
+    except TypeError:  # a subclass with another constructor: keep the original
+        return error
+
+
 class InferdClient:
     """One connection to inferd. Not thread-safe: use one client per thread."""
 
     def __init__(self, path=None, robot_type=None, robot_id=None, timeout_seconds=10.0):
+        self.path = path or default_socket_path()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout_seconds)
-        self._sock.connect(path or default_socket_path())
-        self._next_id = 0
-        first = self.recv()
-        if first.get("type") == "error":
-            self.close()
-            error = first["error"]
-            raise InferdError(error["code"], error["message"])
-        if first.get("type") != "metadata":
-            self.close()
-            raise InferdError("protocol_error", f"expected metadata first, got {first.get('type')!r}")
-        self.metadata = first
-        self.input_name = first["inputs"][0]["name"]
-        if robot_type is not None:
-            hello = {"type": "hello", "robot_type": robot_type}
-            if robot_id is not None:
-                hello["robot_id"] = str(robot_id)
-            self.send(hello)
+        # Whatever fails before the client is returned closes the socket: no caller holds it.
+        try:
+            self._sock.settimeout(timeout_seconds)
+            try:
+                self._sock.connect(self.path)
+            except OSError as e:
+                raise _naming_path(e, self.path) from e
+            self._next_id = 0
+            first = self.recv()
+            if first.get("type") == "error":
+                error = first["error"]
+                raise InferdError(error["code"], error["message"])
+            if first.get("type") != "metadata":
+                raise InferdError("protocol_error", f"expected metadata first, got {first.get('type')!r}")
+            self.metadata = first
+            self.input_name = first["inputs"][0]["name"]
+            if robot_type is not None:
+                hello = {"type": "hello", "robot_type": robot_type}
+                if robot_id is not None:
+                    hello["robot_id"] = str(robot_id)
+                self.send(hello)
+        except BaseException:
+            self._sock.close()
+            raise
 
     def __enter__(self):
         return self

@@ -125,7 +125,8 @@ fn read_message(stream: &mut UnixStream) -> ServerMessage {
 
 /// Sends requests of four known outcomes and returns what the client counted:
 /// `ok` (valid observations, one at a time), `invalid_input` (a wrong shape),
-/// `deadline_exceeded` (a deadline of 0 µs, always past once a worker picks the request up)
+/// `deadline_exceeded` (a deadline of 1 µs, past once a worker picks the request up: reading,
+/// checking and queueing it, and waking the worker, take longer; 0 would mean no deadline)
 /// and `overloaded` (a burst pipelined past the in-flight limit: its first requests are taken,
 /// the rest refused at once; how many of each is up to timing, and the client counts both).
 fn traffic(inferd: &Inferd) -> Tally {
@@ -145,7 +146,7 @@ fn traffic(inferd: &Inferd) -> Tally {
     }
     for _ in 0..7 {
         assert_eq!(
-            robot.one(vec![0.0; width], Some(0)),
+            robot.one(vec![0.0; width], Some(1)),
             Status::DeadlineExceeded
         );
     }

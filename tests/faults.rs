@@ -665,8 +665,8 @@ fn kill_9_exporter_under_load() {
 
 #[test]
 fn sigterm_under_load_answers_every_accepted_request() {
-    // Batches wait up to 20 ms to fill, so that the drain lasts long enough for requests to
-    // arrive during it.
+    // Batches wait up to 20 ms to fill, so that requests are in flight when SIGTERM comes. The
+    // drain runs them at once; the robots' next requests, sent while it lasts, are refused.
     let mut d = Inferd::start(&["--max-queue-delay-us", "20000"]);
     let load = Load::start(&d.socket, "term", 6, 16);
     wait_for("the load to be counted", || {

@@ -9,8 +9,8 @@ use crate::backend::{Backend, ModelMetadata, ModelSource};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::{
-    ActionLimits, Metadata, ModelDescription, ServerMessage, TensorSpec, DTYPE_F32,
-    PROTOCOL_VERSION,
+    is_reserved_label, reserved_list, ActionLimits, Metadata, ModelDescription, ServerMessage,
+    TensorSpec, DTYPE_F32, PROTOCOL_VERSION,
 };
 use crate::safety::SafetyFilter;
 use crate::{Error, Result};
@@ -50,6 +50,16 @@ impl LoadedModel {
             path: source_path(&source),
             reason,
         };
+        // Checked here, after any backend's load, so that every format's name (the built-in
+        // format's metadata, TorchScript's extra files) and every reload meets the same rule.
+        if is_reserved_label(&meta.name) {
+            return Err(model_error(format!(
+                "the model's name {:?} is reserved: {} are labels the metrics give a meaning of \
+                 their own; give the model another name in its file's metadata",
+                meta.name,
+                reserved_list()
+            )));
+        }
         let limits = config
             .action_limits(meta.output_size)
             .or_else(|| meta.action_limits.clone());
@@ -108,6 +118,7 @@ fn metadata(config: &Config, meta: &ModelMetadata, safety: &SafetyFilter) -> Met
         }),
         max_frame_bytes: config.max_frame_bytes as u64,
         max_in_flight: config.max_in_flight as u64,
+        max_batch_size: config.max_batch_size as u64,
     }
 }
 
@@ -185,8 +196,9 @@ impl ModelStore {
 
 fn log_loaded(model: &LoadedModel, config: &Config) {
     let m = model.metadata();
+    // Names come from the model file, which may come from anywhere: quoted and escaped.
     log::info!(
-        "serving model {} version {} from {} on {}/{}: {}[{}] -> {}[{}], action limits {}",
+        "serving model {:?} version {:?} from {} on {}/{}: {:?}[{}] -> {:?}[{}], action limits {}",
         m.name,
         m.version,
         config.model_source(),

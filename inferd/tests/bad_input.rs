@@ -1,10 +1,15 @@
+use std::collections::HashMap;
 use std::net::Shutdown;
+use std::time::Duration;
 
 use inferd::protocol::{ClientMessage, ErrorCode, InferRequest, ServerMessage, Tensor};
 use rmpv::ValueRef;
 use shm_layout::{State, Status};
 
-use crate::common::{assert_close, count, demo_actions, infer, Daemon, Raw};
+use crate::common::{
+    assert_close, count, demo_actions, id_of, infer, robot_index, slow_policy, slow_request,
+    slow_requests, status_of, write_policy, Daemon, Raw, SLOW_ROWS,
+};
 
 /// What a bad input must get.
 #[derive(Debug)]
@@ -220,28 +225,164 @@ fn each_bad_input_gets_its_code_and_the_next_robot_is_served() {
 
 #[test]
 fn a_request_after_sigterm_is_answered_shutting_down() {
-    let mut d = Daemon::start(&["--max-queue-delay-us", "3000000"]);
+    // Seconds of work queued on one worker keep the drain going while the robot sends more.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = slow_policy("slow", 1.0);
+    let model = write_policy(dir.path(), &policy);
+    let n = slow_requests(&policy, Duration::from_secs(2), 60);
+    let rows = SLOW_ROWS.to_string();
+    let mut d = Daemon::start(&[
+        "--model",
+        &model,
+        "--backend",
+        "cpu",
+        "--workers",
+        "1",
+        "--max-batch-size",
+        &rows,
+    ]);
     let mut raw = d.connect();
-    let obs = vec![0.1f32; 48];
-    raw.infer(1, obs.clone(), None);
-    d.wait_until("the request is queued", |s| s.gauges.in_flight == 1);
+    for id in 0..n as u64 {
+        raw.send(&slow_request(id, &[0.1; 48]));
+    }
+    d.wait_until("the requests are queued", |s| {
+        s.gauges.in_flight == n as i64
+    });
     d.signal(libc::SIGTERM);
     d.wait_until("draining", |s| s.header.state == State::Draining);
-    raw.infer(2, obs.clone(), None);
-    match raw.recv() {
-        Some(ServerMessage::Error(e)) => {
-            assert_eq!((e.id, e.code), (Some(2), ErrorCode::ShuttingDown))
-        }
-        other => panic!("expected shutting_down, got {other:?}"),
-    }
+    raw.infer(1000, vec![0.1; 48], None);
     // New connections are no longer accepted.
     assert!(std::os::unix::net::UnixStream::connect(&d.socket).is_err());
-    // The request queued before the signal still completes.
-    match raw.recv() {
-        Some(ServerMessage::Result(r)) => assert_eq!(r.id, 1),
-        other => panic!("expected the queued result, got {other:?}"),
+    // The late request is refused; the ones queued before the signal still complete.
+    let answers: HashMap<u64, Status> = (0..=n)
+        .map(|_| {
+            let answer = raw.recv().expect("an answer");
+            (id_of(&answer).expect("an id"), status_of(&answer))
+        })
+        .collect();
+    assert_eq!(
+        answers.get(&1000),
+        Some(&Status::ShuttingDown),
+        "{answers:?}"
+    );
+    for id in 0..n as u64 {
+        assert_eq!(answers.get(&id), Some(&Status::Ok), "{id}: {answers:?}");
     }
     assert!(d.wait_exit().success());
+}
+
+#[test]
+fn deadline_us_zero_means_no_deadline_not_one_already_passed() {
+    let d = Daemon::start(&[]);
+    let mut raw = d.connect();
+    let obs: Vec<f32> = (0..48).map(|i| i as f32 / 48.0).collect();
+    raw.infer(1, obs.clone(), Some(0));
+    match raw.recv() {
+        Some(ServerMessage::Result(r)) => {
+            assert_eq!(r.id, 1);
+            assert_close(&r.outputs[0].1.data, &demo_actions(&obs), "deadline_us 0");
+        }
+        other => panic!("expected a result, got {other:?}"),
+    }
+    assert_eq!(count(&d.snapshot(), Status::DeadlineExceeded), 0);
+}
+
+fn hello(robot_type: &str, robot_id: Option<&str>) -> Vec<u8> {
+    ClientMessage::Hello(inferd::protocol::Hello {
+        robot_type: robot_type.into(),
+        robot_id: robot_id.map(str::to_owned),
+    })
+    .encode()
+}
+
+/// Expects an `invalid_input` answer with `id`, naming `what` in its message.
+fn refused(raw: &mut Raw, id: Option<u64>, what: &str) {
+    match raw.recv() {
+        Some(ServerMessage::Error(e)) => {
+            assert_eq!(
+                (e.code, e.id),
+                (ErrorCode::InvalidInput, id),
+                "{what}: {e:?}"
+            );
+            assert!(e.message.contains(what), "{what}: {}", e.message);
+        }
+        other => panic!("{what}: expected invalid_input, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_hello_claiming_a_reserved_robot_type_is_refused() {
+    let d = Daemon::start(&[]);
+    let mut raw = d.connect();
+    for reserved in [shm_layout::OTHER_LABEL, "unknown"] {
+        raw.send_bytes(&hello(reserved, Some("7")));
+        refused(&mut raw, None, "is reserved");
+    }
+    // Compared exactly: another case is another robot type.
+    raw.send_bytes(&hello("Other", None));
+    serves(&mut raw, 1, "after the hellos");
+    let s = d.snapshot();
+    let m = s.header.active_model.unwrap();
+    assert_eq!(s.requests(m, robot_index(&s, "Other"), Status::Ok), 1);
+    // No named slot took a reserved label: `other` stays the overflow bucket alone.
+    let named = shm_layout::layout::ROBOT_TYPES - 1;
+    let taken: Vec<&str> = (0..named).filter_map(|r| s.robot_type_label(r)).collect();
+    assert!(!taken.contains(&shm_layout::OTHER_LABEL), "{taken:?}");
+    assert_eq!(
+        taken.iter().filter(|&&t| t == "unknown").count(),
+        1,
+        "{taken:?}"
+    );
+    assert_eq!(count(&s, Status::InvalidInput), 2);
+}
+
+#[test]
+fn a_hello_forging_a_log_line_is_refused_and_every_log_line_is_one_record() {
+    // At debug level under journald, where a line starting `<0>` is an emergency.
+    let mut d = Daemon::start_with_env(&[], &[("JOURNAL_STREAM", "8:12345")]);
+    let mut raw = d.connect();
+    let forged = "x\n<0>FAKE";
+    raw.send_bytes(&hello(forged, None));
+    refused(&mut raw, None, "control character U+000A");
+    raw.send_bytes(&hello("anymal_c", Some(forged)));
+    refused(&mut raw, None, "robot_id");
+    for bad in [
+        "tab\there",
+        "nul\0",
+        "del\u{7f}",
+        "nel\u{85}",
+        "esc\u{1b}[2J",
+    ] {
+        raw.send_bytes(&hello(bad, None));
+        refused(&mut raw, None, "control character");
+    }
+    // An id-carrying hello gets its refusal back under that id.
+    raw.send_bytes(&frame(vec![
+        ("type", "hello".into()),
+        ("id", 41u64.into()),
+        ("robot_type", "evil\r\n<0>FAKE".into()),
+    ]));
+    refused(&mut raw, Some(41), "control character U+000D");
+    // The rule allows every printable character, non-ASCII and spaces too.
+    raw.send_bytes(&hello("ロボット 犬", Some("unit 7")));
+    serves(&mut raw, 1, "after the hellos");
+    let s = d.snapshot();
+    let m = s.header.active_model.unwrap();
+    assert_eq!(s.requests(m, robot_index(&s, "ロボット 犬"), Status::Ok), 1);
+    drop(raw);
+    d.wait_until("the connection is closed", |s| s.gauges.connections == 0);
+    let log = d.log();
+    assert!(log.contains("FAKE"), "the refusals were logged:\n{log}");
+    for line in log.lines() {
+        let priority = line
+            .strip_prefix('<')
+            .and_then(|l| l.split_once('>'))
+            .map(|(p, _)| p);
+        assert!(
+            matches!(priority, Some("3" | "4" | "6" | "7")),
+            "a line of the log is not one of inferd's records: {line:?}\n{log}"
+        );
+    }
 }
 
 /// The resident size of a process, bytes.

@@ -1,11 +1,12 @@
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
-use inferd::Config;
+use inferd::protocol::{ErrorCode, ServerMessage, Tensor};
+use inferd::{Config, MlpPolicy};
 use shm_layout::{SegmentReader, State};
 
-use crate::common::{assert_close, demo_actions, Daemon, PATIENCE};
+use crate::common::{assert_close, demo_actions, infer, write_policy, Daemon, Raw, PATIENCE};
 
 fn inferctl(d: &Daemon, args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_inferctl"))
@@ -218,4 +219,104 @@ fn inferd_with_no_arguments_serves_the_demo_policy() {
     let actions: Vec<f32> = serde_json::from_value(json(&out)["actions"].clone()).unwrap();
     assert_close(&actions, &demo_actions(&[0.0; 48]), "demo on zeros");
     assert!(exited.success());
+}
+
+#[test]
+fn a_model_named_other_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in inferd::protocol::RESERVED_LABELS {
+        let mut policy = MlpPolicy::demo();
+        policy.name = name.into();
+        let model = write_policy(dir.path(), &policy);
+        let segment = crate::common::unique("inferd-reserved");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_inferd"))
+            .args([
+                "--model",
+                &model,
+                "--backend",
+                "cpu",
+                "--segment-name",
+                &segment,
+            ])
+            .arg("--socket")
+            .arg(dir.path().join("s.sock"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A daemon that takes the model serves until told otherwise: do not wait for ever.
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if start.elapsed() > PATIENCE {
+                child.kill().unwrap();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let out = child.wait_with_output().unwrap();
+        let _ = std::fs::remove_file(std::path::Path::new("/dev/shm").join(&segment));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "a model named {name:?} was served: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("model's name {name:?} is reserved")),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn inferctl_into_a_closed_pipe_exits_quietly_without_a_panic() {
+    let d = Daemon::start(&[]);
+    for args in [&["info"][..], &["info", "--json"], &["infer"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_inferctl"))
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader leaves before inferctl has connected, as `head -n 1` may.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "inferctl {args:?} exited {:?}: {stderr}",
+            out.status
+        );
+        assert!(stderr.is_empty(), "inferctl {args:?} said: {stderr}");
+    }
+}
+
+#[test]
+fn the_metadata_gives_max_batch_size_and_a_larger_batch_is_refused() {
+    let d = Daemon::start(&["--max-batch-size", "7"]);
+    let info = json(&inferctl(&d, &["info", "--json"]));
+    assert_eq!(info["max_batch_size"], 7);
+    let text = String::from_utf8(inferctl(&d, &["info"]).stdout).unwrap();
+    assert!(text.contains("batches of up to 7 observations"), "{text}");
+
+    // The metadata type `inferd::Client` gives its users.
+    let mut raw = Raw::connect_bare(&d.socket);
+    match raw.recv() {
+        Some(ServerMessage::Metadata(m)) => assert_eq!(m.max_batch_size, 7),
+        other => panic!("expected the metadata, got {other:?}"),
+    }
+    let batch = |n: usize| Tensor::new(vec![n, 48], vec![0.25; n * 48]).unwrap();
+    raw.send(&infer(1, batch(7), None));
+    assert!(matches!(raw.recv(), Some(ServerMessage::Result(r)) if r.id == 1));
+    raw.send(&infer(2, batch(8), None));
+    match raw.recv() {
+        Some(ServerMessage::Error(e)) => {
+            assert_eq!((e.id, e.code), (Some(2), ErrorCode::InvalidInput));
+            assert!(e.message.contains("1 <= n <= 7"), "{}", e.message);
+        }
+        other => panic!("expected invalid_input, got {other:?}"),
+    }
 }

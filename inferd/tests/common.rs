@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use inferd::protocol::{ClientMessage, InferRequest, ServerMessage, Tensor};
+use inferd::{Activation, Linear, MlpPolicy};
 use shm_layout::{SegmentReader, Snapshot, State, Status};
 
 /// Generous: the CI box has two loaded cores.
@@ -35,6 +36,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts inferd with `args` plus its own socket and segment, and waits until it is ready.
     pub fn start(args: &[&str]) -> Daemon {
+        Daemon::start_with_env(args, &[])
+    }
+
+    /// [`Daemon::start`] with these environment variables set too.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("inferd.sock");
         let name = unique("inferd-e2e");
@@ -52,6 +58,7 @@ impl Daemon {
                 "debug",
             ])
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -274,4 +281,89 @@ pub fn obs_for(robot: usize, seq: usize) -> Vec<f32> {
     (0..48)
         .map(|i| ((robot * 31 + seq * 7 + i) % 17) as f32 / 8.0 - 1.0 + robot as f32 * 0.01)
         .collect()
+}
+
+/// Hidden width of [`slow_policy`]: one request of [`SLOW_ROWS`] observations keeps a debug
+/// build busy for most of a second.
+pub const SLOW_WIDTH: usize = 2048;
+/// Observations in one request of slow work: a whole batch of `--max-batch-size 64`.
+pub const SLOW_ROWS: usize = 64;
+
+/// A policy whose 12 actions are all `gain * obs[0]`, computed through two hidden layers of
+/// [`SLOW_WIDTH`] units: slow on purpose, so that a drain has work to wait for. Batches no
+/// longer wait to fill during a drain, so only compute keeps one going. Exact: one hidden unit
+/// carries `relu(obs[0])`, another `relu(-obs[0])`, every other weight is 0.
+pub fn slow_policy(name: &str, gain: f32) -> MlpPolicy {
+    let layer = |inputs: usize, outputs: usize, weights: &[(usize, usize, f32)]| {
+        let mut weight = vec![0.0f32; inputs * outputs];
+        for &(out, input, w) in weights {
+            weight[out * inputs + input] = w;
+        }
+        Linear {
+            inputs,
+            outputs,
+            weight,
+            bias: vec![0.0; outputs],
+        }
+    };
+    let to_actions: Vec<(usize, usize, f32)> = (0..12)
+        .flat_map(|a| [(a, 0, gain), (a, 1, -gain)])
+        .collect();
+    MlpPolicy {
+        name: name.into(),
+        version: "1".into(),
+        input_name: "obs".into(),
+        output_name: "actions".into(),
+        activation: Activation::Relu,
+        layers: vec![
+            layer(48, SLOW_WIDTH, &[(0, 0, 1.0), (1, 0, -1.0)]),
+            layer(SLOW_WIDTH, SLOW_WIDTH, &[(0, 0, 1.0), (1, 1, 1.0)]),
+            layer(SLOW_WIDTH, 12, &to_actions),
+        ],
+        obs_normalization: None,
+        action_scale: vec![1.0; 12],
+        action_limits: None,
+    }
+}
+
+/// How many requests of [`SLOW_ROWS`] observations keep one worker serving `policy` busy for
+/// at least `busy`, at most `limit`: timed here, on the code inferd runs, built alike. (A
+/// release build reaches `limit` sooner than `busy`.)
+pub fn slow_requests(policy: &MlpPolicy, busy: Duration, limit: usize) -> usize {
+    const ROWS: usize = 8;
+    let obs = vec![0.5f32; ROWS * policy.input_size()];
+    // The faster of two runs: the other tests share these cores.
+    let per_row = (0..2)
+        .map(|_| {
+            let start = Instant::now();
+            policy.forward(&obs, ROWS).unwrap();
+            start.elapsed() / ROWS as u32
+        })
+        .min()
+        .unwrap();
+    let per_request = (per_row * SLOW_ROWS as u32).max(Duration::from_micros(1));
+    let needed = busy.as_nanos().div_ceil(per_request.as_nanos());
+    usize::try_from(needed).unwrap_or(limit).clamp(1, limit)
+}
+
+/// One request of [`SLOW_ROWS`] copies of `obs`.
+pub fn slow_request(id: u64, obs: &[f32]) -> ClientMessage {
+    let data = obs
+        .iter()
+        .copied()
+        .cycle()
+        .take(SLOW_ROWS * obs.len())
+        .collect();
+    infer(
+        id,
+        Tensor::new(vec![SLOW_ROWS, obs.len()], data).unwrap(),
+        None,
+    )
+}
+
+/// Writes `policy` into `dir` and returns the file's path, as a flag value.
+pub fn write_policy(dir: &Path, policy: &MlpPolicy) -> String {
+    let path = dir.join(format!("{}.safetensors", policy.name));
+    std::fs::write(&path, policy.to_safetensors().unwrap()).unwrap();
+    path.to_str().unwrap().to_owned()
 }

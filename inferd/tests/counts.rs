@@ -1,33 +1,21 @@
 use std::collections::HashMap;
+use std::time::Duration;
 
 use inferd::protocol::Tensor;
-use inferd::{Activation, Linear, MlpPolicy};
+use inferd::MlpPolicy;
 use rmpv::ValueRef;
 use shm_layout::{SafetyReason, State, Status};
 
-use crate::common::{count, id_of, infer, robot_index, status_of, Daemon, Raw};
+use crate::common::{
+    count, id_of, infer, robot_index, slow_policy, slow_request, slow_requests, status_of, Daemon,
+    Raw, SLOW_ROWS,
+};
 
-/// One layer whose every action is `1e30 * obs[0]`: a normal observation gives actions the
-/// limits clamp, a large one overflows to infinity, which the safety filter rejects.
+/// Every action is `1e30 * obs[0]`: a normal observation gives actions the limits clamp, a
+/// large one overflows to infinity, which the safety filter rejects. Slow on purpose (see
+/// `slow_policy`), so that work queued at SIGTERM keeps the drain going.
 pub fn spiky_policy() -> MlpPolicy {
-    let mut weight = vec![0.0f32; 12 * 48];
-    weight.iter_mut().step_by(48).for_each(|w| *w = 1e30);
-    MlpPolicy {
-        name: "spiky".into(),
-        version: "1".into(),
-        input_name: "obs".into(),
-        output_name: "actions".into(),
-        activation: Activation::Elu,
-        layers: vec![Linear {
-            inputs: 48,
-            outputs: 12,
-            weight,
-            bias: vec![0.0; 12],
-        }],
-        obs_normalization: None,
-        action_scale: vec![1.0; 12],
-        action_limits: None,
-    }
+    slow_policy("spiky", 1e30)
 }
 
 fn obs(first: f32) -> Vec<f32> {
@@ -65,20 +53,27 @@ fn tally(raw: &mut Raw, n: usize, by_status: &mut HashMap<Status, u64>) -> HashM
 fn segment_counts_equal_client_counts_for_every_status() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("spiky.safetensors");
-    std::fs::write(&model, spiky_policy().to_safetensors().unwrap()).unwrap();
+    let policy = spiky_policy();
+    std::fs::write(&model, policy.to_safetensors().unwrap()).unwrap();
+    let rows = SLOW_ROWS.to_string();
     let mut d = Daemon::start(&[
         "--model",
         model.to_str().unwrap(),
+        "--backend",
+        "cpu",
         "--action-clip",
         "1",
         // Batches wait up to 2 s to fill: requests stay in flight long enough to hit the
-        // per-connection limit, miss a deadline, and be queued when SIGTERM arrives.
+        // per-connection limit and miss a deadline.
         "--max-queue-delay-us",
         "2000000",
         "--max-batch-size",
-        "64",
+        &rows,
         "--max-in-flight",
         "8",
+        // One worker, so that slow work queued at SIGTERM is computed one request at a time.
+        "--workers",
+        "1",
     ]);
     let mut client: HashMap<Status, u64> = HashMap::new();
 
@@ -116,21 +111,32 @@ fn segment_counts_equal_client_counts_for_every_status() {
         "8 in flight, the rest of the burst refused"
     );
 
-    // A robot without a hello has a request waiting in a batch when SIGTERM arrives, then
-    // sends more: those are refused shutting_down, and the waiting one still completes.
+    let ok_rows_before = client[&Status::Ok];
+
+    // A robot without a hello has work queued when SIGTERM arrives, then sends more: those
+    // are refused shutting_down, and the queued work still completes.
+    let slow = slow_requests(&policy, Duration::from_secs(2), 8);
     let mut b = d.connect();
-    b.infer(100, obs(0.5), None);
-    d.wait_until("the request is queued", |s| s.gauges.in_flight == 1);
+    for id in 100..100 + slow as u64 {
+        b.send(&slow_request(id, &obs(0.5)));
+    }
+    d.wait_until("the requests are queued", |s| {
+        s.gauges.in_flight == slow as i64
+    });
     d.signal(libc::SIGTERM);
     d.wait_until("the daemon is draining", |s| {
         s.header.state == State::Draining
     });
-    for id in 101..104 {
+    for id in 200..203 {
         b.infer(id, obs(0.5), None);
     }
-    let by_id = tally(&mut b, 4, &mut client);
-    assert_eq!(by_id[&100], Status::Ok);
-    assert_eq!(by_id[&101], Status::ShuttingDown);
+    let by_id = tally(&mut b, slow + 3, &mut client);
+    for id in 100..100 + slow as u64 {
+        assert_eq!(by_id[&id], Status::Ok, "{id}");
+    }
+    for id in 200..203 {
+        assert_eq!(by_id[&id], Status::ShuttingDown, "{id}");
+    }
     b.expect_closed();
     assert!(d.wait_exit().success(), "{}", d.log());
 
@@ -166,7 +172,7 @@ fn segment_counts_equal_client_counts_for_every_status() {
     let unknown = robot_index(&s, "unknown");
     assert_eq!(s.requests(m, counter, Status::Overloaded), 16);
     assert_eq!(s.requests(m, unknown, Status::ShuttingDown), 3);
-    assert_eq!(s.requests(m, unknown, Status::Ok), 1);
+    assert_eq!(s.requests(m, unknown, Status::Ok), slow as u64);
 
     // Every answered request has one latency and size sample; computed ones a compute time.
     let stats = &s.model_stats[m];
@@ -178,9 +184,10 @@ fn segment_counts_equal_client_counts_for_every_status() {
     assert_eq!(stats.compute_ns.count(), computed);
     assert_eq!(stats.outputs_rejected[SafetyReason::Inf as usize], 1);
     assert_eq!(stats.outputs_rejected[SafetyReason::Nan as usize], 0);
+    let ok_rows = ok_rows_before + (slow * SLOW_ROWS) as u64;
     assert_eq!(
         stats.actions_clamped,
-        12 * client[&Status::Ok],
+        12 * ok_rows,
         "every ok action was clamped"
     );
     // Gauges are back to rest.

@@ -1,10 +1,14 @@
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use inferd::protocol::{ErrorCode, ServerMessage};
 use inferd::MlpPolicy;
 use shm_layout::{SegmentReader, State, Status};
 
-use crate::common::{assert_close, count, unique, Daemon, Raw, PATIENCE};
+use crate::common::{
+    assert_close, count, id_of, slow_policy, slow_request, slow_requests, status_of, unique,
+    write_policy, Daemon, Raw, PATIENCE, SLOW_ROWS,
+};
 
 #[test]
 fn sigterm_drains_queued_work_and_exits_0() {
@@ -14,9 +18,9 @@ fn sigterm_drains_queued_work_and_exits_0() {
         raw.infer(id, vec![0.2; 48], None);
     }
     d.wait_until("the requests are queued", |s| s.gauges.in_flight == 5);
+    // The drain runs the waiting batch at once (no waiting for Draining to show: the daemon
+    // may be gone by then).
     d.signal(libc::SIGTERM);
-    let s = d.wait_until("draining", |s| s.header.state == State::Draining);
-    assert_eq!(s.gauges.in_flight, 5);
     let mut ids: Vec<u64> = (0..5)
         .map(|_| match raw.recv() {
             Some(ServerMessage::Result(r)) => r.id,
@@ -34,27 +38,79 @@ fn sigterm_drains_queued_work_and_exits_0() {
 }
 
 #[test]
-fn the_drain_timeout_answers_what_is_left_shutting_down() {
-    // A batch would wait 20 s to fill; the drain gives it 0.3 s.
-    let mut d = Daemon::start(&["--max-queue-delay-us", "10000000", "--drain-timeout", "0.3"]);
+fn a_drain_runs_a_batch_still_filling_at_once() {
+    // The batch would wait 5 s to fill (32 observations; it has 1): a drain must not wait.
+    let mut d = Daemon::start(&["--max-queue-delay-us", "5000000"]);
     let mut raw = d.connect();
     raw.infer(1, vec![0.0; 48], None);
     d.wait_until("the request is queued", |s| s.gauges.in_flight == 1);
     let start = Instant::now();
-    d.signal(libc::SIGINT);
+    d.signal(libc::SIGTERM);
     match raw.recv() {
-        Some(ServerMessage::Error(e)) => {
-            assert_eq!((e.id, e.code), (Some(1), ErrorCode::ShuttingDown))
-        }
-        other => panic!("expected shutting_down, got {other:?}"),
+        Some(ServerMessage::Result(r)) => assert_eq!(r.id, 1),
+        other => panic!("expected the result, got {other:?}"),
     }
+    let waited = start.elapsed();
+    assert!(
+        waited < Duration::from_secs(2),
+        "the answer took {waited:?} after SIGTERM; the batch waited out its delay"
+    );
+    assert!(d.wait_exit().success(), "{}", d.log());
+    assert_eq!(count(&d.snapshot(), Status::Ok), 1);
+}
+
+#[test]
+fn the_drain_timeout_answers_what_is_left_shutting_down() {
+    // One worker with seconds of work queued; the drain gives it 0.3 s.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = slow_policy("slow", 1.0);
+    let model = write_policy(dir.path(), &policy);
+    let n = slow_requests(&policy, Duration::from_secs(3), 60).max(2);
+    let rows = SLOW_ROWS.to_string();
+    let mut d = Daemon::start(&[
+        "--model",
+        &model,
+        "--backend",
+        "cpu",
+        "--workers",
+        "1",
+        "--max-batch-size",
+        &rows,
+        "--drain-timeout",
+        "0.3",
+    ]);
+    let mut raw = d.connect();
+    for id in 0..n as u64 {
+        raw.send(&slow_request(id, &[0.5; 48]));
+    }
+    d.wait_until("the requests are queued", |s| {
+        s.gauges.in_flight == n as i64
+    });
+    let start = Instant::now();
+    d.signal(libc::SIGINT);
+    let mut by_status: HashMap<Status, usize> = HashMap::new();
+    for _ in 0..n {
+        let answer = raw.recv().expect("an answer");
+        assert!(id_of(&answer).is_some_and(|id| id < n as u64), "{answer:?}");
+        *by_status.entry(status_of(&answer)).or_default() += 1;
+    }
+    let shut = by_status.get(&Status::ShuttingDown).copied().unwrap_or(0);
+    assert!(
+        shut >= 1,
+        "nothing was left at the drain timeout: {by_status:?}"
+    );
+    assert_eq!(
+        shut + by_status.get(&Status::Ok).copied().unwrap_or(0),
+        n,
+        "{by_status:?}"
+    );
     assert!(d.wait_exit().success());
     assert!(
         start.elapsed() < Duration::from_secs(8),
         "the drain took {:?}",
         start.elapsed()
     );
-    assert_eq!(count(&d.snapshot(), Status::ShuttingDown), 1);
+    assert_eq!(count(&d.snapshot(), Status::ShuttingDown), shut as u64);
 }
 
 fn write_atomically(path: &std::path::Path, bytes: &[u8]) {

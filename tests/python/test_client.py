@@ -1,7 +1,10 @@
 """The Python client against the real daemon: numbers checked with an independent numpy
 forward pass, openpi's codec, pipelining, and error codes."""
 
+import gc
 import math
+import socket
+import warnings
 
 import msgpack
 import numpy as np
@@ -160,3 +163,47 @@ def test_export_policy_cli_converts_an_rsl_rl_state_dict(start_inferd, tmp_path)
     with InferdClient(d.socket) as client:
         assert client.metadata["model"]["name"] == "rsl"
         np.testing.assert_allclose(client.infer(obs), want, rtol=1e-5, atol=1e-6)
+
+
+def _connect_error(path):
+    """The type and text of what ``InferdClient(path)`` raises, and every ResourceWarning
+    raised meanwhile."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        try:
+            InferdClient(path)
+        except OSError as e:
+            # Only these are kept: the exception's tracebacks hold the client and its socket,
+            # which must be freed (and warn, if left open) before the warnings are read.
+            kind, text = type(e), str(e)
+        else:
+            pytest.fail(f"InferdClient({path!r}) connected")
+        gc.collect()
+    return kind, text, [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_a_failed_connect_closes_its_socket_and_names_the_path(tmp_path):
+    missing = str(tmp_path / "missing.sock")
+    kind, text, leaks = _connect_error(missing)
+    assert issubclass(kind, FileNotFoundError), kind
+    assert missing in text, text
+    assert not leaks, [str(w.message) for w in leaks]
+
+    # A socket file nobody listens on: refused, still the same exception type as before.
+    stale = str(tmp_path / "stale.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(stale)
+    kind, text, leaks = _connect_error(stale)
+    assert issubclass(kind, ConnectionRefusedError), kind
+    assert stale in text, text
+    assert not leaks, [str(w.message) for w in leaks]
+
+
+def test_metadata_gives_max_batch_size(start_inferd):
+    d = start_inferd("--max-batch-size", "5")
+    with InferdClient(d.socket) as client:
+        assert client.metadata["max_batch_size"] == 5
+        assert client.infer(np.zeros((5, 48), np.float32)).shape == (5, 12)
+        with pytest.raises(InferdError) as e:
+            client.infer(np.zeros((6, 48), np.float32))
+        assert e.value.code == "invalid_input"

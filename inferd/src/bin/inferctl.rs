@@ -1,6 +1,8 @@
 //! `inferctl`: talk to inferd from a shell: `info`, `infer`, `bench`, and `echo-serve` (the
 //! benchmark's baseline server).
 
+use std::fmt::Write as _;
+use std::io::{ErrorKind, Write as _};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -108,27 +110,9 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("connecting to {}", path.display()))?;
             let m = client.metadata();
             if json {
-                println!("{}", serde_json::to_string_pretty(&metadata_json(m))?);
+                print(serde_json::to_string_pretty(&metadata_json(m))?)?;
             } else {
-                println!("server    {} (protocol {})", m.server, m.protocol_version);
-                println!(
-                    "model     {} version {} on {}/{}",
-                    m.model.name, m.model.version, m.model.backend, m.model.device
-                );
-                for s in &m.inputs {
-                    println!("input     {} {} {:?}", s.name, s.dtype, s.shape);
-                }
-                for s in &m.outputs {
-                    println!("output    {} {} {:?}", s.name, s.dtype, s.shape);
-                }
-                match &m.action_limits {
-                    Some(l) => println!("limits    low {:?}\n          high {:?}", l.low, l.high),
-                    None => println!("limits    none"),
-                }
-                println!(
-                    "frames    up to {} bytes, {} in flight per connection",
-                    m.max_frame_bytes, m.max_in_flight
-                );
+                print(metadata_text(m)?)?;
             }
         }
         Command::Infer {
@@ -171,13 +155,12 @@ async fn main() -> anyhow::Result<()> {
                     name: actions,
                     "timing": {"queue_us": r.timing.queue_us, "compute_us": r.timing.compute_us, "total_us": r.timing.total_us},
                 });
-                println!("{v}");
+                print(v)?;
             } else {
-                println!("{name} {actions:?}");
-                println!(
-                    "timing queue {} us, compute {} us, total {} us",
+                print(format_args!(
+                    "{name} {actions:?}\ntiming queue {} us, compute {} us, total {} us",
                     r.timing.queue_us, r.timing.compute_us, r.timing.total_us
-                );
+                ))?;
             }
         }
         Command::Bench {
@@ -203,9 +186,9 @@ async fn main() -> anyhow::Result<()> {
             };
             let report = inferd::run_bench(&opts).await?;
             if json {
-                println!("{}", serde_json::to_string(&report)?);
+                print(serde_json::to_string(&report)?)?;
             } else {
-                println!("{}", report.render());
+                print(report.render())?;
             }
         }
         Command::EchoServe => {
@@ -214,6 +197,48 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writes `text` and a newline to stdout. A reader that has gone (`inferctl info | head -n 1`)
+/// ends the program quietly with status 0: it has read what it wanted, and `println!` would
+/// have panicked instead.
+fn print(text: impl std::fmt::Display) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(e).context("writing to stdout"),
+    }
+}
+
+fn metadata_text(m: &inferd::protocol::Metadata) -> Result<String, std::fmt::Error> {
+    let mut t = String::new();
+    writeln!(
+        t,
+        "server    {} (protocol {})",
+        m.server, m.protocol_version
+    )?;
+    writeln!(
+        t,
+        "model     {} version {} on {}/{}",
+        m.model.name, m.model.version, m.model.backend, m.model.device
+    )?;
+    for s in &m.inputs {
+        writeln!(t, "input     {} {} {:?}", s.name, s.dtype, s.shape)?;
+    }
+    for s in &m.outputs {
+        writeln!(t, "output    {} {} {:?}", s.name, s.dtype, s.shape)?;
+    }
+    match &m.action_limits {
+        Some(l) => writeln!(t, "limits    low {:?}\n          high {:?}", l.low, l.high)?,
+        None => writeln!(t, "limits    none")?,
+    }
+    write!(
+        t,
+        "frames    up to {} bytes, {} in flight per connection, batches of up to {} observations",
+        m.max_frame_bytes, m.max_in_flight, m.max_batch_size
+    )?;
+    Ok(t)
 }
 
 fn metadata_json(m: &inferd::protocol::Metadata) -> serde_json::Value {
@@ -231,5 +256,6 @@ fn metadata_json(m: &inferd::protocol::Metadata) -> serde_json::Value {
         "action_limits": m.action_limits.as_ref().map(|l| serde_json::json!({"low": l.low, "high": l.high})),
         "max_frame_bytes": m.max_frame_bytes,
         "max_in_flight": m.max_in_flight,
+        "max_batch_size": m.max_batch_size,
     })
 }

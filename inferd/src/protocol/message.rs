@@ -15,6 +15,45 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The longest robot type accepted in a hello: the segment's label width.
 pub const MAX_ROBOT_TYPE_BYTES: usize = shm_layout::layout::ROBOT_TYPE_BYTES;
 
+/// The longest robot id accepted in a hello: the robot type's limit, so that one rule covers
+/// both of a hello's strings.
+pub const MAX_ROBOT_ID_BYTES: usize = MAX_ROBOT_TYPE_BYTES;
+
+/// Label values that the metrics give a meaning of their own, so that neither a hello's
+/// `robot_type` nor a model's name may claim one: `other` is the overflow bucket of both
+/// dimensions (shm-layout's `OTHER_LABEL`, whose slot the exporter would otherwise have to
+/// rename), and `unknown` is the robot type of connections that sent no hello. The one list
+/// both checks read, and the one `docs/protocol.md` names.
+pub const RESERVED_LABELS: [&str; 2] =
+    [shm_layout::OTHER_LABEL, crate::metrics::UNKNOWN_ROBOT_TYPE];
+
+/// Whether `value` is one of the [`RESERVED_LABELS`]; compared exactly, as Prometheus
+/// compares label values.
+pub fn is_reserved_label(value: &str) -> bool {
+    RESERVED_LABELS.contains(&value)
+}
+
+/// Checks one of a hello's strings: 1 to `max` bytes of UTF-8 without control characters
+/// (Unicode `Cc`: U+0000 to U+001F and U+007F to U+009F). Control characters are refused
+/// because these strings reach logs, where a newline would let a client start a line of its
+/// own (journald reads a leading `<N>` as its priority), and metric labels.
+fn check_hello_text(key: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.is_empty() || value.len() > max {
+        return Err(format!(
+            "{key} must be 1 to {max} bytes without control characters, got {} bytes",
+            value.len()
+        ));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{key} {value:?} holds the control character U+{:04X}; control characters \
+             (U+0000 to U+001F, U+007F to U+009F) are not allowed",
+            u32::from(c)
+        ));
+    }
+    Ok(())
+}
+
 /// Who the model is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModelDescription {
@@ -67,14 +106,19 @@ pub struct Metadata {
     pub max_frame_bytes: u64,
     /// How many requests one connection may have in flight.
     pub max_in_flight: u64,
+    /// The most observations one request may carry (`n` of an `[n, width]` batch), and one
+    /// batch may compute.
+    pub max_batch_size: u64,
 }
 
 /// A client's introduction; optional, and sent before its requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
-    /// The robot's type, e.g. `anymal_c`: the label its requests are counted under.
+    /// The robot's type, e.g. `anymal_c`: the label its requests are counted under. 1 to
+    /// [`MAX_ROBOT_TYPE_BYTES`] bytes, no control characters, none of [`RESERVED_LABELS`].
     pub robot_type: String,
-    /// This robot's identity, for logs.
+    /// This robot's identity, for logs; optional. 1 to [`MAX_ROBOT_ID_BYTES`] bytes, no
+    /// control characters.
     pub robot_id: Option<String>,
 }
 
@@ -86,7 +130,8 @@ pub struct InferRequest {
     /// Input tensors by name.
     pub inputs: Vec<(String, Tensor)>,
     /// Budget in microseconds from the server's receipt of the frame; past it, the request
-    /// is answered `deadline_exceeded` instead of being computed.
+    /// is answered `deadline_exceeded` instead of being computed. `None` for no deadline; a
+    /// `deadline_us` of 0 on the wire decodes as `None` too.
     pub deadline_us: Option<u64>,
 }
 
@@ -315,16 +360,21 @@ impl ClientMessage {
 
 fn decode_hello(map: &MapRef<'_, '_>) -> Result<Hello, String> {
     let robot_type = text(map, "robot_type")?;
-    if robot_type.is_empty() || robot_type.len() > MAX_ROBOT_TYPE_BYTES || robot_type.contains('\0')
-    {
+    check_hello_text("robot_type", robot_type, MAX_ROBOT_TYPE_BYTES)?;
+    if is_reserved_label(robot_type) {
         return Err(format!(
-            "robot_type must be 1 to {MAX_ROBOT_TYPE_BYTES} bytes without NUL, got {} bytes",
-            robot_type.len()
+            "robot_type {robot_type:?} is reserved: {} are labels the metrics give a meaning \
+             of their own",
+            reserved_list()
         ));
     }
     let robot_id = match optional(map, "robot_id") {
         None => None,
-        Some(ValueRef::String(s)) => Some(s.as_str().ok_or("robot_id is not UTF-8")?.to_owned()),
+        Some(ValueRef::String(s)) => {
+            let id = s.as_str().ok_or("robot_id is not UTF-8")?;
+            check_hello_text("robot_id", id, MAX_ROBOT_ID_BYTES)?;
+            Some(id.to_owned())
+        }
         Some(ValueRef::Integer(n)) => Some(n.to_string()),
         Some(_) => return Err("robot_id must be a string or an integer".into()),
     };
@@ -334,15 +384,24 @@ fn decode_hello(map: &MapRef<'_, '_>) -> Result<Hello, String> {
     })
 }
 
+/// The reserved labels as prose: `"other" and "unknown"`.
+pub(crate) fn reserved_list() -> String {
+    let quoted: Vec<String> = RESERVED_LABELS.iter().map(|l| format!("{l:?}")).collect();
+    quoted.join(" and ")
+}
+
 fn decode_infer(map: &MapRef<'_, '_>) -> Result<InferRequest, String> {
     let id = uint(map, "id")?;
     let inputs = decode_tensors(field(map, "inputs")?, "input")?;
+    // 0 is no deadline, as nil is: clients whose structs default every field to 0 (protobuf
+    // style) would otherwise have every request refused as already late.
     let deadline_us = match optional(map, "deadline_us") {
         None => None,
         Some(v) => Some(
             v.as_u64()
                 .ok_or("deadline_us must be a non-negative integer")?,
-        ),
+        )
+        .filter(|&us| us != 0),
     };
     Ok(InferRequest {
         id,
@@ -433,6 +492,7 @@ fn encode_metadata(m: &Metadata) -> Vec<u8> {
         ("action_limits", limits),
         ("max_frame_bytes", ValueRef::from(m.max_frame_bytes)),
         ("max_in_flight", ValueRef::from(m.max_in_flight)),
+        ("max_batch_size", ValueRef::from(m.max_batch_size)),
     ]))
 }
 
@@ -530,6 +590,7 @@ fn decode_metadata(map: &MapRef<'_, '_>) -> Result<Metadata, String> {
         action_limits,
         max_frame_bytes: uint(map, "max_frame_bytes")?,
         max_in_flight: uint(map, "max_in_flight")?,
+        max_batch_size: uint(map, "max_batch_size")?,
     })
 }
 
@@ -593,6 +654,7 @@ mod tests {
             }),
             max_frame_bytes: 1 << 20,
             max_in_flight: 64,
+            max_batch_size: 32,
         });
         assert_eq!(server_round_trip(&metadata), metadata);
         let result = ServerMessage::Result(InferResult {
@@ -713,6 +775,95 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    fn hello_with(robot_type: &'static str, robot_id: Option<&'static str>) -> ValueRef<'static> {
+        let mut fields = vec![("type", "hello".into()), ("robot_type", robot_type.into())];
+        if let Some(id) = robot_id {
+            fields.push(("robot_id", id.into()));
+        }
+        obj(fields)
+    }
+
+    #[test]
+    fn a_hello_claiming_a_reserved_robot_type_is_refused() {
+        assert!(RESERVED_LABELS.contains(&shm_layout::OTHER_LABEL));
+        for reserved in RESERVED_LABELS {
+            let (id, msg) =
+                invalid(ClientMessage::decode(&hello_with(reserved, None)).unwrap_err());
+            assert_eq!(id, None);
+            assert!(msg.contains(&format!("{reserved:?} is reserved")), "{msg}");
+        }
+        // Exactly these values: near misses are ordinary robot types.
+        for fine in ["Other", "others", " other", "unknown_robot"] {
+            assert!(
+                ClientMessage::decode(&hello_with(fine, None)).is_ok(),
+                "{fine}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hello_with_a_control_character_is_refused() {
+        for bad in [
+            "x\n<0>FAKE",
+            "cr\r",
+            "tab\t",
+            "nul\0",
+            "del\u{7f}",
+            "nel\u{85}",
+            "\u{1b}[2J",
+        ] {
+            let (_, msg) = invalid(ClientMessage::decode(&hello_with(bad, None)).unwrap_err());
+            assert!(
+                msg.starts_with("robot_type ") && msg.contains("control character"),
+                "{msg}"
+            );
+            assert!(
+                !msg.contains('\n') && !msg.contains('\r'),
+                "the refusal echoes it raw: {msg}"
+            );
+            let (_, msg) =
+                invalid(ClientMessage::decode(&hello_with("go2", Some(bad))).unwrap_err());
+            assert!(
+                msg.starts_with("robot_id ") && msg.contains("control character"),
+                "{msg}"
+            );
+        }
+        let long: &'static str = "r".repeat(MAX_ROBOT_ID_BYTES + 1).leak();
+        let (_, msg) = invalid(ClientMessage::decode(&hello_with("go2", Some(long))).unwrap_err());
+        assert!(msg.contains("robot_id must be 1 to"), "{msg}");
+        let (_, msg) = invalid(ClientMessage::decode(&hello_with("go2", Some(""))).unwrap_err());
+        assert!(msg.contains("robot_id must be 1 to"), "{msg}");
+        // Printable text of any script, with spaces, is fine, up to the limit in bytes.
+        let widest: &'static str = "é".repeat(MAX_ROBOT_TYPE_BYTES / 2).leak();
+        for fine in ["ロボット 犬", "anymal c", widest] {
+            assert!(
+                ClientMessage::decode(&hello_with(fine, Some(fine))).is_ok(),
+                "{fine}"
+            );
+        }
+        let over: &'static str = "é".repeat(MAX_ROBOT_TYPE_BYTES / 2 + 1).leak();
+        assert!(ClientMessage::decode(&hello_with(over, None)).is_err());
+    }
+
+    #[test]
+    fn deadline_us_zero_decodes_as_no_deadline() {
+        let bytes = obs(2).data_bytes();
+        let t = obs(2);
+        for (deadline, want) in [(0u64, None), (1, Some(1)), (5_000, Some(5_000))] {
+            let m = ClientMessage::decode(&obj(vec![
+                ("type", "infer".into()),
+                ("id", 1u64.into()),
+                ("inputs", obj(vec![("obs", t.to_value(&bytes))])),
+                ("deadline_us", deadline.into()),
+            ]))
+            .unwrap();
+            let ClientMessage::Infer(r) = m else {
+                panic!("not an infer: {m:?}")
+            };
+            assert_eq!(r.deadline_us, want, "deadline_us {deadline}");
+        }
     }
 
     #[test]

@@ -81,6 +81,7 @@ pub struct Scheduler {
     jobs: Sender<Job>,
     shared: Arc<worker::Shared>,
     stop: Mutex<Option<Sender<()>>>,
+    drain: Mutex<Option<Sender<()>>>,
     abandon: Mutex<Option<Sender<()>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -107,6 +108,7 @@ impl Scheduler {
         let (jobs, jobs_rx) = crossbeam_channel::bounded(capacity);
         // Nothing is ever sent on these: dropping the sender wakes every worker at once.
         let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let (drain, drain_rx) = crossbeam_channel::bounded::<()>(0);
         let (abandon, abandon_rx) = crossbeam_channel::bounded::<()>(0);
         metrics.set(
             Gauge::QueueCapacity,
@@ -127,6 +129,7 @@ impl Scheduler {
                 jobs_rx.clone(),
                 stop_rx.clone(),
                 abandon_rx.clone(),
+                drain_rx.clone(),
                 shared.metrics.claim_worker_shard()?,
             );
             let handle = std::thread::Builder::new()
@@ -139,6 +142,7 @@ impl Scheduler {
             jobs,
             shared,
             stop: Mutex::new(Some(stop)),
+            drain: Mutex::new(Some(drain)),
             abandon: Mutex::new(Some(abandon)),
             workers: Mutex::new(handles),
         })
@@ -168,6 +172,17 @@ impl Scheduler {
     /// Requests queued or computing, not yet answered.
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Tells the workers a drain has begun: a batch still filling under `max_queue_delay` runs
+    /// at once, and later ones do not wait to fill, since nothing new is coming.
+    pub fn start_draining(&self) {
+        drop(
+            self.drain
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
     }
 
     /// Makes the workers answer everything still queued `shutting_down` instead of computing

@@ -3,14 +3,15 @@
 //! Batching follows Triton's dynamic batcher: the worker takes the first queued request; if
 //! `max_queue_delay` is zero it adds whatever else is already queued, up to the batch size;
 //! otherwise it keeps collecting until the batch is full or the first request has been
-//! queued for `max_queue_delay`. A request whose deadline has passed when its batch is about
+//! queued for `max_queue_delay`, or a drain begins (nothing more is coming then, so waiting
+//! would only delay the drain). A request whose deadline has passed when its batch is about
 //! to run is answered `deadline_exceeded` and never computed.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, TryRecvError};
 use shm_layout::{Gauge, RequestSample, ShardWriter, Status};
 
 use crate::backend::Batch;
@@ -38,6 +39,8 @@ pub(super) struct Worker {
     jobs: JobReceiver,
     stop: Receiver<()>,
     abandon: Receiver<()>,
+    /// Disconnected once a drain has begun (`Scheduler::start_draining`).
+    drain: Receiver<()>,
     shard: ShardWriter,
     carry: Option<Job>,
 }
@@ -57,6 +60,7 @@ impl Worker {
         jobs: JobReceiver,
         stop: Receiver<()>,
         abandon: Receiver<()>,
+        drain: Receiver<()>,
         shard: ShardWriter,
     ) -> Worker {
         Worker {
@@ -66,6 +70,7 @@ impl Worker {
             jobs,
             stop,
             abandon,
+            drain,
             shard,
             carry: None,
         }
@@ -105,9 +110,10 @@ impl Worker {
             }
         };
         let policy = self.shared.policy;
-        // With no delay only what is already queued joins. A delay too long to represent is as
-        // good as waiting for a full batch.
-        let wait = !policy.max_queue_delay.is_zero();
+        // With no delay only what is already queued joins, and so during a drain. A delay too
+        // long to represent is as good as waiting for a full batch.
+        let draining = matches!(self.drain.try_recv(), Err(TryRecvError::Disconnected));
+        let wait = !policy.max_queue_delay.is_zero() && !draining;
         let timer = match first.arrived.checked_add(policy.max_queue_delay) {
             Some(at) if wait => crossbeam_channel::at(at),
             _ => crossbeam_channel::never(),
@@ -125,6 +131,8 @@ impl Worker {
                     recv(timer) -> _ => None,
                     // The drain timeout passed: stop waiting for a batch that will not fill.
                     recv(self.abandon) -> _ => None,
+                    // A drain began: no new request will join, so run what has come.
+                    recv(self.drain) -> _ => None,
                 }
             });
             let Some(job) = next else { break };
@@ -225,9 +233,10 @@ impl Worker {
 
     fn fail_all(&self, model: &LoadedModel, jobs: Vec<Job>, start: Instant, msg: &str) {
         log::error!(
-            "model {} failed a batch of {} requests: {msg}",
+            "model {:?} failed a batch of {} requests: {}",
             model.metadata().name,
-            jobs.len()
+            jobs.len(),
+            msg.escape_debug()
         );
         for job in jobs {
             let queue_ns = Some(ns(start.saturating_duration_since(job.arrived)));

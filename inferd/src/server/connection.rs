@@ -138,8 +138,9 @@ impl Connection {
             }
             Ok(ClientMessage::Hello(hello)) => {
                 self.robot_type = self.ctx.metrics.writer().robot_type(&hello.robot_type);
+                // Quoted and escaped: both strings are the client's.
                 log::debug!(
-                    "connection {}: robot type {} id {}",
+                    "connection {}: robot type {:?} id {:?}",
                     self.number,
                     hello.robot_type,
                     hello.robot_id.as_deref().unwrap_or("-")
@@ -226,9 +227,12 @@ impl Connection {
         arrived: Instant,
         request_bytes: u64,
     ) {
+        // The message quotes the client's text; escaped again here so that no message, now or
+        // later, can carry a client's line break into the log.
         log::debug!(
-            "connection {}: request {id:?} refused, {code}: {message}",
-            self.number
+            "connection {}: request {id:?} refused, {code}: {}",
+            self.number,
+            message.escape_debug()
         );
         let frame = ServerMessage::Error(ErrorReply { id, code, message }).encode();
         self.ctx.metrics.record_io(&RequestSample {
@@ -246,7 +250,11 @@ impl Connection {
 
     /// Answers a connection-ending error (no id: it is not a request) and closes.
     fn fatal(&self, code: ErrorCode, message: String) -> Flow {
-        log::warn!("connection {}: closing, {code}: {message}", self.number);
+        log::warn!(
+            "connection {}: closing, {code}: {}",
+            self.number,
+            message.escape_debug()
+        );
         self.ctx.metrics.add(Gauge::ProtocolErrorsTotal, 1);
         self.outbox.send(
             ServerMessage::Error(ErrorReply {

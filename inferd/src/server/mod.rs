@@ -205,6 +205,7 @@ async fn drain(
     signal: &str,
 ) {
     ctx.draining.store(true, Ordering::Release);
+    ctx.scheduler.start_draining();
     ctx.metrics.set_state(State::Draining);
     crate::systemd::notify_stopping(&format!("{signal}: draining"));
     drop(listener);
