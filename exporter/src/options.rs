@@ -25,7 +25,8 @@ pub const DEFAULT_PORT: u16 = 9470;
 pub struct Options {
     /// Where to serve /metrics and the JSON endpoints: HOST:PORT (a name is resolved at start
     /// and binds its first IPv4 address, else its first IPv6 one; localhost:9470 is loopback),
-    /// IPV4:PORT, [IPV6]:PORT, or :PORT for every interface, IPv6 and IPv4.
+    /// IPV4:PORT, a bracketed IPv6 address and port, or :PORT for every interface, IPv6 and
+    /// IPv4.
     #[arg(long, env = "EXPORTER_LISTEN", value_name = "ADDR", default_value_t = Listen::any_ipv4(DEFAULT_PORT))]
     pub listen: Listen,
 
