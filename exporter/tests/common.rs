@@ -153,16 +153,7 @@ pub fn try_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result
         .ok_or("no header end")?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let body = &raw[split + 4..];
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or("no status line")?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
+    let (status, headers) = parse_head(&head)?;
     let gzipped = headers
         .iter()
         .any(|(k, v)| k == "content-encoding" && v == "gzip");
@@ -183,6 +174,21 @@ pub fn try_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result
     })
 }
 
+/// A response head's status and headers (names lowercased).
+fn parse_head(head: &str) -> Result<(u16, Vec<(String, String)>), String> {
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or("no status line")?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok((status, headers))
+}
+
 /// `GET path` on an open keep-alive connection, reading exactly one response (its
 /// `Content-Length`), so that the connection can be used again.
 pub fn get_on(s: &mut TcpStream, path: &str) -> Result<Response, String> {
@@ -199,16 +205,7 @@ pub fn get_on(s: &mut TcpStream, path: &str) -> Result<Response, String> {
         }
     }
     let head = String::from_utf8_lossy(&raw).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or("no status line")?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
+    let (status, headers) = parse_head(&head)?;
     let length: usize = headers
         .iter()
         .find(|(k, _)| k == "content-length")

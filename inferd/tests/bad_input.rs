@@ -8,7 +8,7 @@ use shm_layout::{State, Status};
 
 use crate::common::{
     assert_close, count, demo_actions, id_of, infer, robot_index, slow_policy, slow_request,
-    slow_requests, status_of, write_policy, Daemon, Raw, SLOW_ROWS,
+    slow_requests, status_of, write_policy, Daemon, Raw,
 };
 
 /// What a bad input must get.
@@ -230,17 +230,7 @@ fn a_request_after_sigterm_is_answered_shutting_down() {
     let policy = slow_policy("slow", 1.0);
     let model = write_policy(dir.path(), &policy);
     let n = slow_requests(&policy, Duration::from_secs(2), 60);
-    let rows = SLOW_ROWS.to_string();
-    let mut d = Daemon::start(&[
-        "--model",
-        &model,
-        "--backend",
-        "cpu",
-        "--workers",
-        "1",
-        "--max-batch-size",
-        &rows,
-    ]);
+    let mut d = Daemon::start_slow(&model, &[]);
     let mut raw = d.connect();
     for id in 0..n as u64 {
         raw.send(&slow_request(id, &[0.1; 48]));

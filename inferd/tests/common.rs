@@ -75,6 +75,25 @@ impl Daemon {
         d
     }
 
+    /// Starts inferd serving the policy file `model` on one CPU worker that takes one request
+    /// of [`SLOW_ROWS`] observations per batch, plus `extra` flags: work queued on it drains
+    /// one slow request at a time.
+    pub fn start_slow(model: &str, extra: &[&str]) -> Daemon {
+        let rows = SLOW_ROWS.to_string();
+        let mut args = vec![
+            "--model",
+            model,
+            "--backend",
+            "cpu",
+            "--workers",
+            "1",
+            "--max-batch-size",
+            &rows,
+        ];
+        args.extend_from_slice(extra);
+        Daemon::start(&args)
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }

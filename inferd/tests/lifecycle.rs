@@ -7,7 +7,7 @@ use shm_layout::{SegmentReader, State, Status};
 
 use crate::common::{
     assert_close, count, id_of, slow_policy, slow_request, slow_requests, status_of, unique,
-    write_policy, Daemon, Raw, PATIENCE, SLOW_ROWS,
+    write_policy, Daemon, Raw, PATIENCE,
 };
 
 #[test]
@@ -66,19 +66,7 @@ fn the_drain_timeout_answers_what_is_left_shutting_down() {
     let policy = slow_policy("slow", 1.0);
     let model = write_policy(dir.path(), &policy);
     let n = slow_requests(&policy, Duration::from_secs(3), 60).max(2);
-    let rows = SLOW_ROWS.to_string();
-    let mut d = Daemon::start(&[
-        "--model",
-        &model,
-        "--backend",
-        "cpu",
-        "--workers",
-        "1",
-        "--max-batch-size",
-        &rows,
-        "--drain-timeout",
-        "0.3",
-    ]);
+    let mut d = Daemon::start_slow(&model, &["--drain-timeout", "0.3"]);
     let mut raw = d.connect();
     for id in 0..n as u64 {
         raw.send(&slow_request(id, &[0.5; 48]));

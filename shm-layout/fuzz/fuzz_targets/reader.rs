@@ -3,30 +3,11 @@
 //! behind the header checks that random bytes almost never pass.
 #![no_main]
 
-use std::sync::OnceLock;
+mod common;
 
+use common::{check, valid_image};
 use libfuzzer_sys::fuzz_target;
-use shm_layout::{layout, SegmentOptions, SegmentWriter, Snapshot};
-
-fn valid_image() -> &'static [u8] {
-    static IMAGE: OnceLock<Vec<u8>> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let opts = SegmentOptions::new(format!("shm-layout-fuzz-{}", std::process::id()));
-        let writer = SegmentWriter::create(&opts).expect("create a segment in /dev/shm");
-        writer.robot_type("fuzz");
-        let image = std::fs::read(writer.path()).expect("read it back");
-        let _ = std::fs::remove_file(writer.path());
-        image
-    })
-}
-
-fn check(snapshot: &Snapshot) {
-    for stats in &snapshot.model_stats {
-        let h = &stats.e2e_ns;
-        assert!(h.cumulative.windows(2).all(|w| w[0] <= w[1]));
-        assert_eq!(h.cumulative.len(), h.bounds.len() + 1);
-    }
-}
+use shm_layout::{layout, Snapshot};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = Snapshot::from_bytes(data) {

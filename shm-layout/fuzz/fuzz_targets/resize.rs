@@ -5,25 +5,16 @@
 //! and never fault (a mapping would SIGBUS here) or panic.
 #![no_main]
 
+mod common;
+
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use common::{check, valid_image};
 use libfuzzer_sys::fuzz_target;
-use shm_layout::{layout, SegmentOptions, SegmentReader, SegmentWriter, Snapshot};
-
-fn valid_image() -> &'static [u8] {
-    static IMAGE: OnceLock<Vec<u8>> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let opts = SegmentOptions::new(format!("shm-layout-fuzz-resize-src-{}", std::process::id()));
-        let writer = SegmentWriter::create(&opts).expect("create a segment in /dev/shm");
-        writer.robot_type("fuzz");
-        let image = std::fs::read(writer.path()).expect("read it back");
-        let _ = std::fs::remove_file(writer.path());
-        image
-    })
-}
+use shm_layout::{layout, SegmentReader};
 
 fn path() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
@@ -33,18 +24,13 @@ fn path() -> &'static PathBuf {
     })
 }
 
-fn check(snapshot: &Snapshot) {
-    for stats in &snapshot.model_stats {
-        let h = &stats.e2e_ns;
-        assert!(h.cumulative.windows(2).all(|w| w[0] <= w[1]));
-        assert_eq!(h.cumulative.len(), h.bounds.len() + 1);
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
     let path = path();
     std::fs::write(path, valid_image()).expect("write the image");
-    let file = OpenOptions::new().write(true).open(path).expect("open for writing");
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open for writing");
     let mut reader = SegmentReader::open(path).ok();
     let limit = 2 * layout::SEGMENT_SIZE as u64;
     for op in data.chunks_exact(5) {
