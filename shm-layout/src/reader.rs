@@ -6,9 +6,11 @@
 //! can rule that out: the file can shrink between the check and the read. So each read copies
 //! the segment with `pread(2)` into memory this process owns. A file that shrank gives a short
 //! read, which is refused as [`Error::TooSmall`]; nothing the file does can make this process
-//! fault. The copy is then validated, header word by header word, before any offset or count
-//! in it is used, and every sum saturates, so truncated, corrupt or random bytes give an error
-//! or odd numbers, never a panic.
+//! fault. The head (header, registries, gauges) is copied and validated, header word by header
+//! word, before any offset or count in it is used; then each shard is copied in turn into one
+//! shard-sized buffer and added to the totals, so the copy stays small and hot in the cache.
+//! Every sum saturates, so truncated, corrupt or random bytes give an error or odd numbers,
+//! never a panic.
 //!
 //! Why a copy still reads each counter whole: Linux copies a tmpfs page to user memory with
 //! aligned loads of 8 bytes or more (x86-64 `rep movs`, arm64 `ldp`), and every counter and
@@ -24,9 +26,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
+use crate::buckets::{BATCH_BUCKETS, BYTES_BUCKETS, DURATION_BUCKETS};
 use crate::layout::{
-    self, read_text, Header, Histogram, Segment, HEADER_SIZE, MODELS, ROBOT_TYPES, SEGMENT_SIZE,
-    SHARDS, STATUSES,
+    self, read_text, Gauges, Header, Histogram, ModelSlot, ModelStats, RobotTypeSlot, Shard,
+    HEADER_SIZE, MODELS, ROBOT_TYPES, SEGMENT_SIZE, SHARDS, SHARDS_OFFSET, SHARD_SIZE, STATUSES,
 };
 use crate::snapshot::{
     batch_bounds_vec, bytes_bounds_vec, duration_bounds, GaugesSnapshot, HeaderInfo,
@@ -40,7 +43,7 @@ pub struct SegmentReader {
     path: PathBuf,
     inode: u64,
     owner_uid: u32,
-    image: Image,
+    buffers: Buffers,
 }
 
 impl SegmentReader {
@@ -87,7 +90,7 @@ impl SegmentReader {
             path,
             inode: meta.ino(),
             owner_uid: meta.uid(),
-            image: Image::new(),
+            buffers: Buffers::default(),
         };
         reader.header()?;
         Ok(reader)
@@ -109,21 +112,36 @@ impl SegmentReader {
         self.owner_uid
     }
 
-    /// Copies the whole segment out of the file, re-validates it, and reads every value.
+    /// Copies the segment out of the file, validating it, and sums every value.
     pub fn snapshot(&mut self) -> Result<Snapshot> {
-        let len = self.file.metadata().map_err(|source| Error::Io {
-            path: self.path.clone(),
-            source,
-        })?;
-        self.image.fill_from(&self.file, &self.path, SEGMENT_SIZE)?;
-        let seg = self.image.segment(len.len())?;
-        Ok(read_segment(seg))
+        let (file, path) = (&self.file, &self.path);
+        let file_len = file
+            .metadata()
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        let mut read = |buf: &mut [u8], at: u64| {
+            file.read_at(buf, at).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })
+        };
+        read_snapshot(&mut read, file_len, &mut self.buffers)
     }
 
     /// Copies and validates the header alone (cheap: 256 bytes, no shard is touched).
     pub fn header(&mut self) -> Result<HeaderInfo> {
-        self.image.fill_from(&self.file, &self.path, HEADER_SIZE)?;
-        Ok(read_header(self.image.header()?))
+        let (file, path) = (&self.file, &self.path);
+        let mut read = |buf: &mut [u8], at: u64| {
+            file.read_at(buf, at).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })
+        };
+        let bytes = self.buffers.head.fill(&mut read, 0, HEADER_SIZE)?;
+        Ok(read_header(header_of(bytes)?))
     }
 }
 
@@ -138,108 +156,166 @@ impl Snapshot {
     /// Validates and reads a segment image held in ordinary memory: a copy, a fuzz input, or
     /// a file read from disk. It is the same code path as [`SegmentReader::snapshot`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Snapshot> {
-        let mut image = Image::new();
-        image.fill_from_slice(bytes);
-        let seg = image.segment(bytes.len() as u64)?;
-        Ok(read_segment(seg))
+        let mut read = |buf: &mut [u8], at: u64| {
+            let start = usize::try_from(at).unwrap_or(usize::MAX).min(bytes.len());
+            let n = buf.len().min(bytes.len() - start);
+            buf[..n].copy_from_slice(&bytes[start..start + n]);
+            Ok(n)
+        };
+        read_snapshot(&mut read, bytes.len() as u64, &mut Buffers::default())
     }
 }
 
-/// One cache line; the unit of [`Image`], so that the image is aligned like the layout's structs.
+/// Reads up to `buf.len()` bytes at an offset: `pread` on the file, or a copy from a slice.
+type ReadAt<'a> = dyn FnMut(&mut [u8], u64) -> Result<usize> + 'a;
+
+/// Where the copies go: the head (header, registries and gauges), and one shard at a time.
+#[derive(Default)]
+struct Buffers {
+    head: Buffer,
+    shard: Buffer,
+}
+
+/// One cache line; the unit of [`Buffer`], so that a buffer is aligned like the layout's structs.
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
 struct Line([u8; 64]);
 
-/// A copy of (the start of) a segment in this process's own memory, 64-byte aligned so that
+/// A copy of part of a segment in this process's own memory, 64-byte aligned so that
 /// references to the layout's structs may be formed over it. Only this process writes it, so
 /// nothing can change or shrink it while it is read.
-struct Image {
+#[derive(Default)]
+struct Buffer {
     lines: Vec<Line>,
-    /// Bytes of `lines` that hold file contents.
-    len: usize,
 }
 
-impl Image {
-    fn new() -> Image {
-        Image {
-            lines: Vec::new(),
-            len: 0,
-        }
-    }
-
-    fn bytes_mut(&mut self, len: usize) -> &mut [u8] {
-        let lines = len.div_ceil(64);
+impl Buffer {
+    /// Copies up to `want` bytes at `at` into the buffer and returns what arrived: fewer bytes
+    /// where the file ends first.
+    fn fill(&mut self, read: &mut ReadAt<'_>, at: u64, want: usize) -> Result<&[u8]> {
+        let lines = want.div_ceil(64);
         if self.lines.len() < lines {
             self.lines.resize(lines, Line([0; 64]));
         }
-        // SAFETY: `lines` holds at least `len` initialized bytes, `Line` is plain bytes with no
-        // padding, and the slice borrows `self` mutably for its lifetime.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), len) }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `len <= lines.len() * 64` initialized bytes (kept by `fill_*`), borrowed from `self`.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u8>(), self.len) }
-    }
-
-    /// Copies up to `want` bytes from the start of `file`. A short file gives a short image.
-    fn fill_from(&mut self, file: &File, path: &Path, want: usize) -> Result<()> {
-        let buf = self.bytes_mut(want);
+        // SAFETY: `lines` holds at least `want` initialized bytes, `Line` is plain bytes with
+        // no padding, and the slice borrows `self` mutably for its lifetime.
+        let buf =
+            unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), want) };
         let mut got = 0;
         while got < want {
-            match file.read_at(&mut buf[got..], got as u64) {
+            match read(&mut buf[got..], at + got as u64) {
                 Ok(0) => break,
                 Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    self.len = 0;
-                    return Err(Error::Io {
-                        path: path.to_owned(),
-                        source,
-                    });
-                }
+                Err(Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
-        self.len = got;
-        Ok(())
+        Ok(&buf[..got])
     }
+}
 
-    fn fill_from_slice(&mut self, bytes: &[u8]) {
-        self.bytes_mut(bytes.len()).copy_from_slice(bytes);
-        self.len = bytes.len();
+/// The head of a segment, validated: what comes before the shards.
+struct Head<'a> {
+    header: &'a Header,
+    models: &'a [ModelSlot; MODELS],
+    robot_types: &'a [RobotTypeSlot; ROBOT_TYPES],
+    gauges: &'a Gauges,
+}
+
+/// The header in `bytes`, once every header word is what this reader's layout requires.
+fn header_of(bytes: &[u8]) -> Result<&Header> {
+    if bytes.len() < HEADER_SIZE {
+        return Err(Error::TooSmall {
+            len: bytes.len(),
+            need: HEADER_SIZE,
+        });
     }
+    // SAFETY: at least HEADER_SIZE bytes, 64-aligned (a `Buffer` is made of `Line`s), and every
+    // Header field is an atomic or plain bytes, for which any bit pattern is valid.
+    let header: &Header = unsafe { &*bytes.as_ptr().cast::<Header>() };
+    validate_header(header)?;
+    Ok(header)
+}
 
-    /// The header, once every header word is what this reader's layout requires.
-    fn header(&self) -> Result<&Header> {
-        let bytes = self.bytes();
-        if bytes.len() < HEADER_SIZE {
-            return Err(Error::TooSmall {
-                len: bytes.len(),
-                need: HEADER_SIZE,
-            });
+/// The head in `bytes`, once the header checks pass, `bytes` holds the whole head, and the
+/// file (`file_len` bytes) is as long as its header says.
+fn head_of(bytes: &[u8], file_len: u64) -> Result<Head<'_>> {
+    let header = header_of(bytes)?;
+    let total = header.total_size_bytes.load(Relaxed);
+    if bytes.len() < SHARDS_OFFSET || file_len < total {
+        return Err(Error::TooSmall {
+            len: usize::try_from(file_len.min(bytes.len() as u64)).unwrap_or(usize::MAX),
+            need: usize::try_from(total).unwrap_or(usize::MAX),
+        });
+    }
+    let at = |offset: usize| bytes[offset..].as_ptr();
+    // SAFETY: `bytes` holds SHARDS_OFFSET bytes, so every section before the shards; each
+    // offset is a multiple of 64 (pinned in layout.rs) from a 64-aligned start, and the
+    // sections are atomics and plain bytes, valid for any bit pattern.
+    Ok(unsafe {
+        Head {
+            header,
+            models: &*at(layout::MODELS_OFFSET).cast(),
+            robot_types: &*at(layout::ROBOT_TYPES_OFFSET).cast(),
+            gauges: &*at(layout::GAUGES_OFFSET).cast(),
         }
-        // SAFETY: at least HEADER_SIZE bytes, 64-aligned (the image is made of `Line`s), and
-        // every Header field is an atomic or plain bytes, for which any bit pattern is valid.
-        let header: &Header = unsafe { &*bytes.as_ptr().cast::<Header>() };
-        validate_header(header)?;
-        Ok(header)
-    }
+    })
+}
 
-    /// The whole segment, once the header checks pass, the image holds all of it, and the
-    /// file (`file_len` bytes) is as long as its header says.
-    fn segment(&self, file_len: u64) -> Result<&Segment> {
-        let total = self.header()?.total_size_bytes.load(Relaxed);
-        let bytes = self.bytes();
-        if bytes.len() < SEGMENT_SIZE || file_len < total {
-            return Err(Error::TooSmall {
-                len: usize::try_from(file_len.min(bytes.len() as u64)).unwrap_or(usize::MAX),
-                need: usize::try_from(total).unwrap_or(usize::MAX),
-            });
-        }
-        // SAFETY: at least SEGMENT_SIZE bytes, aligned as above, and every Segment field is an
-        // atomic or plain bytes.
-        Ok(unsafe { &*bytes.as_ptr().cast::<Segment>() })
+/// The shard whose copy `bytes` is, if the copy is whole.
+fn shard_of(bytes: &[u8], at: u64) -> Result<&Shard> {
+    if bytes.len() < SHARD_SIZE {
+        return Err(Error::TooSmall {
+            len: usize::try_from(at).unwrap_or(usize::MAX) + bytes.len(),
+            need: SEGMENT_SIZE,
+        });
     }
+    // SAFETY: SHARD_SIZE bytes, 64-aligned, atomics and plain bytes.
+    Ok(unsafe { &*bytes.as_ptr().cast::<Shard>() })
+}
+
+/// Copies the head, validates it, then copies and sums one shard at a time.
+fn read_snapshot(read: &mut ReadAt<'_>, file_len: u64, buffers: &mut Buffers) -> Result<Snapshot> {
+    let head = head_of(buffers.head.fill(read, 0, SHARDS_OFFSET)?, file_len)?;
+    let mut totals = Totals::new();
+    let mut shards = Vec::with_capacity(SHARDS);
+    for i in 0..SHARDS {
+        let at = (SHARDS_OFFSET + i * SHARD_SIZE) as u64;
+        // A shard never claimed is all zeros: its first line says so, and the rest is skipped.
+        let first = buffers.shard.fill(read, at, 64)?;
+        let kind_at = std::mem::offset_of!(Shard, kind);
+        let kind = match first.get(kind_at..kind_at + 4) {
+            Some(word) if first.len() == 64 => {
+                u32::from_le_bytes([word[0], word[1], word[2], word[3]])
+            }
+            _ => shard_of(first, at).map(|_| 0)?,
+        };
+        if kind == ShardKind::Unused as u32 {
+            shards.push(ShardSnapshot {
+                kind: ShardKind::Unused,
+                busy_ns: 0,
+                requests: 0,
+                batches: 0,
+            });
+            continue;
+        }
+        let shard = shard_of(buffers.shard.fill(read, at, SHARD_SIZE)?, at)?;
+        shards.push(totals.add(shard));
+    }
+    Ok(Snapshot {
+        header: read_header(head.header),
+        models: head.models.iter().map(read_model_slot).collect(),
+        robot_types: head
+            .robot_types
+            .iter()
+            .map(|slot| published_text(&slot.published, &slot.name))
+            .collect(),
+        requests_by_label: totals.requests_by_label,
+        model_stats: totals.models.iter().map(ModelTotals::finish).collect(),
+        shards,
+        gauges: read_gauges(head.gauges),
+    })
 }
 
 /// Checks every header word before anything it describes is trusted.
@@ -371,99 +447,20 @@ fn published_text(
     (!name.is_empty()).then_some(name)
 }
 
-fn sum_into(acc: &mut [u64], values: &[AtomicU64]) {
-    for (a, v) in acc.iter_mut().zip(values) {
-        *a = a.saturating_add(v.load(Relaxed));
-    }
+fn read_model_slot(slot: &ModelSlot) -> Option<ModelSlotInfo> {
+    let name = published_text(&slot.published, &slot.name)?;
+    Some(ModelSlotInfo {
+        name,
+        version: read_text(&slot.version),
+        backend: read_text(&slot.backend),
+        device: read_text(&slot.device),
+        load_duration_ns: slot.load_duration_ns.load(Relaxed),
+        loaded_at_unix_ns: slot.loaded_at_unix_ns.load(Relaxed),
+    })
 }
 
-fn histogram<const N: usize>(
-    seg: &Segment,
-    pick: impl Fn(&layout::ModelStats) -> &Histogram<N>,
-    model: usize,
-    bounds: Vec<u64>,
-) -> HistogramSnapshot {
-    let mut per_bucket = [0u64; N];
-    let mut sum = 0u64;
-    for shard in &seg.shards {
-        let h = pick(&shard.models[model]);
-        sum_into(&mut per_bucket, &h.buckets);
-        sum = sum.saturating_add(h.sum.load(Relaxed));
-    }
-    HistogramSnapshot::from_buckets(bounds, &per_bucket, sum)
-}
-
-fn read_segment(seg: &Segment) -> Snapshot {
-    let header = read_header(&seg.header);
-    let models = seg
-        .models
-        .iter()
-        .map(|slot| {
-            let name = published_text(&slot.published, &slot.name)?;
-            Some(ModelSlotInfo {
-                name,
-                version: read_text(&slot.version),
-                backend: read_text(&slot.backend),
-                device: read_text(&slot.device),
-                load_duration_ns: slot.load_duration_ns.load(Relaxed),
-                loaded_at_unix_ns: slot.loaded_at_unix_ns.load(Relaxed),
-            })
-        })
-        .collect();
-    let robot_types = seg
-        .robot_types
-        .iter()
-        .map(|slot| published_text(&slot.published, &slot.name))
-        .collect();
-
-    let mut requests_by_label = vec![0u64; MODELS * ROBOT_TYPES * STATUSES];
-    for shard in &seg.shards {
-        let flat = shard.requests_by_label.iter().flatten().flatten();
-        for (acc, v) in requests_by_label.iter_mut().zip(flat) {
-            *acc = acc.saturating_add(v.load(Relaxed));
-        }
-    }
-
-    let model_stats = (0..MODELS)
-        .map(|m| {
-            let mut rejected = vec![0u64; layout::SAFETY_REASONS];
-            let mut clamped = 0u64;
-            for shard in &seg.shards {
-                let stats = &shard.models[m];
-                clamped = clamped.saturating_add(stats.actions_clamped.load(Relaxed));
-                sum_into(&mut rejected, &stats.outputs_rejected);
-            }
-            ModelStatsSnapshot {
-                e2e_ns: histogram(seg, |s| &s.e2e_ns, m, duration_bounds()),
-                queue_wait_ns: histogram(seg, |s| &s.queue_wait_ns, m, duration_bounds()),
-                compute_ns: histogram(seg, |s| &s.compute_ns, m, duration_bounds()),
-                batch_size: histogram(seg, |s| &s.batch_size, m, batch_bounds_vec()),
-                request_bytes: histogram(seg, |s| &s.request_bytes, m, bytes_bounds_vec()),
-                response_bytes: histogram(seg, |s| &s.response_bytes, m, bytes_bounds_vec()),
-                actions_clamped: clamped,
-                outputs_rejected: rejected,
-            }
-        })
-        .collect();
-
-    let shards = seg
-        .shards
-        .iter()
-        .map(|s| ShardSnapshot {
-            kind: ShardKind::from_word(s.kind.load(Relaxed)),
-            busy_ns: s.busy_ns.load(Relaxed),
-            requests: s
-                .requests_by_label
-                .iter()
-                .flatten()
-                .flatten()
-                .fold(0u64, |acc, v| acc.saturating_add(v.load(Relaxed))),
-            batches: s.batches.load(Relaxed),
-        })
-        .collect();
-
-    let g = &seg.gauges;
-    let gauges = GaugesSnapshot {
+fn read_gauges(g: &Gauges) -> GaugesSnapshot {
+    GaugesSnapshot {
         queue_depth: g.queue_depth.value.load(Relaxed).max(0),
         in_flight: g.in_flight.value.load(Relaxed).max(0),
         connections: g.connections.value.load(Relaxed).max(0),
@@ -475,15 +472,113 @@ fn read_segment(seg: &Segment) -> Snapshot {
         reload_failures_total: g.reload_failures_total.load(Relaxed),
         connections_rejected_total: g.connections_rejected_total.load(Relaxed),
         protocol_errors_total: g.protocol_errors_total.load(Relaxed),
-    };
+    }
+}
 
-    Snapshot {
-        header,
-        models,
-        robot_types,
-        requests_by_label,
-        model_stats,
-        shards,
-        gauges,
+fn sum_into(acc: &mut [u64], values: &[AtomicU64]) {
+    for (a, v) in acc.iter_mut().zip(values) {
+        *a = a.saturating_add(v.load(Relaxed));
+    }
+}
+
+/// The sums over the shards read so far.
+struct Totals {
+    requests_by_label: Vec<u64>,
+    models: Vec<ModelTotals>,
+}
+
+/// One model's histograms and safety counters, summed over shards.
+#[derive(Default)]
+struct ModelTotals {
+    e2e_ns: HistogramTotal<DURATION_BUCKETS>,
+    queue_wait_ns: HistogramTotal<DURATION_BUCKETS>,
+    compute_ns: HistogramTotal<DURATION_BUCKETS>,
+    batch_size: HistogramTotal<BATCH_BUCKETS>,
+    request_bytes: HistogramTotal<BYTES_BUCKETS>,
+    response_bytes: HistogramTotal<BYTES_BUCKETS>,
+    actions_clamped: u64,
+    outputs_rejected: [u64; layout::SAFETY_REASONS],
+}
+
+/// Per-bucket counts and the sum of one histogram, summed over shards.
+struct HistogramTotal<const N: usize> {
+    buckets: [u64; N],
+    sum: u64,
+}
+
+impl<const N: usize> Default for HistogramTotal<N> {
+    fn default() -> Self {
+        HistogramTotal {
+            buckets: [0; N],
+            sum: 0,
+        }
+    }
+}
+
+impl<const N: usize> HistogramTotal<N> {
+    fn add(&mut self, h: &Histogram<N>) {
+        sum_into(&mut self.buckets, &h.buckets);
+        self.sum = self.sum.saturating_add(h.sum.load(Relaxed));
+    }
+
+    fn finish(&self, bounds: Vec<u64>) -> HistogramSnapshot {
+        HistogramSnapshot::from_buckets(bounds, &self.buckets, self.sum)
+    }
+}
+
+impl Totals {
+    fn new() -> Totals {
+        Totals {
+            requests_by_label: vec![0; MODELS * ROBOT_TYPES * STATUSES],
+            models: (0..MODELS).map(|_| ModelTotals::default()).collect(),
+        }
+    }
+
+    /// Adds one shard's values and returns the shard's own.
+    fn add(&mut self, shard: &Shard) -> ShardSnapshot {
+        let flat = shard.requests_by_label.iter().flatten().flatten();
+        let mut requests = 0u64;
+        for (acc, v) in self.requests_by_label.iter_mut().zip(flat) {
+            let v = v.load(Relaxed);
+            *acc = acc.saturating_add(v);
+            requests = requests.saturating_add(v);
+        }
+        for (total, stats) in self.models.iter_mut().zip(&shard.models) {
+            total.add(stats);
+        }
+        ShardSnapshot {
+            kind: ShardKind::from_word(shard.kind.load(Relaxed)),
+            busy_ns: shard.busy_ns.load(Relaxed),
+            requests,
+            batches: shard.batches.load(Relaxed),
+        }
+    }
+}
+
+impl ModelTotals {
+    fn add(&mut self, s: &ModelStats) {
+        self.e2e_ns.add(&s.e2e_ns);
+        self.queue_wait_ns.add(&s.queue_wait_ns);
+        self.compute_ns.add(&s.compute_ns);
+        self.batch_size.add(&s.batch_size);
+        self.request_bytes.add(&s.request_bytes);
+        self.response_bytes.add(&s.response_bytes);
+        self.actions_clamped = self
+            .actions_clamped
+            .saturating_add(s.actions_clamped.load(Relaxed));
+        sum_into(&mut self.outputs_rejected, &s.outputs_rejected);
+    }
+
+    fn finish(&self) -> ModelStatsSnapshot {
+        ModelStatsSnapshot {
+            e2e_ns: self.e2e_ns.finish(duration_bounds()),
+            queue_wait_ns: self.queue_wait_ns.finish(duration_bounds()),
+            compute_ns: self.compute_ns.finish(duration_bounds()),
+            batch_size: self.batch_size.finish(batch_bounds_vec()),
+            request_bytes: self.request_bytes.finish(bytes_bounds_vec()),
+            response_bytes: self.response_bytes.finish(bytes_bounds_vec()),
+            actions_clamped: self.actions_clamped,
+            outputs_rejected: self.outputs_rejected.to_vec(),
+        }
     }
 }
