@@ -299,3 +299,43 @@ fn the_reader_holds_a_read_only_non_blocking_descriptor() {
     assert_eq!(flags & libc::O_ACCMODE, libc::O_RDONLY, "opened read-only");
     assert_ne!(flags & libc::O_NONBLOCK, 0, "opened non-blocking");
 }
+
+#[test]
+fn counts_of_a_released_shard_are_still_read() {
+    use shm_layout::{RequestSample, Status};
+    let (writer, _c) = fresh("released");
+    let model = writer.register_model(
+        &ModelInfo {
+            name: "m".into(),
+            ..Default::default()
+        },
+        Duration::ZERO,
+    );
+    let robot = writer.robot_type("r");
+    let shard = writer.claim_shard(ShardKind::Io).unwrap();
+    let index = shard.index();
+    shard.record_request(&RequestSample {
+        model,
+        robot_type: robot,
+        status: Status::Ok,
+        e2e_ns: 1_000,
+        queue_wait_ns: None,
+        compute_ns: None,
+        request_bytes: 10,
+        response_bytes: 10,
+    });
+    // The shard goes back to the pool; the reader skips only shards never claimed.
+    drop(shard);
+    let s = SegmentReader::open(writer.path())
+        .unwrap()
+        .snapshot()
+        .unwrap();
+    assert_eq!(s.requests(model.index(), robot.index(), Status::Ok), 1);
+    assert_eq!(s.shards[index].kind, ShardKind::Io);
+    assert_eq!(s.shards[index].requests, 1);
+    assert!(s
+        .shards
+        .iter()
+        .enumerate()
+        .all(|(i, sh)| i == index || sh.kind == ShardKind::Unused));
+}
