@@ -122,24 +122,12 @@ impl SegmentReader {
                 source,
             })?
             .len();
-        let mut read = |buf: &mut [u8], at: u64| {
-            file.read_at(buf, at).map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })
-        };
-        read_snapshot(&mut read, file_len, &mut self.buffers)
+        read_snapshot(&mut pread(file, path), file_len, &mut self.buffers)
     }
 
     /// Copies and validates the header alone (cheap: 256 bytes, no shard is touched).
     pub fn header(&mut self) -> Result<HeaderInfo> {
-        let (file, path) = (&self.file, &self.path);
-        let mut read = |buf: &mut [u8], at: u64| {
-            file.read_at(buf, at).map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })
-        };
+        let mut read = pread(&self.file, &self.path);
         let bytes = self.buffers.head.fill(&mut read, 0, HEADER_SIZE)?;
         Ok(read_header(header_of(bytes)?))
     }
@@ -168,6 +156,16 @@ impl Snapshot {
 
 /// Reads up to `buf.len()` bytes at an offset: `pread` on the file, or a copy from a slice.
 type ReadAt<'a> = dyn FnMut(&mut [u8], u64) -> Result<usize> + 'a;
+
+/// [`ReadAt`] on `file`, its errors naming `path`.
+fn pread<'a>(file: &'a File, path: &'a Path) -> impl FnMut(&mut [u8], u64) -> Result<usize> + 'a {
+    move |buf, at| {
+        file.read_at(buf, at).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
 
 /// Where the copies go: the head (header, registries and gauges), and one shard at a time.
 #[derive(Default)]
