@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use shm_layout::{
-    Gauge, RequestSample, RobotTypeId, SegmentOptions, SegmentWriter, ShardKind, ShardWriter,
-    State, HEARTBEAT_INTERVAL,
+    Counter, Gauge, RequestSample, RobotTypeId, SegmentOptions, SegmentWriter, ShardKind,
+    ShardWriter, State, HEARTBEAT_INTERVAL,
 };
 
 use crate::Result;
@@ -64,9 +64,19 @@ impl Metrics {
         self.writer.set_state(state);
     }
 
-    /// Adds to a gauge or counter.
-    pub fn add(&self, gauge: Gauge, delta: i64) {
-        self.writer.gauges().add(gauge, delta);
+    /// Adds `delta` to a gauge; returns the value before it.
+    pub fn add(&self, gauge: Gauge, delta: i64) -> i64 {
+        self.writer.gauges().add(gauge, delta)
+    }
+
+    /// A gauge's current value.
+    pub fn get(&self, gauge: Gauge) -> i64 {
+        self.writer.gauges().get(gauge)
+    }
+
+    /// Counts `n` events.
+    pub fn count(&self, counter: Counter, n: u64) {
+        self.writer.counters().add(counter, n);
     }
 
     /// Sets a gauge.

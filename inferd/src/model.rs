@@ -3,7 +3,7 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
-use shm_layout::{Gauge, ModelId, ModelInfo};
+use shm_layout::{Counter, Gauge, ModelId, ModelInfo};
 
 use crate::backend::{Backend, ModelMetadata, ModelSource};
 use crate::config::Config;
@@ -43,7 +43,7 @@ impl LoadedModel {
             .load_with(&source, &config.backend_options())?;
         if let Some(bytes) = backend.device_memory_used_bytes() {
             let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
-            metrics.set(Gauge::GpuMemoryUsedBytes, bytes);
+            metrics.set(Gauge::DeviceMemoryUsedBytes, bytes);
         }
         let meta = backend.metadata();
         let model_error = |reason: String| Error::Model {
@@ -182,11 +182,11 @@ impl ModelStore {
                 // Dropped after the lock is released: freeing a GPU model waits for its
                 // streams, and workers must not wait for that to read the current model.
                 drop(old);
-                metrics.add(Gauge::ReloadsTotal, 1);
+                metrics.count(Counter::ReloadsTotal, 1);
                 Ok(())
             }
             Err(e) => {
-                metrics.add(Gauge::ReloadFailuresTotal, 1);
+                metrics.count(Counter::ReloadFailuresTotal, 1);
                 log::error!("reload failed, still serving the previous model: {e}");
                 Err(e)
             }

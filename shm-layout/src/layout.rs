@@ -178,7 +178,7 @@ pub struct Gauges {
     /// Queue capacity, in requests.
     pub queue_capacity: AtomicI64,
     /// Device memory held by inferd, in bytes.
-    pub gpu_memory_used_bytes: AtomicI64,
+    pub device_memory_used_bytes: AtomicI64,
     /// Registrations that found every model slot taken and went to `other`.
     pub model_overflow_total: AtomicU64,
     /// Registrations that found every robot-type slot taken and went to `other`.
@@ -407,7 +407,7 @@ pub fn fields() -> Vec<Field> {
         in_flight: "i64 + u8[56] padding",
         connections: "i64 + u8[56] padding",
         queue_capacity: "i64",
-        gpu_memory_used_bytes: "i64",
+        device_memory_used_bytes: "i64",
         model_overflow_total: "u64",
         robot_type_overflow_total: "u64",
         reloads_total: "u64",

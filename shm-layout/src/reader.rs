@@ -463,7 +463,7 @@ fn read_gauges(g: &Gauges) -> GaugesSnapshot {
         in_flight: g.in_flight.value.load(Relaxed).max(0),
         connections: g.connections.value.load(Relaxed).max(0),
         queue_capacity: g.queue_capacity.load(Relaxed).max(0),
-        gpu_memory_used_bytes: g.gpu_memory_used_bytes.load(Relaxed).max(0),
+        device_memory_used_bytes: g.device_memory_used_bytes.load(Relaxed).max(0),
         model_overflow_total: g.model_overflow_total.load(Relaxed),
         robot_type_overflow_total: g.robot_type_overflow_total.load(Relaxed),
         reloads_total: g.reloads_total.load(Relaxed),

@@ -128,7 +128,7 @@ pub struct GaugesSnapshot {
     /// Queue capacity.
     pub queue_capacity: i64,
     /// Device memory held by inferd, bytes.
-    pub gpu_memory_used_bytes: i64,
+    pub device_memory_used_bytes: i64,
     /// Model registrations past capacity.
     pub model_overflow_total: u64,
     /// Robot-type registrations past capacity.

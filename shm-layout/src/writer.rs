@@ -9,7 +9,7 @@ use std::marker::PhantomData;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::{AcqRel, Relaxed, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -317,20 +317,22 @@ impl SegmentWriter {
         Err(Error::ShardsExhausted(layout::SHARDS))
     }
 
-    /// The process-wide gauges and rare counters, which several threads update.
+    /// The process-wide gauges, which several threads move up and down.
     pub fn gauges(&self) -> GaugeWriter<'_> {
         GaugeWriter {
             gauges: &self.segment().gauges,
         }
     }
+
+    /// The process-wide rare counters, which several threads add to.
+    pub fn counters(&self) -> CounterWriter<'_> {
+        CounterWriter {
+            gauges: &self.segment().gauges,
+        }
+    }
 }
 
-/// Updates the segment's gauges; each is a single atomic add or store.
-pub struct GaugeWriter<'a> {
-    gauges: &'a layout::Gauges,
-}
-
-/// A gauge or counter of the [`GaugeWriter`].
+/// A process-wide gauge: a signed value that goes up and down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Gauge {
     /// Requests waiting in the queue.
@@ -341,54 +343,71 @@ pub enum Gauge {
     Connections,
     /// Queue capacity.
     QueueCapacity,
-    /// Device memory held by inferd, bytes.
-    GpuMemoryUsedBytes,
-    /// Successful reloads (counter).
+    /// Device memory held by inferd's models, bytes.
+    DeviceMemoryUsedBytes,
+}
+
+/// A process-wide counter: it only goes up, one event at a time or a few.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Successful reloads.
     ReloadsTotal,
-    /// Failed reloads (counter).
+    /// Failed reloads.
     ReloadFailuresTotal,
-    /// Connections refused at the limit (counter).
+    /// Connections refused at the limit.
     ConnectionsRejectedTotal,
-    /// Connections closed for a protocol error (counter).
+    /// Connections closed for a protocol error.
     ProtocolErrorsTotal,
 }
 
+/// Updates the segment's gauges; each update is a single atomic add or store.
+pub struct GaugeWriter<'a> {
+    gauges: &'a layout::Gauges,
+}
+
 impl GaugeWriter<'_> {
-    fn signed(&self, g: Gauge) -> Option<&AtomicI64> {
+    fn word(&self, g: Gauge) -> &AtomicI64 {
         match g {
-            Gauge::QueueDepth => Some(&self.gauges.queue_depth.value),
-            Gauge::InFlight => Some(&self.gauges.in_flight.value),
-            Gauge::Connections => Some(&self.gauges.connections.value),
-            Gauge::QueueCapacity => Some(&self.gauges.queue_capacity),
-            Gauge::GpuMemoryUsedBytes => Some(&self.gauges.gpu_memory_used_bytes),
-            _ => None,
+            Gauge::QueueDepth => &self.gauges.queue_depth.value,
+            Gauge::InFlight => &self.gauges.in_flight.value,
+            Gauge::Connections => &self.gauges.connections.value,
+            Gauge::QueueCapacity => &self.gauges.queue_capacity,
+            Gauge::DeviceMemoryUsedBytes => &self.gauges.device_memory_used_bytes,
         }
     }
 
-    fn counter(&self, g: Gauge) -> Option<&AtomicU64> {
-        match g {
-            Gauge::ReloadsTotal => Some(&self.gauges.reloads_total),
-            Gauge::ReloadFailuresTotal => Some(&self.gauges.reload_failures_total),
-            Gauge::ConnectionsRejectedTotal => Some(&self.gauges.connections_rejected_total),
-            Gauge::ProtocolErrorsTotal => Some(&self.gauges.protocol_errors_total),
-            _ => None,
-        }
+    /// Adds `delta`, which may be negative, and returns the value before it: the gauge is
+    /// the one count, so a caller that enforces a limit on it reads it here.
+    pub fn add(&self, g: Gauge, delta: i64) -> i64 {
+        self.word(g).fetch_add(delta, AcqRel)
     }
 
-    /// Adds `delta` (which may be negative for gauges; counters ignore negative deltas).
-    pub fn add(&self, g: Gauge, delta: i64) {
-        if let Some(a) = self.signed(g) {
-            a.fetch_add(delta, Relaxed);
-        } else if let (Some(a), Ok(d)) = (self.counter(g), u64::try_from(delta)) {
-            a.fetch_add(d, Relaxed);
-        }
-    }
-
-    /// Sets a gauge; counters cannot be set and are left alone.
+    /// Sets a gauge.
     pub fn set(&self, g: Gauge, value: i64) {
-        if let Some(a) = self.signed(g) {
-            a.store(value, Relaxed);
-        }
+        self.word(g).store(value, Relaxed);
+    }
+
+    /// A gauge's current value.
+    pub fn get(&self, g: Gauge) -> i64 {
+        self.word(g).load(Acquire)
+    }
+}
+
+/// Adds to the segment's rare counters; each update is a single atomic add.
+pub struct CounterWriter<'a> {
+    gauges: &'a layout::Gauges,
+}
+
+impl CounterWriter<'_> {
+    /// Adds `n`: a counter takes no negative step, which the type says.
+    pub fn add(&self, c: Counter, n: u64) {
+        let word = match c {
+            Counter::ReloadsTotal => &self.gauges.reloads_total,
+            Counter::ReloadFailuresTotal => &self.gauges.reload_failures_total,
+            Counter::ConnectionsRejectedTotal => &self.gauges.connections_rejected_total,
+            Counter::ProtocolErrorsTotal => &self.gauges.protocol_errors_total,
+        };
+        word.fetch_add(n, Relaxed);
     }
 }
 

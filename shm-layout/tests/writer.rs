@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use shm_layout::{
-    layout, Error, Gauge, ModelId, ModelInfo, RobotTypeId, SegmentOptions, SegmentReader,
+    layout, Counter, Error, Gauge, ModelId, ModelInfo, RobotTypeId, SegmentOptions, SegmentReader,
     SegmentWriter, ShardKind, Snapshot, State,
 };
 
@@ -236,22 +236,27 @@ fn shards_are_exclusive_until_released() {
 }
 
 #[test]
-fn gauges_add_and_set() {
+fn gauges_add_and_set_and_counters_add() {
     let (writer, _c) = fresh("gauges");
     let g = writer.gauges();
-    g.add(Gauge::QueueDepth, 3);
-    g.add(Gauge::QueueDepth, -1);
+    assert_eq!(
+        g.add(Gauge::QueueDepth, 3),
+        0,
+        "add returns the value before it"
+    );
+    assert_eq!(g.add(Gauge::QueueDepth, -1), 3);
     g.set(Gauge::QueueCapacity, 128);
-    g.add(Gauge::ReloadFailuresTotal, 1);
-    g.add(Gauge::ReloadFailuresTotal, -5);
+    writer.counters().add(Counter::ReloadFailuresTotal, 1);
+    writer.counters().add(Counter::ReloadFailuresTotal, 2);
     g.add(Gauge::Connections, -2);
+    assert_eq!(g.get(Gauge::Connections), -2);
     let s = SegmentReader::open(writer.path())
         .unwrap()
         .snapshot()
         .unwrap();
     assert_eq!(s.gauges.queue_depth, 2);
     assert_eq!(s.gauges.queue_capacity, 128);
-    assert_eq!(s.gauges.reload_failures_total, 1, "counters only go up");
+    assert_eq!(s.gauges.reload_failures_total, 3);
     assert_eq!(
         s.gauges.connections, 0,
         "a transiently negative gauge reads as 0"

@@ -94,7 +94,7 @@ const PER_GPU: [(&str, Kind, &str, Field); 14] = [
         |g| g.memory_utilization_ratio,
     ),
     (
-        "gpu_memory_used_bytes",
+        "device_memory_used_bytes",
         Kind::Gauge,
         "Device memory allocated.",
         |g| g.memory_used_bytes.map(|b| b as f64),

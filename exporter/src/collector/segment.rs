@@ -328,7 +328,7 @@ fn render_gauges(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
         (
             "device_memory_used_bytes",
             "Device memory inferd's model holds: what the GPU's memory in use gained since just before inferd's first model load there (not the CUDA context).",
-            |g| g.gpu_memory_used_bytes,
+            |g| g.device_memory_used_bytes,
         ),
     ];
     for (name, help, pick) in gauges {

@@ -227,7 +227,7 @@ impl Worker {
         self.memory_sampled = Some(Instant::now());
         if let Some(bytes) = model.backend.device_memory_used_bytes() {
             let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
-            self.shared.metrics.set(Gauge::GpuMemoryUsedBytes, bytes);
+            self.shared.metrics.set(Gauge::DeviceMemoryUsedBytes, bytes);
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use shm_layout::{Gauge, RequestSample, RobotTypeId, Status};
+use shm_layout::{Counter, Gauge, RequestSample, RobotTypeId, Status};
 use tokio::net::unix::OwnedReadHalf;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
@@ -255,7 +255,7 @@ impl Connection {
             self.number,
             message.escape_debug()
         );
-        self.ctx.metrics.add(Gauge::ProtocolErrorsTotal, 1);
+        self.ctx.metrics.count(Counter::ProtocolErrorsTotal, 1);
         self.outbox.send(
             ServerMessage::Error(ErrorReply {
                 id: None,

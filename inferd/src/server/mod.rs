@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shm_layout::{Gauge, State};
+use shm_layout::{Counter, State};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -157,7 +157,7 @@ async fn accept_until_drained(
                 Ok((stream, _)) => {
                     accepted += 1;
                     if open.load(Ordering::Acquire) >= ctx.config.max_connections {
-                        ctx.metrics.add(Gauge::ConnectionsRejectedTotal, 1);
+                        ctx.metrics.count(Counter::ConnectionsRejectedTotal, 1);
                         tokio::spawn(refuse_connection(stream, ctx.config.max_connections));
                         continue;
                     }

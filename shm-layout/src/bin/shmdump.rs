@@ -95,7 +95,7 @@ fn render(s: &Snapshot, now: SystemTime) -> String {
         g.queue_capacity,
         g.in_flight,
         g.connections,
-        g.gpu_memory_used_bytes,
+        g.device_memory_used_bytes,
         g.reloads_total,
         g.reload_failures_total,
         g.model_overflow_total,
