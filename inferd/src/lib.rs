@@ -38,6 +38,7 @@ mod client;
 mod config;
 mod echo;
 mod error;
+mod ledger;
 mod logging;
 mod metrics;
 mod model;

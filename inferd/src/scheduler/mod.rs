@@ -8,47 +8,25 @@
 
 mod worker;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use shm_layout::{Gauge, RobotTypeId};
+use shm_layout::Gauge;
 
+use crate::ledger::Ticket;
 use crate::metrics::Metrics;
 use crate::model::ModelStore;
-use crate::outbox::Outbox;
+use crate::protocol::ErrorCode;
 use crate::{Error, Result};
-
-/// Where a request's answer goes: its connection's outbox, and that connection's count of
-/// requests in flight.
-#[derive(Clone, Debug)]
-pub struct Reply {
-    outbox: Outbox,
-    in_flight: Arc<AtomicUsize>,
-}
-
-impl Reply {
-    /// A reply path into `outbox`.
-    pub fn new(outbox: Outbox, in_flight: Arc<AtomicUsize>) -> Reply {
-        Reply { outbox, in_flight }
-    }
-
-    /// Frees the connection's in-flight slot, then hands the answer to the writer: in that
-    /// order, so that a client sending its next request as soon as it reads this answer
-    /// always finds the slot free.
-    fn answer(self, frame: Vec<u8>) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.outbox.send(frame);
-    }
-}
 
 /// A request accepted for compute.
 #[derive(Debug)]
 pub struct Job {
-    /// The client's id.
-    pub id: u64,
+    /// Its ledger entry: who asked, and where the answer goes.
+    pub ticket: Ticket,
     /// Observations in `input`.
     pub rows: usize,
     /// Whether the request had a leading batch dimension, which the answer repeats.
@@ -57,28 +35,12 @@ pub struct Job {
     pub input: Vec<f32>,
     /// When it must have started computing; `None` for no deadline.
     pub deadline: Option<Instant>,
-    /// When its frame had been read.
-    pub arrived: Instant,
-    /// Its frame's size, prefix included.
-    pub request_bytes: u64,
-    /// Its connection's robot type.
-    pub robot_type: RobotTypeId,
-    /// Where the answer goes.
-    pub reply: Reply,
-}
-
-/// Why [`Scheduler::submit`] refused a job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// The queue is at capacity.
-    Full,
-    /// The workers are gone.
-    Closed,
 }
 
 /// The queue and the workers.
 pub struct Scheduler {
     jobs: Sender<Job>,
+    capacity: usize,
     shared: Arc<worker::Shared>,
     stop: Mutex<Option<Sender<()>>>,
     drain: Mutex<Option<Sender<()>>>,
@@ -118,7 +80,6 @@ impl Scheduler {
             policy,
             models,
             metrics,
-            in_flight: AtomicUsize::new(0),
             abandon: AtomicBool::new(false),
         });
         let mut handles = Vec::with_capacity(workers);
@@ -140,6 +101,7 @@ impl Scheduler {
         }
         Ok(Scheduler {
             jobs,
+            capacity,
             shared,
             stop: Mutex::new(Some(stop)),
             drain: Mutex::new(Some(drain)),
@@ -148,30 +110,28 @@ impl Scheduler {
         })
     }
 
-    /// Queues a job without waiting; on refusal the job comes back to be answered.
-    pub fn submit(&self, job: Job) -> Result<(), (Job, Refusal)> {
-        let metrics = &self.shared.metrics;
-        // Counted before the send so that a worker's decrement can never come first.
-        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        metrics.add(Gauge::InFlight, 1);
-        metrics.add(Gauge::QueueDepth, 1);
-        match self.jobs.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-                metrics.add(Gauge::InFlight, -1);
-                metrics.add(Gauge::QueueDepth, -1);
-                match e {
-                    TrySendError::Full(job) => Err((job, Refusal::Full)),
-                    TrySendError::Disconnected(job) => Err((job, Refusal::Closed)),
-                }
-            }
-        }
-    }
-
-    /// Requests queued or computing, not yet answered.
-    pub fn in_flight(&self) -> usize {
-        self.shared.in_flight.load(Ordering::Acquire)
+    /// Queues a job without waiting. A full queue answers it `overloaded` at once, and a queue
+    /// whose workers are gone `shutting_down`.
+    pub fn submit(&self, mut job: Job) {
+        job.ticket.enqueue();
+        let (job, code, message) = match self.jobs.try_send(job) {
+            Ok(()) => return,
+            Err(TrySendError::Full(job)) => (
+                job,
+                ErrorCode::Overloaded,
+                format!(
+                    "the queue is full ({} requests, --queue-capacity)",
+                    self.capacity
+                ),
+            ),
+            Err(TrySendError::Disconnected(job)) => (
+                job,
+                ErrorCode::ShuttingDown,
+                "inferd is shutting down".to_owned(),
+            ),
+        };
+        log::debug!("request {:?} refused, {code}: {message}", job.ticket.id());
+        job.ticket.refuse(code, message);
     }
 
     /// Tells the workers a drain has begun: a batch still filling under `max_queue_delay` runs

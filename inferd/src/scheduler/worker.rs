@@ -7,14 +7,15 @@
 //! would only delay the drain). A request whose deadline has passed when its batch is about
 //! to run is answered `deadline_exceeded` and never computed.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
-use shm_layout::{Gauge, RequestSample, ShardWriter, Status};
+use shm_layout::{Gauge, ShardWriter, Status};
 
 use crate::backend::Batch;
+use crate::ledger::{ns, Outcome, Shard};
 use crate::metrics::Metrics;
 use crate::model::{LoadedModel, ModelStore};
 use crate::protocol::{ErrorCode, ErrorReply, InferResult, ServerMessage, Tensor, Timing};
@@ -26,7 +27,6 @@ pub(super) struct Shared {
     pub policy: BatchPolicy,
     pub models: Arc<ModelStore>,
     pub metrics: Arc<Metrics>,
-    pub in_flight: AtomicUsize,
     pub abandon: AtomicBool,
 }
 
@@ -48,10 +48,6 @@ pub(super) struct Worker {
 /// How often a worker refreshes the device memory gauge: `cuMemGetInfo` is a driver call, too
 /// slow for every batch, and memory in use changes with loads, not batches.
 const MEMORY_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
-
-fn ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
 
 impl Worker {
     pub fn new(
@@ -81,9 +77,8 @@ impl Worker {
             self.process(batch);
         }
         // Stopping: whatever is still queued gets an answer, so that no request goes
-        // unanswered or uncounted. (A carried job was counted off the queue when taken.)
+        // unanswered or uncounted.
         let queued: Vec<Job> = self.jobs.try_iter().collect();
-        self.took(queued.len());
         let model = self.shared.models.current();
         for job in self.carry.take().into_iter().chain(queued) {
             let msg = "inferd stopped before computing this request".to_owned();
@@ -91,21 +86,16 @@ impl Worker {
         }
     }
 
-    /// Counts jobs taken off the queue.
-    fn took(&self, n: usize) {
-        self.shared.metrics.add(Gauge::QueueDepth, -(n as i64));
-    }
-
     /// Blocks for the first job, then batches; `None` once told to stop.
     fn next_batch(&mut self) -> Option<Vec<Job>> {
         let first = match self.carry.take() {
             Some(job) => job,
             None => {
-                let job = crossbeam_channel::select! {
+                let mut job = crossbeam_channel::select! {
                     recv(self.jobs) -> job => job.ok()?,
                     recv(self.stop) -> _ => return None,
                 };
-                self.took(1);
+                job.ticket.dequeue();
                 job
             }
         };
@@ -114,7 +104,7 @@ impl Worker {
         // long to represent is as good as waiting for a full batch.
         let draining = matches!(self.drain.try_recv(), Err(TryRecvError::Disconnected));
         let wait = !policy.max_queue_delay.is_zero() && !draining;
-        let timer = match first.arrived.checked_add(policy.max_queue_delay) {
+        let timer = match first.ticket.arrived().checked_add(policy.max_queue_delay) {
             Some(at) if wait => crossbeam_channel::at(at),
             _ => crossbeam_channel::never(),
         };
@@ -135,8 +125,8 @@ impl Worker {
                     recv(self.drain) -> _ => None,
                 }
             });
-            let Some(job) = next else { break };
-            self.took(1);
+            let Some(mut job) = next else { break };
+            job.ticket.dequeue();
             if rows + job.rows > policy.max_batch_size {
                 // It opens the next batch rather than overfilling this one.
                 self.carry = Some(job);
@@ -154,7 +144,7 @@ impl Worker {
         let abandon = self.shared.abandon.load(Ordering::Acquire);
         let mut live = Vec::with_capacity(batch.len());
         for job in batch {
-            let queue_ns = Some(ns(start.saturating_duration_since(job.arrived)));
+            let queue_ns = Some(ns(start.saturating_duration_since(job.ticket.arrived())));
             if abandon {
                 let msg = "inferd is shutting down: the drain timeout passed before this request was computed";
                 self.answer_error(&model, job, ErrorCode::ShuttingDown, msg.into(), queue_ns);
@@ -239,7 +229,7 @@ impl Worker {
             msg.escape_debug()
         );
         for job in jobs {
-            let queue_ns = Some(ns(start.saturating_duration_since(job.arrived)));
+            let queue_ns = Some(ns(start.saturating_duration_since(job.ticket.arrived())));
             self.answer_error(model, job, ErrorCode::ModelError, msg.to_owned(), queue_ns);
         }
     }
@@ -252,28 +242,27 @@ impl Worker {
         start: Instant,
         compute_ns: u64,
     ) {
-        let queue_ns = ns(start.saturating_duration_since(job.arrived));
-        match model.safety.apply(actions) {
+        let queue_ns = ns(start.saturating_duration_since(job.ticket.arrived()));
+        let outcome = |status| Outcome {
+            model: model.segment_id,
+            status,
+            queue_wait_ns: Some(queue_ns),
+            compute_ns: Some(compute_ns),
+        };
+        let id = job.ticket.id().unwrap_or_default();
+        let answer = match model.safety.apply(actions) {
             Verdict::Reject(reason) => {
                 self.shard.record_safety(model.segment_id, 0, Some(reason));
-                let msg = format!(
+                let message = format!(
                     "the model produced {} actions; they were not sent",
                     reason.as_str()
                 );
-                self.finish(
-                    model,
-                    job,
-                    Status::SafetyRejected,
-                    Some(queue_ns),
-                    Some(compute_ns),
-                    |id| {
-                        ServerMessage::Error(ErrorReply {
-                            id: Some(id),
-                            code: ErrorCode::SafetyRejected,
-                            message: msg,
-                        })
-                    },
-                );
+                let error = ErrorReply {
+                    id: Some(id),
+                    code: ErrorCode::SafetyRejected,
+                    message,
+                };
+                (outcome(Status::SafetyRejected), ServerMessage::Error(error))
             }
             Verdict::Pass { clamped } => {
                 if clamped > 0 {
@@ -285,34 +274,27 @@ impl Worker {
                 } else {
                     vec![width]
                 };
-                let name = model.metadata().output_name.clone();
-                let arrived = job.arrived;
-                self.finish(
-                    model,
-                    job,
-                    Status::Ok,
-                    Some(queue_ns),
-                    Some(compute_ns),
-                    |id| {
-                        ServerMessage::Result(InferResult {
-                            id,
-                            outputs: vec![(
-                                name,
-                                Tensor {
-                                    shape,
-                                    data: actions.to_vec(),
-                                },
-                            )],
-                            timing: Timing {
-                                queue_us: queue_ns / 1_000,
-                                compute_us: compute_ns / 1_000,
-                                total_us: ns(arrived.elapsed()) / 1_000,
-                            },
-                        })
+                let result = InferResult {
+                    id,
+                    outputs: vec![(
+                        model.metadata().output_name.clone(),
+                        Tensor {
+                            shape,
+                            data: actions.to_vec(),
+                        },
+                    )],
+                    timing: Timing {
+                        queue_us: queue_ns / 1_000,
+                        compute_us: compute_ns / 1_000,
+                        total_us: ns(job.ticket.age()) / 1_000,
                     },
-                );
+                };
+                (outcome(Status::Ok), ServerMessage::Result(result))
             }
-        }
+        };
+        let (outcome, answer) = answer;
+        job.ticket
+            .finish(outcome, &answer, Shard::Worker(&self.shard));
     }
 
     fn answer_error(
@@ -321,43 +303,17 @@ impl Worker {
         job: Job,
         code: ErrorCode,
         message: String,
-        queue_ns: Option<u64>,
-    ) {
-        let status = code.status().unwrap_or(Status::ModelError);
-        self.finish(model, job, status, queue_ns, None, |id| {
-            ServerMessage::Error(ErrorReply {
-                id: Some(id),
-                code,
-                message,
-            })
-        });
-    }
-
-    /// Encodes the answer, records the request, then sends it: recorded first, so that a
-    /// client holding an answer always finds it counted and no longer in flight.
-    fn finish(
-        &self,
-        model: &LoadedModel,
-        job: Job,
-        status: Status,
         queue_wait_ns: Option<u64>,
-        compute_ns: Option<u64>,
-        message: impl FnOnce(u64) -> ServerMessage,
     ) {
-        let frame = message(job.id).encode();
-        self.shard.record_request(&RequestSample {
+        let outcome = Outcome {
             model: model.segment_id,
-            robot_type: job.robot_type,
-            status,
-            e2e_ns: ns(job.arrived.elapsed()),
+            status: code.status().unwrap_or(Status::ModelError),
             queue_wait_ns,
-            compute_ns,
-            request_bytes: job.request_bytes,
-            response_bytes: frame.len() as u64,
-        });
-        // Counted out before the answer leaves, so that whoever reads it finds it done.
-        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.shared.metrics.add(Gauge::InFlight, -1);
-        job.reply.answer(frame);
+            compute_ns: None,
+        };
+        let id = job.ticket.id();
+        let answer = ServerMessage::Error(ErrorReply { id, code, message });
+        job.ticket
+            .finish(outcome, &answer, Shard::Worker(&self.shard));
     }
 }

@@ -1,25 +1,25 @@
 //! One robot's connection: a reader that decodes, validates and queues requests, and a
 //! writer task that sends answers as they come, in whatever order they finish.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use shm_layout::{Counter, Gauge, RequestSample, RobotTypeId, Status};
+use shm_layout::{Counter, RobotTypeId};
 use tokio::net::unix::OwnedReadHalf;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio_util::codec::FramedRead;
 
+use crate::ledger::{Account, Received, Ticket, TooManyInFlight};
 use crate::model::LoadedModel;
-use crate::outbox::{outbox, Outbox};
+use crate::outbox::outbox;
 use crate::protocol::{
     decode_body, ClientMessage, ErrorCode, ErrorReply, FrameCodec, FrameError, InferRequest,
     Rejection, ServerMessage, Tensor, HEADER_BYTES,
 };
-use crate::scheduler::{Job, Refusal, Reply};
+use crate::scheduler::Job;
 use crate::server::Context;
 
 /// Frames a connection may have waiting to be written beyond its requests in flight before
@@ -35,25 +35,21 @@ pub async fn serve(
     closing: watch::Receiver<bool>,
     number: u64,
 ) {
-    let metrics = Arc::clone(&ctx.metrics);
-    metrics.add(Gauge::Connections, 1);
     log::debug!("connection {number} opened");
     let (reader, writer) = stream.into_split();
     let (outbox, outgoing) = outbox();
     outbox.send(ctx.models.current().metadata_frame.clone());
     let writer = tokio::spawn(outgoing.run(writer, number));
     let mut conn = Connection {
-        robot_type: metrics.unknown_robot(),
+        robot_type: ctx.metrics.unknown_robot(),
+        account: Account::new(Arc::clone(&ctx.metrics), outbox),
         ctx,
-        outbox,
-        in_flight: Arc::new(AtomicUsize::new(0)),
         number,
     };
     conn.read(reader, closing).await;
-    // The writer ends once this connection's outbox and every queued request's are gone.
+    // The writer ends once this connection's account and every ticket on it are gone.
     drop(conn);
     let _ = writer.await;
-    metrics.add(Gauge::Connections, -1);
     log::debug!("connection {number} closed");
 }
 
@@ -64,8 +60,7 @@ enum Flow {
 
 struct Connection {
     ctx: Arc<Context>,
-    outbox: Outbox,
-    in_flight: Arc<AtomicUsize>,
+    account: Arc<Account>,
     robot_type: RobotTypeId,
     number: u64,
 }
@@ -80,7 +75,7 @@ impl Connection {
             let writable = tokio::select! {
                 biased;
                 _ = closing.wait_for(|closed| *closed) => return,
-                writable = self.outbox.wait_below(backlog) => writable,
+                writable = self.account.outbox().wait_below(backlog) => writable,
             };
             if !writable {
                 return;
@@ -92,7 +87,7 @@ impl Connection {
             };
             let flow = match next {
                 Next::Frame(body) => self.handle(&body),
-                Next::Idle if self.in_flight.load(Ordering::Acquire) > 0 => Flow::Continue,
+                Next::Idle if self.account.in_flight() > 0 => Flow::Continue,
                 Next::Idle => {
                     log::info!(
                         "connection {}: idle for {:?}, closing",
@@ -127,13 +122,23 @@ impl Connection {
             Ok(v) => v,
             Err(e) => return self.fatal(ErrorCode::ProtocolError, format!("frame body is {e}")),
         };
+        let model = self.ctx.models.current();
+        let open = |id| {
+            self.account.open(Received {
+                id,
+                model: model.segment_id,
+                robot_type: self.robot_type,
+                arrived,
+                request_bytes,
+            })
+        };
         match ClientMessage::decode(&value) {
             Err(Rejection::NotAMap) => self.fatal(
                 ErrorCode::ProtocolError,
                 "a frame must hold a msgpack map".into(),
             ),
             Err(Rejection::Invalid { id, message }) => {
-                self.refuse(id, ErrorCode::InvalidInput, message, arrived, request_bytes);
+                self.refuse(open(id), ErrorCode::InvalidInput, message);
                 Flow::Continue
             }
             Ok(ClientMessage::Hello(hello)) => {
@@ -148,104 +153,52 @@ impl Connection {
                 Flow::Continue
             }
             Ok(ClientMessage::Infer(request)) => {
-                self.submit(request, arrived, request_bytes);
+                let ticket = open(Some(request.id));
+                self.submit(&model, ticket, request);
                 Flow::Continue
             }
         }
     }
 
-    fn submit(&mut self, request: InferRequest, arrived: Instant, request_bytes: u64) {
-        let id = request.id;
+    fn submit(&self, model: &LoadedModel, mut ticket: Ticket, request: InferRequest) {
         let deadline_us = request.deadline_us;
-        let model = self.ctx.models.current();
-        let (rows, batched, input) =
-            match job_input(&model, request, self.ctx.config.max_batch_size) {
-                Ok(v) => v,
-                Err(msg) => {
-                    return self.refuse(
-                        Some(id),
-                        ErrorCode::InvalidInput,
-                        msg,
-                        arrived,
-                        request_bytes,
-                    )
-                }
-            };
+        let (rows, batched, input) = match job_input(model, request, self.ctx.config.max_batch_size)
+        {
+            Ok(v) => v,
+            Err(msg) => return self.refuse(ticket, ErrorCode::InvalidInput, msg),
+        };
         if self.ctx.is_draining() {
             let msg = "inferd is draining and takes no new requests".to_owned();
-            return self.refuse(
-                Some(id),
-                ErrorCode::ShuttingDown,
-                msg,
-                arrived,
-                request_bytes,
-            );
+            return self.refuse(ticket, ErrorCode::ShuttingDown, msg);
         }
-        let limit = self.ctx.config.max_in_flight;
-        if self.in_flight.load(Ordering::Acquire) >= limit {
+        if let Err(TooManyInFlight { limit }) = ticket.admit(self.ctx.config.max_in_flight) {
             let msg =
                 format!("this connection already has {limit} requests in flight (--max-in-flight)");
-            return self.refuse(Some(id), ErrorCode::Overloaded, msg, arrived, request_bytes);
+            return self.refuse(ticket, ErrorCode::Overloaded, msg);
         }
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let deadline =
+            deadline_us.and_then(|us| ticket.arrived().checked_add(Duration::from_micros(us)));
         let job = Job {
-            id,
+            ticket,
             rows,
             batched,
             input,
-            deadline: deadline_us.and_then(|us| arrived.checked_add(Duration::from_micros(us))),
-            arrived,
-            request_bytes,
-            robot_type: self.robot_type,
-            reply: Reply::new(self.outbox.clone(), Arc::clone(&self.in_flight)),
+            deadline,
         };
-        if let Err((job, refusal)) = self.ctx.scheduler.submit(job) {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            let (code, msg) = match refusal {
-                Refusal::Full => (
-                    ErrorCode::Overloaded,
-                    format!(
-                        "the queue is full ({} requests, --queue-capacity)",
-                        self.ctx.config.queue_capacity
-                    ),
-                ),
-                Refusal::Closed => (
-                    ErrorCode::ShuttingDown,
-                    "inferd is shutting down".to_owned(),
-                ),
-            };
-            self.refuse(Some(job.id), code, msg, arrived, request_bytes);
-        }
+        self.ctx.scheduler.submit(job);
     }
 
-    /// Answers a request refused before compute, recording it first.
-    fn refuse(
-        &self,
-        id: Option<u64>,
-        code: ErrorCode,
-        message: String,
-        arrived: Instant,
-        request_bytes: u64,
-    ) {
+    /// Answers a request refused before compute.
+    fn refuse(&self, ticket: Ticket, code: ErrorCode, message: String) {
         // The message quotes the client's text; escaped again here so that no message, now or
         // later, can carry a client's line break into the log.
         log::debug!(
-            "connection {}: request {id:?} refused, {code}: {}",
+            "connection {}: request {:?} refused, {code}: {}",
             self.number,
+            ticket.id(),
             message.escape_debug()
         );
-        let frame = ServerMessage::Error(ErrorReply { id, code, message }).encode();
-        self.ctx.metrics.record_io(&RequestSample {
-            model: self.ctx.models.current().segment_id,
-            robot_type: self.robot_type,
-            status: code.status().unwrap_or(Status::InvalidInput),
-            e2e_ns: u64::try_from(arrived.elapsed().as_nanos()).unwrap_or(u64::MAX),
-            queue_wait_ns: None,
-            compute_ns: None,
-            request_bytes,
-            response_bytes: frame.len() as u64,
-        });
-        self.outbox.send(frame);
+        ticket.refuse(code, message);
     }
 
     /// Answers a connection-ending error (no id: it is not a request) and closes.
@@ -256,7 +209,7 @@ impl Connection {
             message.escape_debug()
         );
         self.ctx.metrics.count(Counter::ProtocolErrorsTotal, 1);
-        self.outbox.send(
+        self.account.outbox().send(
             ServerMessage::Error(ErrorReply {
                 id: None,
                 code,

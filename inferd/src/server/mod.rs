@@ -4,11 +4,11 @@ mod connection;
 mod listener;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shm_layout::{Counter, State};
+use shm_layout::State;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 
 pub use self::listener::bind;
 use crate::config::{Config, IO_THREADS};
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::model::ModelStore;
 use crate::protocol::{ErrorCode, ErrorReply, ServerMessage};
@@ -34,6 +35,7 @@ pub(crate) struct Context {
     pub metrics: Arc<Metrics>,
     pub models: Arc<ModelStore>,
     pub scheduler: Scheduler,
+    pub ledger: Ledger,
     draining: AtomicBool,
 }
 
@@ -107,6 +109,7 @@ fn serve(config: Config, metrics: Arc<Metrics>, mut signals: Signals) -> Result<
         .map_err(Error::io("tokio runtime"))?;
     let ctx = Arc::new(Context {
         config,
+        ledger: Ledger::new(Arc::clone(&metrics)),
         metrics,
         models,
         scheduler,
@@ -140,7 +143,6 @@ async fn accept_until_drained(
 ) {
     let (closing_tx, closing) = watch::channel(false);
     let mut connections = JoinSet::new();
-    let open = Arc::new(AtomicUsize::new(0));
     let mut accepted = 0u64;
     let signal_name = loop {
         tokio::select! {
@@ -156,16 +158,14 @@ async fn accept_until_drained(
             incoming = listener.accept() => match incoming {
                 Ok((stream, _)) => {
                     accepted += 1;
-                    if open.load(Ordering::Acquire) >= ctx.config.max_connections {
-                        ctx.metrics.count(Counter::ConnectionsRejectedTotal, 1);
+                    let Some(slot) = ctx.ledger.connect(ctx.config.max_connections) else {
                         tokio::spawn(refuse_connection(stream, ctx.config.max_connections));
                         continue;
-                    }
-                    open.fetch_add(1, Ordering::AcqRel);
-                    let (ctx, closing, open) = (Arc::clone(ctx), closing.clone(), Arc::clone(&open));
+                    };
+                    let (ctx, closing) = (Arc::clone(ctx), closing.clone());
                     connections.spawn(async move {
                         connection::serve(stream, ctx, closing, accepted).await;
-                        open.fetch_sub(1, Ordering::AcqRel);
+                        drop(slot);
                     });
                 }
                 Err(e) => {
@@ -217,15 +217,15 @@ async fn drain(
     let timeout = ctx.config.drain_timeout();
     log::info!(
         "{signal}: draining {} queued requests (up to {timeout:?}); new requests get shutting_down",
-        ctx.scheduler.in_flight()
+        ctx.ledger.in_flight()
     );
     let started = Instant::now();
     let mut abandoned = false;
-    while ctx.scheduler.in_flight() > 0 {
+    while ctx.ledger.in_flight() > 0 {
         if !abandoned && started.elapsed() >= timeout {
             log::warn!(
                 "drain timeout: answering {} unfinished requests shutting_down",
-                ctx.scheduler.in_flight()
+                ctx.ledger.in_flight()
             );
             ctx.scheduler.abandon_queued();
             abandoned = true;
@@ -233,7 +233,7 @@ async fn drain(
         if abandoned && started.elapsed() >= timeout + ABANDON_GRACE {
             log::error!(
                 "{} requests still computing; exiting without them",
-                ctx.scheduler.in_flight()
+                ctx.ledger.in_flight()
             );
             break;
         }
