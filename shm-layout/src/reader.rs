@@ -28,13 +28,14 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
 use crate::buckets::{BATCH_BUCKETS, BYTES_BUCKETS, DURATION_BUCKETS};
 use crate::layout::{
-    self, read_text, Gauges, Header, Histogram, ModelSlot, ModelStats, RobotTypeSlot, Shard,
-    HEADER_SIZE, MODELS, ROBOT_TYPES, SEGMENT_SIZE, SHARDS, SHARDS_OFFSET, SHARD_SIZE, STATUSES,
+    self, Gauges, Header, Histogram, ModelSlot, ModelStats, RobotTypeSlot, Shard, HEADER_SIZE,
+    MODELS, ROBOT_TYPES, SEGMENT_SIZE, SHARDS, SHARDS_OFFSET, SHARD_SIZE, STATUSES,
 };
 use crate::snapshot::{
     batch_bounds_vec, bytes_bounds_vec, duration_bounds, GaugesSnapshot, HeaderInfo,
     HistogramSnapshot, ModelSlotInfo, ModelStatsSnapshot, ShardSnapshot, Snapshot,
 };
+use crate::text::read_text;
 use crate::{Error, Result, ShardKind, State};
 
 /// A segment opened read-only, read by copying it out of the file.

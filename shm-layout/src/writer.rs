@@ -17,7 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use memmap2::MmapMut;
 
 use crate::buckets::{batch_bucket, bytes_bucket, duration_bucket};
-use crate::layout::{self, write_text, Histogram, Segment, MODEL_SLOTS, ROBOT_TYPE_SLOTS};
+use crate::layout::{self, Histogram, Segment, MODEL_SLOTS, ROBOT_TYPE_SLOTS};
+use crate::text::write_text;
 use crate::{Error, Result, SafetyReason, ShardKind, State, Status};
 
 /// Where and how the segment is created.

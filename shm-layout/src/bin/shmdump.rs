@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::Parser;
 use shm_layout::{
-    layout, unix_ns, HistogramSnapshot, SafetyReason, SegmentReader, Snapshot, Status,
+    layout, offsets, unix_ns, HistogramSnapshot, SafetyReason, SegmentReader, Snapshot, Status,
 };
 
 /// Print an inferd metrics segment.
@@ -42,7 +42,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.layout {
-        print!("{}", layout::markdown_table());
+        print!("{}", offsets::markdown_table());
         return ExitCode::SUCCESS;
     }
     let path = args
