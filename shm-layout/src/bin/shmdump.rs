@@ -212,3 +212,119 @@ fn quantile_bound(h: &HistogramSnapshot, q: f64) -> Option<u64> {
     let i = h.cumulative.iter().position(|&c| c >= rank)?;
     h.bounds.get(i).copied()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a failed setup should fail loudly.
+mod tests {
+    use super::render;
+    use shm_layout::{
+        Counter, Gauge, ModelInfo, RequestSample, SafetyReason, SegmentOptions, SegmentReader,
+        SegmentWriter, ShardKind, Snapshot, State, Status,
+    };
+    use std::time::{Duration, SystemTime};
+
+    /// A segment with something in every section `render` prints, read back; the words that
+    /// change from run to run (pid, generation, heartbeat) are pinned afterwards.
+    fn snapshot() -> Snapshot {
+        let mut opts = SegmentOptions::new(format!("shmdump-render-{}", std::process::id()));
+        opts.inferd_version = "0.9.1".into();
+        let w = SegmentWriter::create(&opts).unwrap();
+        let info = |name: &str, device: &str| ModelInfo {
+            name: name.into(),
+            version: "v3".into(),
+            backend: "torch".into(),
+            device: device.into(),
+        };
+        let policy = w.register_model(&info("policy", "cuda:0"), Duration::from_micros(1_234_567));
+        let walker = w.register_model(&info("walker", "cpu"), Duration::from_millis(80));
+        w.set_active_model(policy);
+        w.set_state(State::Ready);
+        let anymal = w.robot_type("anymal");
+        let spot = w.robot_type("spot");
+        let worker = w.claim_shard(ShardKind::Worker).unwrap();
+        let io = w.claim_shard(ShardKind::Io).unwrap();
+        for i in 0..40u64 {
+            worker.record_request(&RequestSample {
+                model: policy,
+                robot_type: if i % 4 == 0 { spot } else { anymal },
+                status: Status::Ok,
+                e2e_ns: 100_000 + i * 5_000,
+                queue_wait_ns: Some(10_000 + i * 100),
+                compute_ns: Some(70_000),
+                request_bytes: 300 + i,
+                response_bytes: 120,
+            });
+        }
+        worker.record_batch(policy, 8, 2_500_000);
+        worker.record_batch(policy, 32, 7_000_000);
+        worker.record_safety(policy, 3, Some(SafetyReason::Inf));
+        io.record_request(&RequestSample {
+            model: walker,
+            robot_type: spot,
+            status: Status::Overloaded,
+            e2e_ns: 90_000_000_000,
+            queue_wait_ns: None,
+            compute_ns: None,
+            request_bytes: 64,
+            response_bytes: 16,
+        });
+        let gauges = w.gauges();
+        gauges.set(Gauge::QueueCapacity, 64);
+        gauges.set(Gauge::QueueDepth, 5);
+        gauges.set(Gauge::InFlight, 7);
+        gauges.set(Gauge::Connections, 2);
+        gauges.set(Gauge::DeviceMemoryUsedBytes, 1 << 30);
+        let counters = w.counters();
+        counters.add(Counter::ReloadsTotal, 2);
+        counters.add(Counter::ReloadFailuresTotal, 1);
+        counters.add(Counter::ProtocolErrorsTotal, 4);
+        counters.add(Counter::ConnectionsRejectedTotal, 6);
+        let mut s = SegmentReader::open(w.path()).unwrap().snapshot().unwrap();
+        w.remove().unwrap();
+        s.header.writer_pid = 4242;
+        s.header.generation = 0x0123_4567_89ab_cdef;
+        s.header.heartbeat_unix_ns = 1_700_000_000_000_000_000;
+        s
+    }
+
+    #[test]
+    fn render_prints_every_section_as_it_always_has() {
+        let s = snapshot();
+        let now = SystemTime::UNIX_EPOCH
+            + Duration::from_nanos(s.header.heartbeat_unix_ns)
+            + Duration::from_millis(250);
+        let out = render(&s, now);
+        assert_eq!(out, EXPECTED);
+    }
+
+    /// What `render` prints for [`snapshot`], to the byte: people and scripts read this output.
+    const EXPECTED: &str = concat!(
+        "segment v1.0  inferd 0.9.1  pid 4242  generation 0x0123456789abcdef  state ready  heartbeat 250 ms ago\n",
+        "queue 5/64  in_flight 7  connections 2  gpu_memory 1073741824 B  reloads 2 (failed 1)  overflow models 0 robot_types 0  protocol_errors 4  connections_rejected 6\n",
+        "\n",
+        "slot model                    version      backend  device        load_ms\n",
+        "0  * policy                   v3           torch    cuda:0         1234.6\n",
+        "1    walker                   v3           torch    cpu              80.0\n",
+        "\n",
+        "model                    robot_type               status                 requests\n",
+        "policy                   anymal                   ok                           30\n",
+        "policy                   spot                     ok                           10\n",
+        "walker                   spot                     overloaded                    1\n",
+        "\n",
+        "model                    histogram           count         mean        p99<=\n",
+        "policy                   e2e                    40      197.5us        512us\n",
+        "policy                   queue_wait             40       11.9us         16us\n",
+        "policy                   compute                40       70.0us        128us\n",
+        "policy                   batch_size              2         20.0           32\n",
+        "policy                   request_bytes          40       319.5B         512B\n",
+        "policy                   response_bytes         40       120.0B         128B\n",
+        "policy                   safety: clamped 3  rejected_nan 0  rejected_inf 1\n",
+        "walker                   e2e                     1 90000000.0us         +Inf\n",
+        "walker                   request_bytes           1        64.0B          64B\n",
+        "walker                   response_bytes          1        16.0B          64B\n",
+        "\n",
+        "shard  kind         requests    batches      busy_ms\n",
+        "0      worker             40          2          9.5\n",
+        "1      io                  1          0          0.0\n",
+    );
+}
