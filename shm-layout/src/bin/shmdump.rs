@@ -9,13 +9,15 @@
 //! shmdump --layout            # the offsets table of docs/shm-layout.md
 //! ```
 
+use std::fmt::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::Parser;
 use shm_layout::{
-    layout, offsets, unix_ns, HistogramSnapshot, SafetyReason, SegmentReader, Snapshot, Status,
+    layout, offsets, unix_ns, GaugesSnapshot, HeaderInfo, HistogramSnapshot, ModelStatsSnapshot,
+    SafetyReason, SegmentReader, Snapshot, Status,
 };
 
 /// Print an inferd metrics segment.
@@ -70,10 +72,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// The whole dump: one section after another, each a table of what is nonzero.
 fn render(s: &Snapshot, now: SystemTime) -> String {
-    use std::fmt::Write;
-    let h = &s.header;
     let mut out = String::new();
+    render_header(&mut out, &s.header, now);
+    render_gauges(&mut out, &s.gauges);
+    render_models(&mut out, s);
+    render_requests(&mut out, s);
+    render_histograms(&mut out, s);
+    render_shards(&mut out, s);
+    out
+}
+
+/// Who wrote the segment, and how long ago it last heard from them.
+fn render_header(out: &mut String, h: &HeaderInfo, now: SystemTime) {
     let age_ms = unix_ns(now).saturating_sub(h.heartbeat_unix_ns) as f64 / 1e6;
     let _ = writeln!(
         out,
@@ -86,7 +98,10 @@ fn render(s: &Snapshot, now: SystemTime) -> String {
         h.state.as_str(),
         age_ms
     );
-    let g = &s.gauges;
+}
+
+/// The process-wide gauges and rare counters, on one line.
+fn render_gauges(out: &mut String, g: &GaugesSnapshot) {
     let _ = writeln!(
         out,
         "queue {}/{}  in_flight {}  connections {}  gpu_memory {} B  reloads {} (failed {})  \
@@ -103,6 +118,10 @@ fn render(s: &Snapshot, now: SystemTime) -> String {
         g.protocol_errors_total,
         g.connections_rejected_total
     );
+}
+
+/// The published model slots; `*` marks the one being served.
+fn render_models(out: &mut String, s: &Snapshot) {
     let _ = writeln!(
         out,
         "\n{:<4} {:<24} {:<12} {:<8} {:<10} {:>10}",
@@ -110,7 +129,11 @@ fn render(s: &Snapshot, now: SystemTime) -> String {
     );
     for (i, m) in s.models.iter().enumerate() {
         if let Some(m) = m {
-            let active = if h.active_model == Some(i) { "*" } else { " " };
+            let active = if s.header.active_model == Some(i) {
+                "*"
+            } else {
+                " "
+            };
             let _ = writeln!(
                 out,
                 "{i:<3}{active} {:<24} {:<12} {:<8} {:<10} {:>10.1}",
@@ -122,6 +145,10 @@ fn render(s: &Snapshot, now: SystemTime) -> String {
             );
         }
     }
+}
+
+/// Request counts by model, robot type and status, leaving out the (many) zero ones.
+fn render_requests(out: &mut String, s: &Snapshot) {
     let _ = writeln!(
         out,
         "\n{:<24} {:<24} {:<18} {:>12}",
@@ -143,49 +170,63 @@ fn render(s: &Snapshot, now: SystemTime) -> String {
             }
         }
     }
+}
+
+/// Each model's nonempty histograms, then its safety counters if any is nonzero.
+fn render_histograms(out: &mut String, s: &Snapshot) {
     let _ = writeln!(
         out,
         "\n{:<24} {:<14} {:>10} {:>12} {:>12}",
         "model", "histogram", "count", "mean", "p99<="
     );
     for (m, stats) in s.model_stats.iter().enumerate() {
-        let rows: [(&str, &HistogramSnapshot, f64, &str); 6] = [
-            ("e2e", &stats.e2e_ns, 1e3, "us"),
-            ("queue_wait", &stats.queue_wait_ns, 1e3, "us"),
-            ("compute", &stats.compute_ns, 1e3, "us"),
-            ("batch_size", &stats.batch_size, 1.0, ""),
-            ("request_bytes", &stats.request_bytes, 1.0, "B"),
-            ("response_bytes", &stats.response_bytes, 1.0, "B"),
-        ];
-        for (name, hist, scale, unit) in rows {
-            let count = hist.count();
-            if count == 0 {
-                continue;
-            }
-            let mean = hist.sum as f64 / count as f64 / scale;
-            let p99 = quantile_bound(hist, 0.99).map_or("+Inf".to_owned(), |b| {
-                format!("{:.0}{unit}", b as f64 / scale)
-            });
-            let _ = writeln!(
-                out,
-                "{:<24} {name:<14} {count:>10} {:>12} {p99:>12}",
-                s.model_label(m).unwrap_or("?"),
-                format!("{mean:.1}{unit}")
-            );
-        }
-        if stats.actions_clamped > 0 || stats.outputs_rejected.iter().any(|&n| n > 0) {
-            let _ = write!(
-                out,
-                "{:<24} safety: clamped {}",
-                s.model_label(m).unwrap_or("?"),
-                stats.actions_clamped
-            );
-            for (reason, n) in SafetyReason::ALL.iter().zip(&stats.outputs_rejected) {
-                let _ = write!(out, "  rejected_{} {n}", reason.as_str());
-            }
-            out.push('\n');
-        }
+        let label = s.model_label(m).unwrap_or("?");
+        render_model_histograms(out, label, stats);
+        render_model_safety(out, label, stats);
     }
+}
+
+/// One row a nonempty histogram of one model, in the histogram's display unit.
+fn render_model_histograms(out: &mut String, label: &str, stats: &ModelStatsSnapshot) {
+    let rows: [(&str, &HistogramSnapshot, f64, &str); 6] = [
+        ("e2e", &stats.e2e_ns, 1e3, "us"),
+        ("queue_wait", &stats.queue_wait_ns, 1e3, "us"),
+        ("compute", &stats.compute_ns, 1e3, "us"),
+        ("batch_size", &stats.batch_size, 1.0, ""),
+        ("request_bytes", &stats.request_bytes, 1.0, "B"),
+        ("response_bytes", &stats.response_bytes, 1.0, "B"),
+    ];
+    for (name, hist, scale, unit) in rows {
+        let count = hist.count();
+        if count == 0 {
+            continue;
+        }
+        let mean = hist.sum as f64 / count as f64 / scale;
+        let p99 = quantile_bound(hist, 0.99).map_or("+Inf".to_owned(), |b| {
+            format!("{:.0}{unit}", b as f64 / scale)
+        });
+        let _ = writeln!(
+            out,
+            "{label:<24} {name:<14} {count:>10} {:>12} {p99:>12}",
+            format!("{mean:.1}{unit}")
+        );
+    }
+}
+
+/// One model's safety-filter counters, on a line of their own, unless all are zero.
+fn render_model_safety(out: &mut String, label: &str, stats: &ModelStatsSnapshot) {
+    if stats.actions_clamped == 0 && stats.outputs_rejected.iter().all(|&n| n == 0) {
+        return;
+    }
+    let _ = write!(out, "{label:<24} safety: clamped {}", stats.actions_clamped);
+    for (reason, n) in SafetyReason::ALL.iter().zip(&stats.outputs_rejected) {
+        let _ = write!(out, "  rejected_{} {n}", reason.as_str());
+    }
+    out.push('\n');
+}
+
+/// The shards that have recorded anything, with their owner's kind and busy time.
+fn render_shards(out: &mut String, s: &Snapshot) {
     let _ = writeln!(
         out,
         "\n{:<6} {:<8} {:>12} {:>10} {:>12}",
@@ -203,7 +244,6 @@ fn render(s: &Snapshot, now: SystemTime) -> String {
             );
         }
     }
-    out
 }
 
 /// The upper bound of the bucket holding quantile `q`, or `None` for `+Inf`.
