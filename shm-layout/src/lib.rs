@@ -4,7 +4,8 @@
 //! # Brief overview
 //!
 //! - [`layout`] is the segment's bytes: `#[repr(C)]` structs of atomics, pinned by `const`
-//!   assertions and documented field by field in `docs/shm-layout.md`.
+//!   assertions and documented field by field in `docs/shm-layout.md`, whose offsets table
+//!   [`offsets`] computes from the structs.
 //! - [`SegmentWriter`] creates the segment on tmpfs (mode 0640, allocated in full, its name
 //!   locked for the writer's life), fills the model and robot-type registries, and hands each
 //!   recording thread a [`ShardWriter`]. Recording a request is a
