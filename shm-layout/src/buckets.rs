@@ -1,5 +1,3 @@
-//! Fixed histogram buckets, and the branch-light functions that map a value to its bucket.
-//!
 //! - Durations: upper bounds of 1 µs × 2^i for i = 0..=25 (1 µs to 33.6 s), then 60 s, then +Inf:
 //!   28 buckets. Powers of two make the index a `leading_zeros`, which is what keeps recording a
 //!   request under 10 ns.
@@ -103,34 +101,39 @@ pub const fn bytes_bucket(bytes: u64) -> usize {
 mod tests {
     use super::*;
 
-    /// The reference definition: first bound >= value, else +Inf.
-    fn by_search(bounds: &[u64], v: u64) -> usize {
-        bounds.iter().position(|&b| v <= b).unwrap_or(bounds.len())
+    /// Checks `bucket` against the reference definition (first bound >= value, else +Inf) at
+    /// `edges` and on both sides of every bound, where an off-by-one would show.
+    fn assert_matches_bounds(bucket: fn(u64) -> usize, bounds: &[u64], edges: &[u64]) {
+        let around_bounds = bounds.iter().flat_map(|&b| [b - 1, b, b + 1]);
+        for v in edges.iter().copied().chain(around_bounds) {
+            let expected = bounds.iter().position(|&b| v <= b).unwrap_or(bounds.len());
+            assert_eq!(bucket(v), expected, "value {v}");
+        }
     }
 
     #[test]
     fn duration_index_matches_bounds() {
-        let bounds = duration_bounds_ns();
-        let mut probes = vec![0, 1, 999, 1_000, 1_001, 59_999_999_999, 60_000_000_000];
-        probes.extend([60_000_000_001, u64::MAX, u64::MAX - 1]);
-        for &b in &bounds {
-            probes.extend([b - 1, b, b + 1]);
-        }
-        for v in probes {
-            assert_eq!(duration_bucket(v), by_search(&bounds, v), "value {v}");
-        }
+        assert_matches_bounds(
+            duration_bucket,
+            &duration_bounds_ns(),
+            &[
+                0,
+                1,
+                999,
+                1_000,
+                1_001,
+                59_999_999_999,
+                60_000_000_000,
+                60_000_000_001,
+                u64::MAX - 1,
+                u64::MAX,
+            ],
+        );
     }
 
     #[test]
     fn bytes_index_matches_bounds() {
-        let bounds = bytes_bounds();
-        let mut probes = vec![0, 1, 63, 64, 65, u64::MAX];
-        for &b in &bounds {
-            probes.extend([b - 1, b, b + 1]);
-        }
-        for v in probes {
-            assert_eq!(bytes_bucket(v), by_search(&bounds, v), "value {v}");
-        }
+        assert_matches_bounds(bytes_bucket, &bytes_bounds(), &[0, 1, 63, 64, 65, u64::MAX]);
     }
 
     #[test]

@@ -1,50 +1,57 @@
 //! The bounded label dimensions that are enums rather than registry slots.
 
-/// How a request ended. The discriminant is the index in the segment's status dimension.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Status {
-    /// Answered with outputs.
-    Ok = 0,
-    /// The request was malformed or did not match the model's inputs.
-    InvalidInput = 1,
-    /// The queue was full; rejected at once.
-    Overloaded = 2,
-    /// The deadline passed before compute started; never computed.
-    DeadlineExceeded = 3,
-    /// The backend failed.
-    ModelError = 4,
-    /// The daemon is draining.
-    ShuttingDown = 5,
-    /// The safety filter rejected the outputs (NaN or Inf).
-    SafetyRejected = 6,
+/// Defines a label enum whose discriminants are the words the segment stores, with `ALL` (every
+/// value, in discriminant order) and `as_str` (its label name): one list, so the variants, the
+/// words and the names cannot fall out of step.
+macro_rules! label_enum {
+    (
+        $(#[$meta:meta])*
+        enum $name:ident: $repr:ident {
+            $($(#[$variant_meta:meta])* $variant:ident = $word:literal => $label:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr($repr)]
+        pub enum $name {
+            $($(#[$variant_meta])* $variant = $word,)+
+        }
+
+        impl $name {
+            /// Every value, in the order listed: the order of the words the segment stores.
+            pub const ALL: [$name; [$($word),+].len()] = [$($name::$variant),+];
+
+            /// The label value the exporter and `shmdump` print (for a [`Status`], its wire name too).
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
+    };
+}
+
+label_enum! {
+    /// How a request ended. The discriminant is the index in the segment's status dimension.
+    enum Status: u8 {
+        /// Answered with outputs.
+        Ok = 0 => "ok",
+        /// The request was malformed or did not match the model's inputs.
+        InvalidInput = 1 => "invalid_input",
+        /// The queue was full; rejected at once.
+        Overloaded = 2 => "overloaded",
+        /// The deadline passed before compute started; never computed.
+        DeadlineExceeded = 3 => "deadline_exceeded",
+        /// The backend failed.
+        ModelError = 4 => "model_error",
+        /// The daemon is draining.
+        ShuttingDown = 5 => "shutting_down",
+        /// The safety filter rejected the outputs (NaN or Inf).
+        SafetyRejected = 6 => "safety_rejected",
+    }
 }
 
 impl Status {
-    /// Every status, in index order.
-    pub const ALL: [Status; 7] = [
-        Status::Ok,
-        Status::InvalidInput,
-        Status::Overloaded,
-        Status::DeadlineExceeded,
-        Status::ModelError,
-        Status::ShuttingDown,
-        Status::SafetyRejected,
-    ];
-
-    /// The wire and label name, e.g. `deadline_exceeded`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::InvalidInput => "invalid_input",
-            Status::Overloaded => "overloaded",
-            Status::DeadlineExceeded => "deadline_exceeded",
-            Status::ModelError => "model_error",
-            Status::ShuttingDown => "shutting_down",
-            Status::SafetyRejected => "safety_rejected",
-        }
-    }
-
     /// The index of this status in the segment's status dimension.
     pub const fn index(self) -> usize {
         self as usize
@@ -56,55 +63,33 @@ impl Status {
     }
 }
 
-/// Why the safety filter rejected an output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum SafetyReason {
-    /// An output value was NaN.
-    Nan = 0,
-    /// An output value was infinite.
-    Inf = 1,
-}
-
-impl SafetyReason {
-    /// Every reason, in index order.
-    pub const ALL: [SafetyReason; 2] = [SafetyReason::Nan, SafetyReason::Inf];
-
-    /// The label name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            SafetyReason::Nan => "nan",
-            SafetyReason::Inf => "inf",
-        }
+label_enum! {
+    /// Why the safety filter rejected an output.
+    enum SafetyReason: u8 {
+        /// An output value was NaN.
+        Nan = 0 => "nan",
+        /// An output value was infinite.
+        Inf = 1 => "inf",
     }
 }
 
-/// The writer's lifecycle state, kept in the header's `state` word.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum State {
-    /// Zero, or a value this reader does not know.
-    Unknown = 0,
-    /// Created; the model is still loading.
-    Starting = 1,
-    /// Serving requests.
-    Ready = 2,
-    /// Draining after SIGTERM: no new connections, queued work finishing.
-    Draining = 3,
-    /// The writer exited cleanly.
-    Stopped = 4,
+label_enum! {
+    /// The writer's lifecycle state, kept in the header's `state` word.
+    enum State: u32 {
+        /// Zero, or a value this reader does not know.
+        Unknown = 0 => "unknown",
+        /// Created; the model is still loading.
+        Starting = 1 => "starting",
+        /// Serving requests.
+        Ready = 2 => "ready",
+        /// Draining after SIGTERM: no new connections, queued work finishing.
+        Draining = 3 => "draining",
+        /// The writer exited cleanly.
+        Stopped = 4 => "stopped",
+    }
 }
 
 impl State {
-    /// Every known state, in value order.
-    pub const ALL: [State; 5] = [
-        State::Unknown,
-        State::Starting,
-        State::Ready,
-        State::Draining,
-        State::Stopped,
-    ];
-
     /// Decodes a state word; anything unknown reads as [`State::Unknown`].
     pub const fn from_word(word: u32) -> State {
         match word {
@@ -115,29 +100,18 @@ impl State {
             _ => State::Unknown,
         }
     }
-
-    /// The label name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            State::Unknown => "unknown",
-            State::Starting => "starting",
-            State::Ready => "ready",
-            State::Draining => "draining",
-            State::Stopped => "stopped",
-        }
-    }
 }
 
-/// What kind of thread owns a shard, kept in the shard's `kind` word.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum ShardKind {
-    /// Never claimed.
-    Unused = 0,
-    /// A compute worker: runs batches on the backend.
-    Worker = 1,
-    /// A connection thread: records requests refused before compute.
-    Io = 2,
+label_enum! {
+    /// What kind of thread owns a shard, kept in the shard's `kind` word.
+    enum ShardKind: u32 {
+        /// Never claimed.
+        Unused = 0 => "unused",
+        /// A compute worker: runs batches on the backend.
+        Worker = 1 => "worker",
+        /// A connection thread: records requests refused before compute.
+        Io = 2 => "io",
+    }
 }
 
 impl ShardKind {
@@ -147,15 +121,6 @@ impl ShardKind {
             1 => ShardKind::Worker,
             2 => ShardKind::Io,
             _ => ShardKind::Unused,
-        }
-    }
-
-    /// The label name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ShardKind::Unused => "unused",
-            ShardKind::Worker => "worker",
-            ShardKind::Io => "io",
         }
     }
 }

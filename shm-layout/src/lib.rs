@@ -4,7 +4,8 @@
 //! # Brief overview
 //!
 //! - [`layout`] is the segment's bytes: `#[repr(C)]` structs of atomics, pinned by `const`
-//!   assertions and documented field by field in `docs/shm-layout.md`.
+//!   assertions and documented field by field in `docs/shm-layout.md`, whose offsets table
+//!   [`offsets`] computes from the structs.
 //! - [`SegmentWriter`] creates the segment on tmpfs (mode 0640, allocated in full, its name
 //!   locked for the writer's life), fills the model and robot-type registries, and hands each
 //!   recording thread a [`ShardWriter`]. Recording a request is a
@@ -38,12 +39,23 @@
 
 #![deny(missing_docs)]
 
+/// Fixed histogram buckets, and the branch-light functions that map a value to its bucket.
 pub mod buckets;
+/// The one error type of this crate.
 mod error;
+/// The enum label dimensions: status, safety reason, lifecycle state, shard kind.
 mod labels;
+/// The segment's bytes: `#[repr(C)]` structs whose every shared field is an atomic.
 pub mod layout;
+/// The offsets table of `docs/shm-layout.md`: every field of every struct in [`layout`].
+pub mod offsets;
+/// Opening a segment read-only, copying it out and validating the copy.
 mod reader;
+/// Plain values read out of a segment: what the exporter and `shmdump` render.
 mod snapshot;
+/// Fixed-width UTF-8 text fields: writing and reading them.
+mod text;
+/// Creating the segment, filling its registries and recording into shards.
 mod writer;
 
 pub use crate::error::{Error, Result};

@@ -28,13 +28,14 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
 use crate::buckets::{BATCH_BUCKETS, BYTES_BUCKETS, DURATION_BUCKETS};
 use crate::layout::{
-    self, read_text, Gauges, Header, Histogram, ModelSlot, ModelStats, RobotTypeSlot, Shard,
-    HEADER_SIZE, MODELS, ROBOT_TYPES, SEGMENT_SIZE, SHARDS, SHARDS_OFFSET, SHARD_SIZE, STATUSES,
+    self, Gauges, Header, Histogram, ModelSlot, ModelStats, RobotTypeSlot, Shard, HEADER_SIZE,
+    MODELS, ROBOT_TYPES, SEGMENT_SIZE, SHARDS, SHARDS_OFFSET, SHARD_SIZE, STATUSES,
 };
 use crate::snapshot::{
     batch_bounds_vec, bytes_bounds_vec, duration_bounds, GaugesSnapshot, HeaderInfo,
     HistogramSnapshot, ModelSlotInfo, ModelStatsSnapshot, ShardSnapshot, Snapshot,
 };
+use crate::text::read_text;
 use crate::{Error, Result, ShardKind, State};
 
 /// A segment opened read-only, read by copying it out of the file.
@@ -316,6 +317,14 @@ fn read_snapshot(read: &mut ReadAt<'_>, file_len: u64, buffers: &mut Buffers) ->
     })
 }
 
+/// The header words that must equal this reader's layout, as `(field name, found, expected)`:
+/// the name is the field's own, so an error can never name the wrong word.
+macro_rules! header_words {
+    ($header:expr; $($field:ident == $expected:expr),+ $(,)?) => {
+        [$((stringify!($field), u64::from($header.$field.load(Relaxed)), $expected as u64)),+]
+    };
+}
+
 /// Checks every header word before anything it describes is trusted.
 fn validate_header(header: &Header) -> Result<()> {
     let magic = header.magic.load(Relaxed);
@@ -345,71 +354,27 @@ fn validate_header(header: &Header) -> Result<()> {
             expected: SEGMENT_SIZE as u64,
         });
     }
-    let words: [(&'static str, u64, usize); 13] = [
-        ("dim_models", header.dim_models.load(Relaxed).into(), MODELS),
-        (
-            "dim_robot_types",
-            header.dim_robot_types.load(Relaxed).into(),
-            ROBOT_TYPES,
-        ),
-        (
-            "dim_statuses",
-            header.dim_statuses.load(Relaxed).into(),
-            STATUSES,
-        ),
-        ("dim_shards", header.dim_shards.load(Relaxed).into(), SHARDS),
-        (
-            "dim_duration_buckets",
-            header.dim_duration_buckets.load(Relaxed).into(),
-            crate::buckets::DURATION_BUCKETS,
-        ),
-        (
-            "dim_batch_buckets",
-            header.dim_batch_buckets.load(Relaxed).into(),
-            crate::buckets::BATCH_BUCKETS,
-        ),
-        (
-            "dim_bytes_buckets",
-            header.dim_bytes_buckets.load(Relaxed).into(),
-            crate::buckets::BYTES_BUCKETS,
-        ),
-        (
-            "dim_safety_reasons",
-            header.dim_safety_reasons.load(Relaxed).into(),
-            layout::SAFETY_REASONS,
-        ),
-        (
-            "models_offset",
-            header.models_offset.load(Relaxed),
-            layout::MODELS_OFFSET,
-        ),
-        (
-            "robot_types_offset",
-            header.robot_types_offset.load(Relaxed),
-            layout::ROBOT_TYPES_OFFSET,
-        ),
-        (
-            "gauges_offset",
-            header.gauges_offset.load(Relaxed),
-            layout::GAUGES_OFFSET,
-        ),
-        (
-            "shards_offset",
-            header.shards_offset.load(Relaxed),
-            layout::SHARDS_OFFSET,
-        ),
-        (
-            "shard_stride_bytes",
-            header.shard_stride_bytes.load(Relaxed),
-            layout::SHARD_SIZE,
-        ),
-    ];
+    let words = header_words!(header;
+        dim_models == MODELS,
+        dim_robot_types == ROBOT_TYPES,
+        dim_statuses == STATUSES,
+        dim_shards == SHARDS,
+        dim_duration_buckets == DURATION_BUCKETS,
+        dim_batch_buckets == BATCH_BUCKETS,
+        dim_bytes_buckets == BYTES_BUCKETS,
+        dim_safety_reasons == layout::SAFETY_REASONS,
+        models_offset == layout::MODELS_OFFSET,
+        robot_types_offset == layout::ROBOT_TYPES_OFFSET,
+        gauges_offset == layout::GAUGES_OFFSET,
+        shards_offset == SHARDS_OFFSET,
+        shard_stride_bytes == SHARD_SIZE,
+    );
     for (field, found, expected) in words {
-        if found != expected as u64 {
+        if found != expected {
             return Err(Error::LayoutMismatch {
                 field,
                 found,
-                expected: expected as u64,
+                expected,
             });
         }
     }

@@ -11,13 +11,14 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicI64, AtomicU64};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use memmap2::MmapMut;
 
 use crate::buckets::{batch_bucket, bytes_bucket, duration_bucket};
-use crate::layout::{self, write_text, Histogram, Segment, MODEL_SLOTS, ROBOT_TYPE_SLOTS};
+use crate::layout::{self, Histogram, Segment, MODEL_SLOTS, ROBOT_TYPE_SLOTS};
+use crate::text::write_text;
 use crate::{Error, Result, SafetyReason, ShardKind, State, Status};
 
 /// Where and how the segment is created.
@@ -211,6 +212,15 @@ impl SegmentWriter {
         self.inner.mapping.segment()
     }
 
+    /// The registries' lock. A thread that panicked holding it left no half-made entry (each
+    /// insert comes after its slot is written), so a poisoned lock is taken as it is.
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.inner
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// This start's generation.
     pub fn generation(&self) -> u64 {
         self.segment().header.generation.load(Relaxed)
@@ -233,11 +243,7 @@ impl SegmentWriter {
     /// Past capacity it returns [`ModelId::OTHER`] and counts the overflow.
     pub fn register_model(&self, info: &ModelInfo, load_duration: Duration) -> ModelId {
         let seg = self.segment();
-        let mut reg = self
-            .inner
-            .registry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut reg = self.registry();
         let key = (info.name.clone(), info.version.clone());
         let id = match reg.models.get(&key) {
             Some(&id) => id,
@@ -277,11 +283,7 @@ impl SegmentWriter {
     /// Past capacity it returns [`RobotTypeId::OTHER`] and counts the overflow.
     pub fn robot_type(&self, name: &str) -> RobotTypeId {
         let seg = self.segment();
-        let mut reg = self
-            .inner
-            .registry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut reg = self.registry();
         if let Some(&id) = reg.robot_types.get(name) {
             return id;
         }

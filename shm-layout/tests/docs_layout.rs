@@ -13,7 +13,7 @@ fn docs_offsets_table_matches_code() {
     let table = &doc[start..end];
     assert_eq!(
         table.trim(),
-        shm_layout::layout::markdown_table().trim(),
+        shm_layout::offsets::markdown_table().trim(),
         "docs/shm-layout.md is stale: regenerate with `cargo run -p shm-layout --bin shmdump -- --layout`"
     );
 }

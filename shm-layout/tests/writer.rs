@@ -8,7 +8,7 @@ use shm_layout::{
     SegmentWriter, ShardKind, Snapshot, State,
 };
 
-use crate::util::{fresh, unique_name, Cleanup};
+use crate::util::{fresh, model_and_robot, snapshot, unique_name, Cleanup};
 
 #[test]
 fn created_on_tmpfs_with_mode_0640() {
@@ -189,10 +189,7 @@ fn registries_fill_then_overflow_to_other() {
     assert_eq!(models[layout::MODEL_SLOTS], ModelId::OTHER);
     writer.set_active_model(models[2]);
 
-    let s = SegmentReader::open(writer.path())
-        .unwrap()
-        .snapshot()
-        .unwrap();
+    let s = snapshot(&writer);
     assert_eq!(s.gauges.robot_type_overflow_total, 6);
     assert_eq!(s.gauges.model_overflow_total, 2);
     assert_eq!(s.robot_type_label(3), Some("robot-3"));
@@ -207,10 +204,7 @@ fn long_names_are_cut_at_a_char_boundary() {
     let (writer, _c) = fresh("long");
     let long = "é".repeat(100);
     let id = writer.robot_type(&long);
-    let s = SegmentReader::open(writer.path())
-        .unwrap()
-        .snapshot()
-        .unwrap();
+    let s = snapshot(&writer);
     let name = s.robot_type_label(id.index()).unwrap();
     assert!(name.len() <= layout::ROBOT_TYPE_BYTES && long.starts_with(name) && !name.is_empty());
 }
@@ -250,10 +244,7 @@ fn gauges_add_and_set_and_counters_add() {
     writer.counters().add(Counter::ReloadFailuresTotal, 2);
     g.add(Gauge::Connections, -2);
     assert_eq!(g.get(Gauge::Connections), -2);
-    let s = SegmentReader::open(writer.path())
-        .unwrap()
-        .snapshot()
-        .unwrap();
+    let s = snapshot(&writer);
     assert_eq!(s.gauges.queue_depth, 2);
     assert_eq!(s.gauges.queue_capacity, 128);
     assert_eq!(s.gauges.reload_failures_total, 3);
@@ -309,14 +300,7 @@ fn the_reader_holds_a_read_only_non_blocking_descriptor() {
 fn counts_of_a_released_shard_are_still_read() {
     use shm_layout::{RequestSample, Status};
     let (writer, _c) = fresh("released");
-    let model = writer.register_model(
-        &ModelInfo {
-            name: "m".into(),
-            ..Default::default()
-        },
-        Duration::ZERO,
-    );
-    let robot = writer.robot_type("r");
+    let (model, robot) = model_and_robot(&writer);
     let shard = writer.claim_shard(ShardKind::Io).unwrap();
     let index = shard.index();
     shard.record_request(&RequestSample {
@@ -331,10 +315,7 @@ fn counts_of_a_released_shard_are_still_read() {
     });
     // The shard goes back to the pool; the reader skips only shards never claimed.
     drop(shard);
-    let s = SegmentReader::open(writer.path())
-        .unwrap()
-        .snapshot()
-        .unwrap();
+    let s = snapshot(&writer);
     assert_eq!(s.requests(model.index(), robot.index(), Status::Ok), 1);
     assert_eq!(s.shards[index].kind, ShardKind::Io);
     assert_eq!(s.shards[index].requests, 1);
