@@ -18,3 +18,6 @@ mod prometheus;
 
 /// The `exporter` binary: `--once`, flag errors, serving and SIGTERM.
 mod binary;
+
+/// A golden `/metrics` page: fixed values rendered and compared with `tests/golden/`.
+mod golden;
