@@ -349,6 +349,26 @@ mod tests {
     }
 
     #[test]
+    fn family_def_writes_the_definitions_name_type_and_help() {
+        let mut w = MetricsWriter::new(Format::Prometheus, "ns", 0);
+        w.family_def(&crate::catalog::QUEUE_DEPTH);
+        w.sample(&[("daemon", "d")], 3u64);
+        let text = w.finish();
+        assert!(text.starts_with(
+            "# HELP ns_queue_depth Requests waiting in the queue.\n# TYPE ns_queue_depth gauge\n"
+        ));
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "label model is not in its definition")]
+    fn an_undeclared_label_panics_in_debug_builds() {
+        let mut w = MetricsWriter::new(Format::Prometheus, "ns", 0);
+        w.family_def(&crate::catalog::QUEUE_DEPTH);
+        w.sample(&[("daemon", "d"), ("model", "m")], 3u64);
+    }
+
+    #[test]
     fn label_values_and_help_are_escaped() {
         let mut w = MetricsWriter::new(Format::Prometheus, "ns", 0);
         w.family("g", Kind::Gauge, "a \\ b\nc \"q\"");
