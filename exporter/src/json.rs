@@ -68,7 +68,7 @@ pub fn health(s: &Scrape) -> (bool, Value) {
         "status": status,
         "reason": reason,
         "exporter": {
-            "version": env!("CARGO_PKG_VERSION"),
+            "version": s.exporter_version,
             "uptime_seconds": s.at.duration_since(s.exporter_started_at).map(|d| d.as_secs_f64()).unwrap_or(0.0),
             "collectors": s.collectors,
         },

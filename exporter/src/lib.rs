@@ -15,7 +15,8 @@
 //!   `/queue/stats`, `/models/stats`; [`Server`] runs it on its own thread. The threads of
 //!   its [`runtime`] run under `SCHED_IDLE`, so that a scrape never holds a core inferd wants.
 //!
-//! Metric names and meanings are catalogued in `docs/metrics.md`.
+//! Every metric family is defined once, in [`CATALOG`]; `docs/metrics.md` describes them for
+//! people, and a test keeps the two and a real page in agreement.
 //!
 //! # Example
 //!
@@ -30,6 +31,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod catalog;
 mod collector;
 mod discovery;
 mod error;
@@ -44,6 +46,7 @@ mod scrape;
 mod server;
 mod text;
 
+pub use crate::catalog::{Help, MetricDef, CATALOG};
 pub use crate::discovery::{
     Discovery, Refusal, SegmentView, FORGET_DELETED_AFTER, MAX_TRACKED_SEGMENTS,
 };

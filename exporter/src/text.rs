@@ -13,6 +13,8 @@
 
 use std::fmt::Write as _;
 
+use crate::catalog::MetricDef;
+
 /// Which exposition format to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -68,7 +70,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    const fn as_str(self) -> &'static str {
+    /// The name the `# TYPE` line gives it: `counter`, `gauge` or `histogram`.
+    pub const fn as_str(self) -> &'static str {
         match self {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
@@ -121,6 +124,9 @@ pub struct MetricsWriter {
     /// Labels shared by the series being written, escaped once (`a="x",b="y"`).
     shared_labels: String,
     kind: Kind,
+    /// The current family's label names, when it was started from its definition: checked
+    /// against every label written, in debug builds.
+    declared: Option<&'static [&'static str]>,
     series: usize,
 }
 
@@ -134,12 +140,22 @@ impl MetricsWriter {
             sample_name: String::new(),
             shared_labels: String::new(),
             kind: Kind::Gauge,
+            declared: None,
             series: 0,
         }
     }
 
-    /// Starts a family: its `# HELP` and `# TYPE` lines.
+    /// Starts a family from its definition in the catalog: its `# HELP` and `# TYPE` lines.
+    /// The collectors start every family this way, so that its name, type and HELP are the
+    /// catalog's; in debug builds each label written is then checked against the definition.
+    pub fn family_def(&mut self, def: &MetricDef) {
+        self.family(def.name, def.kind, def.help());
+        self.declared = Some(def.labels);
+    }
+
+    /// Starts a family that has no catalog entry: its `# HELP` and `# TYPE` lines.
     pub fn family(&mut self, name: &str, kind: Kind, help: &str) {
+        self.declared = None;
         self.sample_name.clear();
         self.sample_name.push_str(&self.namespace);
         self.sample_name.push('_');
@@ -173,6 +189,7 @@ impl MetricsWriter {
         samples: impl IntoIterator<Item = (&'v str, V)>,
     ) {
         self.share_labels(labels);
+        self.check_label(name);
         for (label_value, value) in samples {
             self.series_line("", Some((name, label_value)));
             self.value(value.into());
@@ -213,10 +230,23 @@ impl MetricsWriter {
     fn share_labels(&mut self, labels: &Labels<'_>) {
         self.shared_labels.clear();
         for (i, (name, value)) in labels.iter().enumerate() {
+            self.check_label(name);
             if i > 0 {
                 self.shared_labels.push(',');
             }
             push_label(&mut self.shared_labels, name, value);
+        }
+    }
+
+    /// In debug builds, panics on a label the current family's definition does not declare:
+    /// the catalog test then fails on any render code that drifted from the catalog.
+    fn check_label(&self, name: &str) {
+        if let Some(declared) = self.declared {
+            debug_assert!(
+                declared.contains(&name),
+                "{}: label {name} is not in its definition {declared:?}",
+                self.sample_name
+            );
         }
     }
 
@@ -316,6 +346,26 @@ mod tests {
             assert!(text.contains("ns_requests_total{a=\"b\"} 3\n"), "{text}");
             assert_eq!(text.ends_with("# EOF\n"), format == Format::OpenMetrics);
         }
+    }
+
+    #[test]
+    fn family_def_writes_the_definitions_name_type_and_help() {
+        let mut w = MetricsWriter::new(Format::Prometheus, "ns", 0);
+        w.family_def(&crate::catalog::QUEUE_DEPTH);
+        w.sample(&[("daemon", "d")], 3u64);
+        let text = w.finish();
+        assert!(text.starts_with(
+            "# HELP ns_queue_depth Requests waiting in the queue.\n# TYPE ns_queue_depth gauge\n"
+        ));
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "label model is not in its definition")]
+    fn an_undeclared_label_panics_in_debug_builds() {
+        let mut w = MetricsWriter::new(Format::Prometheus, "ns", 0);
+        w.family_def(&crate::catalog::QUEUE_DEPTH);
+        w.sample(&[("daemon", "d"), ("model", "m")], 3u64);
     }
 
     #[test]

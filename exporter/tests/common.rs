@@ -273,26 +273,6 @@ pub fn workspace() -> PathBuf {
         .to_owned()
 }
 
-/// Every family name (`# TYPE` lines) in a page, and whether it has samples.
-pub fn families(page: &str) -> Vec<(String, String, bool)> {
-    let mut out: Vec<(String, String, bool)> = Vec::new();
-    for line in page.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let mut it = rest.split(' ');
-            out.push((
-                it.next().unwrap().to_owned(),
-                it.next().unwrap().to_owned(),
-                false,
-            ));
-        } else if !line.starts_with('#') && !line.is_empty() {
-            if let Some(last) = out.last_mut() {
-                last.2 = true;
-            }
-        }
-    }
-    out
-}
-
 /// Heartbeats a segment every 100 ms, as inferd does, until dropped: tests that expect
 /// `up 1` then hold on a loaded machine too.
 pub struct KeepAlive {

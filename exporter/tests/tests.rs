@@ -10,7 +10,7 @@ mod http;
 /// Discovery and failure handling: late segments, restarts, unlinked and bad segments, NVML.
 mod robustness;
 
-/// `docs/metrics.md` against a real `/metrics` page.
+/// The metric catalog against `docs/metrics.md` and a real `/metrics` page.
 mod catalog;
 
 /// `promtool check metrics`, and a real Prometheus server scraping the exporter.
@@ -18,3 +18,6 @@ mod prometheus;
 
 /// The `exporter` binary: `--once`, flag errors, serving and SIGTERM.
 mod binary;
+
+/// A golden `/metrics` page: fixed values rendered and compared with `tests/golden/`.
+mod golden;

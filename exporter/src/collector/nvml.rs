@@ -2,9 +2,10 @@
 //! only ever called on the sampler's thread.
 
 use super::Collector;
+use crate::catalog::{self, MetricDef};
 use crate::gpu::{GpuSample, GpuSampler, GpuStats};
 use crate::scrape::Scrape;
-use crate::text::{Kind, MetricsWriter};
+use crate::text::MetricsWriter;
 use crate::Result;
 
 /// Serves the [`GpuSampler`]'s latest sample.
@@ -33,21 +34,13 @@ impl Collector for NvmlCollector {
 
     fn render(&self, scrape: &Scrape, out: &mut MetricsWriter) {
         let s = &scrape.gpu;
-        out.family(
-            "nvml_up",
-            Kind::Gauge,
-            "1 if NVML is loaded and answering; GPU metrics are absent while it is 0.",
-        );
+        out.family_def(&catalog::NVML_UP);
         out.sample(&[], s.nvml_up);
-        out.family("gpu_sample_age_seconds", Kind::Gauge, "Age of the GPU sample served: NVML is sampled in the background, never during a scrape.");
+        out.family_def(&catalog::GPU_SAMPLE_AGE_SECONDS);
         if let Some(age) = s.age_seconds(scrape.at) {
             out.sample(&[], age);
         }
-        out.family(
-            "nvml_field_errors_total",
-            Kind::Counter,
-            "NVML reads that failed, by field; a failed field is left out of that sample.",
-        );
+        out.family_def(&catalog::NVML_FIELD_ERRORS_TOTAL);
         for (field, n) in &s.field_errors {
             out.sample(&[("field", field)], *n);
         }
@@ -58,11 +51,7 @@ impl Collector for NvmlCollector {
 }
 
 fn render_info(s: &GpuSample, out: &mut MetricsWriter) {
-    out.family(
-        "gpu_info",
-        Kind::Gauge,
-        "A GPU's identity; always 1. Other GPU series carry its gpu and uuid labels.",
-    );
+    out.family_def(&catalog::GPU_INFO);
     let driver = s.driver_version.as_deref().unwrap_or_default();
     for g in &s.gpus {
         let index = g.index.to_string();
@@ -79,103 +68,49 @@ fn render_info(s: &GpuSample, out: &mut MetricsWriter) {
 
 type Field = fn(&GpuStats) -> Option<f64>;
 
-/// Every per-GPU family with one value: (name, type, help, value).
-const PER_GPU: [(&str, Kind, &str, Field); 14] = [
-    (
-        "gpu_utilization_ratio",
-        Kind::Gauge,
-        "Fraction of the last sample period a kernel was running, 0 to 1.",
-        |g| g.utilization_ratio,
-    ),
-    (
-        "gpu_memory_utilization_ratio",
-        Kind::Gauge,
-        "Fraction of the last sample period device memory was read or written, 0 to 1.",
-        |g| g.memory_utilization_ratio,
-    ),
-    (
-        "device_memory_used_bytes",
-        Kind::Gauge,
-        "Device memory allocated.",
-        |g| g.memory_used_bytes.map(|b| b as f64),
-    ),
-    (
-        "gpu_memory_free_bytes",
-        Kind::Gauge,
-        "Device memory free.",
-        |g| g.memory_free_bytes.map(|b| b as f64),
-    ),
-    (
-        "gpu_memory_total_bytes",
-        Kind::Gauge,
-        "Device memory installed.",
-        |g| g.memory_total_bytes.map(|b| b as f64),
-    ),
-    (
-        "gpu_temperature_celsius",
-        Kind::Gauge,
-        "GPU die temperature.",
-        |g| g.temperature_celsius,
-    ),
-    ("gpu_power_watts", Kind::Gauge, "Power draw.", |g| {
-        g.power_watts
+/// Every per-GPU family with one value: its definition and how to read it.
+const PER_GPU: [(&MetricDef, Field); 14] = [
+    (&catalog::GPU_UTILIZATION_RATIO, |g| g.utilization_ratio),
+    (&catalog::GPU_MEMORY_UTILIZATION_RATIO, |g| {
+        g.memory_utilization_ratio
     }),
-    (
-        "gpu_power_limit_watts",
-        Kind::Gauge,
-        "Enforced power limit.",
-        |g| g.power_limit_watts,
-    ),
-    (
-        "gpu_energy_joules_total",
-        Kind::Counter,
-        "Energy consumed since the driver loaded.",
-        |g| g.energy_joules,
-    ),
-    ("gpu_sm_clock_hertz", Kind::Gauge, "SM clock.", |g| {
-        g.sm_clock_hertz
+    (&catalog::GPU_MEMORY_USED_BYTES, |g| {
+        g.memory_used_bytes.map(|b| b as f64)
     }),
-    (
-        "gpu_memory_clock_hertz",
-        Kind::Gauge,
-        "Memory clock.",
-        |g| g.memory_clock_hertz,
-    ),
-    (
-        "gpu_ecc_corrected_errors_total",
-        Kind::Counter,
-        "Corrected (single-bit) ECC errors since the driver loaded.",
-        |g| g.ecc_corrected_errors.map(|n| n as f64),
-    ),
-    (
-        "gpu_ecc_uncorrected_errors_total",
-        Kind::Counter,
-        "Uncorrected (double-bit) ECC errors since the driver loaded.",
-        |g| g.ecc_uncorrected_errors.map(|n| n as f64),
-    ),
-    (
-        "gpu_performance_state",
-        Kind::Gauge,
-        "Performance state: 0 is P0 (fastest) to 15 (slowest).",
-        |g| g.performance_state.map(f64::from),
-    ),
+    (&catalog::GPU_MEMORY_FREE_BYTES, |g| {
+        g.memory_free_bytes.map(|b| b as f64)
+    }),
+    (&catalog::GPU_MEMORY_TOTAL_BYTES, |g| {
+        g.memory_total_bytes.map(|b| b as f64)
+    }),
+    (&catalog::GPU_TEMPERATURE_CELSIUS, |g| g.temperature_celsius),
+    (&catalog::GPU_POWER_WATTS, |g| g.power_watts),
+    (&catalog::GPU_POWER_LIMIT_WATTS, |g| g.power_limit_watts),
+    (&catalog::GPU_ENERGY_JOULES_TOTAL, |g| g.energy_joules),
+    (&catalog::GPU_SM_CLOCK_HERTZ, |g| g.sm_clock_hertz),
+    (&catalog::GPU_MEMORY_CLOCK_HERTZ, |g| g.memory_clock_hertz),
+    (&catalog::GPU_ECC_CORRECTED_ERRORS_TOTAL, |g| {
+        g.ecc_corrected_errors.map(|n| n as f64)
+    }),
+    (&catalog::GPU_ECC_UNCORRECTED_ERRORS_TOTAL, |g| {
+        g.ecc_uncorrected_errors.map(|n| n as f64)
+    }),
+    (&catalog::GPU_PERFORMANCE_STATE, |g| {
+        g.performance_state.map(f64::from)
+    }),
 ];
 
 fn render_gauges(s: &GpuSample, out: &mut MetricsWriter) {
     let ids: Vec<String> = s.gpus.iter().map(|g| g.index.to_string()).collect();
-    for (name, kind, help, field) in PER_GPU {
-        out.family(name, kind, help);
+    for (def, field) in PER_GPU {
+        out.family_def(def);
         for (g, id) in s.gpus.iter().zip(&ids) {
             if let Some(v) = field(g) {
                 out.sample(&[("gpu", id), ("uuid", &g.identity.uuid)], v);
             }
         }
     }
-    out.family(
-        "gpu_throttle_reasons",
-        Kind::Gauge,
-        "1 for each clock-limit (throttle) reason active now, 0 for the others.",
-    );
+    out.family_def(&catalog::GPU_THROTTLE_REASONS);
     for (g, id) in s.gpus.iter().zip(&ids) {
         let Some(mask) = g.throttle_reasons else {
             continue;
@@ -187,11 +122,7 @@ fn render_gauges(s: &GpuSample, out: &mut MetricsWriter) {
             );
         }
     }
-    out.family(
-        "gpu_fan_speed_ratio",
-        Kind::Gauge,
-        "Each fan's speed as a fraction of its maximum, 0 to 1.",
-    );
+    out.family_def(&catalog::GPU_FAN_SPEED_RATIO);
     for (g, id) in s.gpus.iter().zip(&ids) {
         for (fan, ratio) in g.fan_speed_ratios.iter().flatten().enumerate() {
             let fan = fan.to_string();
@@ -201,11 +132,7 @@ fn render_gauges(s: &GpuSample, out: &mut MetricsWriter) {
             );
         }
     }
-    out.family(
-        "gpu_pcie_throughput_bytes_per_second",
-        Kind::Gauge,
-        "PCIe throughput by direction (tx, rx); only with --nvml-pcie, as each read blocks 20 ms.",
-    );
+    out.family_def(&catalog::GPU_PCIE_THROUGHPUT_BYTES_PER_SECOND);
     for (g, id) in s.gpus.iter().zip(&ids) {
         let dirs = [
             ("tx", g.pcie_tx_bytes_per_second),
@@ -223,7 +150,7 @@ fn render_gauges(s: &GpuSample, out: &mut MetricsWriter) {
 }
 
 fn render_processes(scrape: &Scrape, out: &mut MetricsWriter) {
-    out.family("gpu_process_memory_bytes", Kind::Gauge, "GPU memory held by each inferd process, from NVML's running compute processes matched to the pid in its segment.");
+    out.family_def(&catalog::GPU_PROCESS_MEMORY_BYTES);
     for d in &scrape.daemons {
         let pid = d.snapshot.header.writer_pid;
         for p in scrape

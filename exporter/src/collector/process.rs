@@ -7,8 +7,9 @@ use procfs::process::{Stat, Status};
 use procfs::FromRead;
 
 use super::Collector;
+use crate::catalog::{self, MetricDef};
 use crate::scrape::{ProcessStats, Scrape};
-use crate::text::{Kind, MetricsWriter};
+use crate::text::MetricsWriter;
 use crate::{Error, Result};
 
 /// Reads `/proc/<pid>` of each daemon that is not known to be gone.
@@ -115,31 +116,16 @@ impl Collector for ProcessCollector {
 
     fn render(&self, scrape: &Scrape, out: &mut MetricsWriter) {
         type Pick = fn(&ProcessStats) -> f64;
-        let families: [(&str, Kind, &str, Pick); 4] = [
-            (
-                "process_cpu_seconds_total",
-                Kind::Counter,
-                "CPU time inferd used, user plus system.",
-                |p| p.cpu_seconds,
-            ),
-            (
-                "process_resident_memory_bytes",
-                Kind::Gauge,
-                "inferd's resident memory.",
-                |p| p.resident_memory_bytes as f64,
-            ),
-            ("process_threads", Kind::Gauge, "inferd's threads.", |p| {
-                p.threads as f64
+        let families: [(&MetricDef, Pick); 4] = [
+            (&catalog::PROCESS_CPU_SECONDS_TOTAL, |p| p.cpu_seconds),
+            (&catalog::PROCESS_RESIDENT_MEMORY_BYTES, |p| {
+                p.resident_memory_bytes as f64
             }),
-            (
-                "process_open_fds",
-                Kind::Gauge,
-                "inferd's open file descriptors.",
-                |p| p.open_fds as f64,
-            ),
+            (&catalog::PROCESS_THREADS, |p| p.threads as f64),
+            (&catalog::PROCESS_OPEN_FDS, |p| p.open_fds as f64),
         ];
-        for (name, kind, help, pick) in families {
-            out.family(name, kind, help);
+        for (def, pick) in families {
+            out.family_def(def);
             for p in &scrape.processes {
                 out.sample(&[("daemon", &p.daemon)], pick(p));
             }

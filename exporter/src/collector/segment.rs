@@ -9,9 +9,10 @@ use shm_layout::layout::{MODELS, ROBOT_TYPES};
 use shm_layout::{HistogramSnapshot, SafetyReason, State, Status};
 
 use super::Collector;
+use crate::catalog::{self, MetricDef};
 use crate::discovery::Discovery;
 use crate::scrape::{Daemon, Scrape};
-use crate::text::{Kind, MetricsWriter};
+use crate::text::MetricsWriter;
 use crate::Result;
 
 /// Reads every segment the `--segment` patterns match.
@@ -61,6 +62,7 @@ impl Collector for SegmentCollector {
         render_gauges(&daemons, out);
         render_workers(&daemons, out);
         render_models(&daemons, out);
+        render_safety(&daemons, out);
         render_refusals(scrape, out);
     }
 }
@@ -108,75 +110,71 @@ impl<'a> Labelled<'a> {
         }
         Labelled { d, models, robots }
     }
+
+    /// The label set of per-daemon series.
+    fn daemon(&self) -> [(&'static str, &str); 1] {
+        [("daemon", self.d.name.as_str())]
+    }
+
+    /// The model label set (`daemon`, `model`, `version`) of a model's label values.
+    fn model_labels<'s>(&'s self, name: &'s str, version: &'s str) -> ModelLabels<'s> {
+        [
+            ("daemon", self.d.name.as_str()),
+            ("model", name),
+            ("version", version),
+        ]
+    }
+
+    /// Each model with stats (published slots and `other`): its stats and model label set.
+    fn model_stats(
+        &self,
+    ) -> impl Iterator<Item = (&shm_layout::ModelStatsSnapshot, ModelLabels<'_>)> {
+        self.models.iter().filter_map(move |(m, name, version)| {
+            let stats = self.d.snapshot.model_stats.get(*m)?;
+            Some((stats, self.model_labels(name, version)))
+        })
+    }
+
+    /// Each published model slot: its index, its slot and its model label set.
+    fn published(
+        &self,
+    ) -> impl Iterator<Item = (usize, &shm_layout::ModelSlotInfo, ModelLabels<'_>)> {
+        self.models.iter().filter_map(move |(m, name, version)| {
+            let slot = self.d.snapshot.models.get(*m)?.as_ref()?;
+            Some((*m, slot, self.model_labels(name, version)))
+        })
+    }
 }
 
-/// HELP texts that quote the heartbeat contract, made from its constants once.
-struct LifecycleHelp {
-    up: String,
-    heartbeat_age_seconds: String,
-}
-
-fn lifecycle_help() -> &'static LifecycleHelp {
-    static HELP: OnceLock<LifecycleHelp> = OnceLock::new();
-    HELP.get_or_init(|| LifecycleHelp {
-        up: format!(
-            "1 if inferd is serving: state starting, ready or draining, a heartbeat younger than {} ms, and its segment present.",
-            shm_layout::HEARTBEAT_TIMEOUT.as_millis()
-        ),
-        heartbeat_age_seconds: format!(
-            "Seconds since inferd's last heartbeat (it beats every {} ms).",
-            shm_layout::HEARTBEAT_INTERVAL.as_millis()
-        ),
-    })
-}
+/// The labels every per-model series starts with: `daemon`, `model`, `version`.
+type ModelLabels<'a> = [(&'static str, &'a str); 3];
 
 fn render_lifecycle(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
-    let help = lifecycle_help();
-    out.family("up", Kind::Gauge, &help.up);
+    out.family_def(&catalog::UP);
     for l in daemons {
-        out.sample(&[("daemon", &l.d.name)], l.d.up);
+        out.sample(&l.daemon(), l.d.up);
     }
-    out.family(
-        "heartbeat_age_seconds",
-        Kind::Gauge,
-        &help.heartbeat_age_seconds,
-    );
+    out.family_def(&catalog::HEARTBEAT_AGE_SECONDS);
     for l in daemons {
-        out.sample(&[("daemon", &l.d.name)], l.d.heartbeat_age_seconds);
+        out.sample(&l.daemon(), l.d.heartbeat_age_seconds);
     }
-    out.family(
-        "generation",
-        Kind::Gauge,
-        "Random value chosen at each inferd start (low 53 bits): a change is a restart.",
-    );
+    out.family_def(&catalog::GENERATION);
     for l in daemons {
         let g = l.d.snapshot.header.generation & ((1 << 53) - 1);
-        out.sample(&[("daemon", &l.d.name)], g);
+        out.sample(&l.daemon(), g);
     }
-    out.family(
-        "start_time_seconds",
-        Kind::Gauge,
-        "When inferd started, seconds since the Unix epoch.",
-    );
+    out.family_def(&catalog::START_TIME_SECONDS);
     for l in daemons {
         let t = l.d.snapshot.header.writer_start_unix_ns as f64 / 1e9;
-        out.sample(&[("daemon", &l.d.name)], t);
+        out.sample(&l.daemon(), t);
     }
-    out.family(
-        "state",
-        Kind::Gauge,
-        "inferd's lifecycle state: 1 for the current state, 0 for the others.",
-    );
+    out.family_def(&catalog::STATE);
     for l in daemons {
         let current = l.d.snapshot.header.state;
         let one_hot = State::ALL.iter().map(|&s| (s.as_str(), s == current));
-        out.sample_each(&[("daemon", &l.d.name)], "state", one_hot);
+        out.sample_each(&l.daemon(), "state", one_hot);
     }
-    out.family(
-        "daemon_info",
-        Kind::Gauge,
-        "inferd's version and process id; always 1.",
-    );
+    out.family_def(&catalog::DAEMON_INFO);
     for l in daemons {
         let h = &l.d.snapshot.header;
         let pid = h.writer_pid.to_string();
@@ -189,31 +187,19 @@ fn render_lifecycle(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
             1u64,
         );
     }
-    out.family(
-        "segment_deleted",
-        Kind::Gauge,
-        "1 if the segment's file is gone and these are its last values.",
-    );
+    out.family_def(&catalog::SEGMENT_DELETED);
     for l in daemons {
-        out.sample(&[("daemon", &l.d.name)], l.d.deleted);
+        out.sample(&l.daemon(), l.d.deleted);
     }
 }
 
 fn render_requests(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
-    out.family(
-        "requests_total",
-        Kind::Counter,
-        "Requests answered, by model, robot type and how they ended.",
-    );
+    out.family_def(&catalog::REQUESTS_TOTAL);
     for l in daemons {
         for (m, model, version) in &l.models {
             for (r, robot) in &l.robots {
-                let labels = [
-                    ("daemon", l.d.name.as_str()),
-                    ("model", model),
-                    ("version", version),
-                    ("robot_type", robot),
-                ];
+                let [daemon, model, version] = l.model_labels(model, version);
+                let labels = [daemon, model, version, ("robot_type", robot)];
                 let by_status = Status::ALL
                     .iter()
                     .map(|&status| (status.as_str(), l.d.snapshot.requests(*m, *r, status)));
@@ -245,63 +231,44 @@ fn les() -> &'static Les {
 fn render_histograms(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
     type Pick = fn(&shm_layout::ModelStatsSnapshot) -> &HistogramSnapshot;
     let les = les();
-    let families: [(&str, &str, Pick, &[String], f64); 6] = [
+    let families: [(&MetricDef, Pick, &[String], f64); 6] = [
         (
-            "request_duration_seconds",
-            "End-to-end latency: from a request frame's arrival to its answer being ready.",
+            &catalog::REQUEST_DURATION_SECONDS,
             |s| &s.e2e_ns,
             &les.seconds,
             1e-9,
         ),
         (
-            "queue_wait_seconds",
-            "Time requests waited in the queue before compute started.",
+            &catalog::QUEUE_WAIT_SECONDS,
             |s| &s.queue_wait_ns,
             &les.seconds,
             1e-9,
         ),
         (
-            "compute_seconds",
-            "Compute time of the batch each request ran in.",
+            &catalog::COMPUTE_SECONDS,
             |s| &s.compute_ns,
             &les.seconds,
             1e-9,
         ),
+        (&catalog::BATCH_SIZE, |s| &s.batch_size, &les.batch, 1.0),
         (
-            "batch_size",
-            "Requests per computed batch.",
-            |s| &s.batch_size,
-            &les.batch,
-            1.0,
-        ),
-        (
-            "request_bytes",
-            "Request frame sizes.",
+            &catalog::REQUEST_BYTES,
             |s| &s.request_bytes,
             &les.bytes,
             1.0,
         ),
         (
-            "response_bytes",
-            "Response frame sizes.",
+            &catalog::RESPONSE_BYTES,
             |s| &s.response_bytes,
             &les.bytes,
             1.0,
         ),
     ];
-    for (name, help, pick, le, scale) in families {
-        out.family(name, Kind::Histogram, help);
+    for (def, pick, le, scale) in families {
+        out.family_def(def);
         for l in daemons {
-            for (m, model, version) in &l.models {
-                let Some(stats) = l.d.snapshot.model_stats.get(*m) else {
-                    continue;
-                };
+            for (stats, labels) in l.model_stats() {
                 let h = pick(stats);
-                let labels = [
-                    ("daemon", l.d.name.as_str()),
-                    ("model", model),
-                    ("version", version),
-                ];
                 out.histogram(&labels, le, &h.cumulative, h.sum as f64 * scale);
             }
         }
@@ -310,38 +277,22 @@ fn render_histograms(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
 
 fn render_gauges(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
     type Pick = fn(&shm_layout::GaugesSnapshot) -> i64;
-    let gauges: [(&str, &str, Pick); 5] = [
-        ("queue_depth", "Requests waiting in the queue.", |g| {
-            g.queue_depth
+    let gauges: [(&MetricDef, Pick); 5] = [
+        (&catalog::QUEUE_DEPTH, |g| g.queue_depth),
+        (&catalog::QUEUE_CAPACITY, |g| g.queue_capacity),
+        (&catalog::REQUESTS_IN_FLIGHT, |g| g.in_flight),
+        (&catalog::CONNECTIONS, |g| g.connections),
+        (&catalog::DEVICE_MEMORY_USED_BYTES, |g| {
+            g.device_memory_used_bytes
         }),
-        (
-            "queue_capacity",
-            "Requests the queue holds before it rejects new ones.",
-            |g| g.queue_capacity,
-        ),
-        (
-            "requests_in_flight",
-            "Requests accepted and not yet answered.",
-            |g| g.in_flight,
-        ),
-        ("connections", "Open robot connections.", |g| g.connections),
-        (
-            "device_memory_used_bytes",
-            "Device memory inferd's model holds: what the GPU's memory in use gained since just before inferd's first model load there (not the CUDA context).",
-            |g| g.device_memory_used_bytes,
-        ),
     ];
-    for (name, help, pick) in gauges {
-        out.family(name, Kind::Gauge, help);
+    for (def, pick) in gauges {
+        out.family_def(def);
         for l in daemons {
-            out.sample(&[("daemon", &l.d.name)], pick(&l.d.snapshot.gauges) as f64);
+            out.sample(&l.daemon(), pick(&l.d.snapshot.gauges) as f64);
         }
     }
-    out.family(
-        "queue_utilization_ratio",
-        Kind::Gauge,
-        "Queue depth over capacity, 0 to 1 (0 when the capacity is unknown).",
-    );
+    out.family_def(&catalog::QUEUE_UTILIZATION_RATIO);
     for l in daemons {
         let g = &l.d.snapshot.gauges;
         let ratio = if g.queue_capacity > 0 {
@@ -349,71 +300,47 @@ fn render_gauges(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
         } else {
             0.0
         };
-        out.sample(&[("daemon", &l.d.name)], ratio);
+        out.sample(&l.daemon(), ratio);
     }
     type PickCounter = fn(&shm_layout::GaugesSnapshot) -> u64;
-    let counters: [(&str, &str, PickCounter); 6] = [
-        (
-            "model_registry_overflow_total",
-            "Model registrations that found every slot taken and were counted as model=\"other\".",
-            |g| g.model_overflow_total,
-        ),
-        (
-            "robot_type_registry_overflow_total",
-            "Robot types first seen after every slot was taken, counted as robot_type=\"other\".",
-            |g| g.robot_type_overflow_total,
-        ),
-        ("model_reloads_total", "Successful model reloads.", |g| {
-            g.reloads_total
+    let counters: [(&MetricDef, PickCounter); 6] = [
+        (&catalog::MODEL_REGISTRY_OVERFLOW_TOTAL, |g| {
+            g.model_overflow_total
         }),
-        (
-            "model_reload_failures_total",
-            "Failed model reloads (the old model kept serving).",
-            |g| g.reload_failures_total,
-        ),
-        (
-            "connections_rejected_total",
-            "Connections refused because the connection limit was reached.",
-            |g| g.connections_rejected_total,
-        ),
-        (
-            "protocol_errors_total",
-            "Connections closed for a protocol error (bad or oversize frame).",
-            |g| g.protocol_errors_total,
-        ),
+        (&catalog::ROBOT_TYPE_REGISTRY_OVERFLOW_TOTAL, |g| {
+            g.robot_type_overflow_total
+        }),
+        (&catalog::MODEL_RELOADS_TOTAL, |g| g.reloads_total),
+        (&catalog::MODEL_RELOAD_FAILURES_TOTAL, |g| {
+            g.reload_failures_total
+        }),
+        (&catalog::CONNECTIONS_REJECTED_TOTAL, |g| {
+            g.connections_rejected_total
+        }),
+        (&catalog::PROTOCOL_ERRORS_TOTAL, |g| g.protocol_errors_total),
     ];
-    for (name, help, pick) in counters {
-        out.family(name, Kind::Counter, help);
+    for (def, pick) in counters {
+        out.family_def(def);
         for l in daemons {
-            out.sample(&[("daemon", &l.d.name)], pick(&l.d.snapshot.gauges));
+            out.sample(&l.daemon(), pick(&l.d.snapshot.gauges));
         }
     }
 }
 
 fn render_workers(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
     type Pick = fn(&shm_layout::ShardSnapshot) -> f64;
-    let families: [(&str, &str, Pick); 3] = [
-        (
-            "worker_busy_seconds_total",
-            "Seconds each worker spent computing batches.",
-            |s| s.busy_ns as f64 / 1e9,
-        ),
-        (
-            "worker_requests_total",
-            "Requests each worker or connection thread recorded.",
-            |s| s.requests as f64,
-        ),
-        (
-            "worker_batches_total",
-            "Batches each worker computed.",
-            |s| s.batches as f64,
-        ),
+    let families: [(&MetricDef, Pick); 3] = [
+        (&catalog::WORKER_BUSY_SECONDS_TOTAL, |s| {
+            s.busy_ns as f64 / 1e9
+        }),
+        (&catalog::WORKER_REQUESTS_TOTAL, |s| s.requests as f64),
+        (&catalog::WORKER_BATCHES_TOTAL, |s| s.batches as f64),
     ];
     let workers: Vec<String> = (0..shm_layout::layout::SHARDS)
         .map(|i| i.to_string())
         .collect();
-    for (name, help, pick) in families {
-        out.family(name, Kind::Counter, help);
+    for (def, pick) in families {
+        out.family_def(def);
         for l in daemons {
             for (shard, worker) in l.d.snapshot.shards.iter().zip(&workers) {
                 if shard.kind == shm_layout::ShardKind::Unused {
@@ -430,124 +357,65 @@ fn render_workers(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
     }
 }
 
+/// `model_info`, `model_load_seconds` and `model_active`: one series per published model slot.
 fn render_models(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
-    out.family(
-        "model_info",
-        Kind::Gauge,
-        "A loaded model's backend and device; always 1.",
-    );
+    out.family_def(&catalog::MODEL_INFO);
     for l in daemons {
-        for (_, model, version, slot) in published(l) {
+        for (_, slot, [daemon, model, version]) in l.published() {
             let labels = [
-                ("daemon", l.d.name.as_str()),
-                ("model", model),
-                ("version", version),
+                daemon,
+                model,
+                version,
                 ("backend", &slot.backend),
                 ("device", &slot.device),
             ];
             out.sample(&labels, 1u64);
         }
     }
-    out.family(
-        "model_load_seconds",
-        Kind::Gauge,
-        "How long loading the model took.",
-    );
+    out.family_def(&catalog::MODEL_LOAD_SECONDS);
     for l in daemons {
-        for (_, model, version, slot) in published(l) {
-            let labels = [
-                ("daemon", l.d.name.as_str()),
-                ("model", model),
-                ("version", version),
-            ];
+        for (_, slot, labels) in l.published() {
             out.sample(&labels, slot.load_duration_ns as f64 / 1e9);
         }
     }
-    out.family(
-        "model_active",
-        Kind::Gauge,
-        "1 for the model being served now, 0 for the others.",
-    );
+    out.family_def(&catalog::MODEL_ACTIVE);
     for l in daemons {
-        for (m, model, version, _) in published(l) {
-            let labels = [
-                ("daemon", l.d.name.as_str()),
-                ("model", model),
-                ("version", version),
-            ];
+        for (m, _, labels) in l.published() {
             out.sample(&labels, l.d.snapshot.header.active_model == Some(m));
         }
     }
-    out.family(
-        "safety_actions_clamped_total",
-        Kind::Counter,
-        "Action values the safety filter clamped to the configured limits.",
-    );
+}
+
+/// The safety filter's counters: one series per model with stats (and per reason).
+fn render_safety(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
+    out.family_def(&catalog::SAFETY_ACTIONS_CLAMPED_TOTAL);
     for l in daemons {
-        for (m, model, version) in &l.models {
-            let Some(stats) = l.d.snapshot.model_stats.get(*m) else {
-                continue;
-            };
-            let labels = [
-                ("daemon", l.d.name.as_str()),
-                ("model", model),
-                ("version", version),
-            ];
+        for (stats, labels) in l.model_stats() {
             out.sample(&labels, stats.actions_clamped);
         }
     }
-    out.family(
-        "safety_outputs_rejected_total",
-        Kind::Counter,
-        "Outputs the safety filter rejected, by reason.",
-    );
+    out.family_def(&catalog::SAFETY_OUTPUTS_REJECTED_TOTAL);
     for l in daemons {
-        for (m, model, version) in &l.models {
-            let Some(stats) = l.d.snapshot.model_stats.get(*m) else {
-                continue;
-            };
+        for (stats, [daemon, model, version]) in l.model_stats() {
             for reason in SafetyReason::ALL {
                 let n = stats
                     .outputs_rejected
                     .get(reason as usize)
                     .copied()
                     .unwrap_or(0);
-                let labels = [
-                    ("daemon", l.d.name.as_str()),
-                    ("model", model),
-                    ("version", version),
-                    ("reason", reason.as_str()),
-                ];
+                let labels = [daemon, model, version, ("reason", reason.as_str())];
                 out.sample(&labels, n);
             }
         }
     }
 }
 
-/// The published model slots of a daemon, with their labels.
-fn published<'l>(
-    l: &'l Labelled<'_>,
-) -> impl Iterator<Item = (usize, &'l str, &'l str, &'l shm_layout::ModelSlotInfo)> {
-    l.models.iter().filter_map(move |(m, name, version)| {
-        let slot = l.d.snapshot.models.get(*m)?.as_ref()?;
-        Some((*m, name.as_str(), version.as_str(), slot))
-    })
-}
-
 fn render_refusals(scrape: &Scrape, out: &mut MetricsWriter) {
-    out.family(
-        "segment_refused",
-        Kind::Gauge,
-        "1 for each segment the exporter refuses to read now, with why.",
-    );
+    out.family_def(&catalog::SEGMENT_REFUSED);
     for r in &scrape.refusals {
         out.sample(&[("segment", &r.segment), ("reason", r.reason)], 1u64);
     }
-    out.family(
-        "segment_errors_total",
-        Kind::Counter,
-        "Segments refused since the exporter started, by segment and reason.",
-    );
+    out.family_def(&catalog::SEGMENT_ERRORS_TOTAL);
     for ((segment, reason), n) in &scrape.segment_errors {
         out.sample(&[("segment", segment), ("reason", reason)], *n);
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use super::{GpuProcess, GpuSample, GpuSource, GpuStats, SourceError};
+use super::{GpuIdentity, GpuProcess, GpuSample, GpuSource, GpuStats, SourceError};
 use crate::{Error, Result};
 
 /// How long to wait before trying to load NVML again after it failed: loading can take
@@ -100,45 +100,14 @@ impl Pass {
     /// Reads every field of every GPU once. A field that fails is left out and counted.
     pub(crate) fn sample(&mut self, src: &mut dyn GpuSource, pcie: bool) -> GpuSample {
         let taken_at = Some(SystemTime::now());
-        if !self.connected {
-            let due = self
-                .last_attempt
-                .map_or(true, |t| t.elapsed() >= RECONNECT_AFTER);
-            if due {
-                self.last_attempt = Some(Instant::now());
-                match src.connect() {
-                    Ok(()) => {
-                        log::info!("NVML loaded");
-                        self.connected = true;
-                        self.last_error = None;
-                    }
-                    Err(e) => {
-                        if self.last_error.as_ref() != Some(&e.0) {
-                            log::warn!("NVML unavailable, serving without GPU metrics: {e}");
-                        }
-                        self.last_error = Some(e.0);
-                    }
-                }
-            }
-            if !self.connected {
-                return GpuSample {
-                    taken_at,
-                    nvml_error: self.last_error.clone(),
-                    field_errors: self.field_errors.clone(),
-                    ..GpuSample::default()
-                };
-            }
+        if !self.connect_if_due(src) {
+            return self.down(taken_at, self.last_error.clone());
         }
         let count = match src.device_count() {
             Ok(n) => n,
             Err(e) => {
                 self.count("device_count", &e);
-                return GpuSample {
-                    taken_at,
-                    nvml_error: Some(e.0),
-                    field_errors: self.field_errors.clone(),
-                    ..GpuSample::default()
-                };
+                return self.down(taken_at, Some(e.0));
             }
         };
         let driver_version = self.field("driver_version", src.driver_version());
@@ -148,62 +117,9 @@ impl Pass {
             let Some(identity) = self.field("identity", src.identity(gpu)) else {
                 continue;
             };
-            let util = self.field("utilization_percent", src.utilization_percent(gpu));
-            let mem = self.field("memory_bytes", src.memory_bytes(gpu));
-            let pcie_kb = if pcie {
-                self.field(
-                    "pcie_kilobytes_per_second",
-                    src.pcie_kilobytes_per_second(gpu),
-                )
-            } else {
-                None
-            };
-            let ecc = self.field("ecc_errors", src.ecc_errors(gpu));
-            let ratio = |percent: u32| f64::from(percent) / 100.0;
-            let watts = |mw: u32| f64::from(mw) / 1e3;
-            let hertz = |mhz: u32| f64::from(mhz) * 1e6;
-            if let Some(procs) = self.field("compute_processes", src.compute_processes(gpu)) {
-                processes.extend(procs.into_iter().map(|(pid, memory_bytes)| GpuProcess {
-                    gpu,
-                    uuid: identity.uuid.clone(),
-                    pid,
-                    memory_bytes,
-                }));
-            }
-            gpus.push(GpuStats {
-                index: gpu,
-                utilization_ratio: util.map(|u| ratio(u.0)),
-                memory_utilization_ratio: util.map(|u| ratio(u.1)),
-                memory_used_bytes: mem.map(|m| m.0),
-                memory_free_bytes: mem.map(|m| m.1),
-                memory_total_bytes: mem.map(|m| m.2),
-                temperature_celsius: self
-                    .field("temperature_celsius", src.temperature_celsius(gpu))
-                    .map(f64::from),
-                power_watts: self
-                    .field("power_usage_milliwatts", src.power_usage_milliwatts(gpu))
-                    .map(watts),
-                power_limit_watts: self
-                    .field("power_limit_milliwatts", src.power_limit_milliwatts(gpu))
-                    .map(watts),
-                energy_joules: self
-                    .field("energy_millijoules", src.energy_millijoules(gpu))
-                    .map(|mj| mj as f64 / 1e3),
-                sm_clock_hertz: self.field("sm_clock_mhz", src.sm_clock_mhz(gpu)).map(hertz),
-                memory_clock_hertz: self
-                    .field("memory_clock_mhz", src.memory_clock_mhz(gpu))
-                    .map(hertz),
-                throttle_reasons: self.field("throttle_reasons", src.throttle_reasons(gpu)),
-                pcie_tx_bytes_per_second: pcie_kb.map(|p| f64::from(p.0) * 1e3),
-                pcie_rx_bytes_per_second: pcie_kb.map(|p| f64::from(p.1) * 1e3),
-                fan_speed_ratios: self
-                    .field("fan_speed_percent", src.fan_speed_percent(gpu))
-                    .map(|fans| fans.into_iter().map(ratio).collect()),
-                ecc_corrected_errors: ecc.map(|e| e.0),
-                ecc_uncorrected_errors: ecc.map(|e| e.1),
-                performance_state: self.field("performance_state", src.performance_state(gpu)),
-                identity,
-            });
+            let uuid = identity.uuid.clone();
+            gpus.push(self.stats(src, gpu, identity, pcie));
+            processes.extend(self.processes(src, gpu, &uuid));
         }
         GpuSample {
             taken_at,
@@ -214,6 +130,116 @@ impl Pass {
             processes,
             field_errors: self.field_errors.clone(),
         }
+    }
+
+    /// Whether NVML is connected, trying to load it first when it is not and the last attempt
+    /// is [`RECONNECT_AFTER`] old: a failing load is slow, and logged only when its error
+    /// changes.
+    fn connect_if_due(&mut self, src: &mut dyn GpuSource) -> bool {
+        if self.connected {
+            return true;
+        }
+        let due = self
+            .last_attempt
+            .map_or(true, |t| t.elapsed() >= RECONNECT_AFTER);
+        if !due {
+            return false;
+        }
+        self.last_attempt = Some(Instant::now());
+        match src.connect() {
+            Ok(()) => {
+                log::info!("NVML loaded");
+                self.connected = true;
+                self.last_error = None;
+            }
+            Err(e) => {
+                if self.last_error.as_ref() != Some(&e.0) {
+                    log::warn!("NVML unavailable, serving without GPU metrics: {e}");
+                }
+                self.last_error = Some(e.0);
+            }
+        }
+        self.connected
+    }
+
+    /// A sample with NVML down: no GPUs, why, and the field errors counted so far.
+    fn down(&self, taken_at: Option<SystemTime>, nvml_error: Option<String>) -> GpuSample {
+        GpuSample {
+            taken_at,
+            nvml_error,
+            field_errors: self.field_errors.clone(),
+            ..GpuSample::default()
+        }
+    }
+
+    /// One GPU's values, in base units; a field that fails is `None`.
+    fn stats(
+        &mut self,
+        src: &mut dyn GpuSource,
+        gpu: u32,
+        identity: GpuIdentity,
+        pcie: bool,
+    ) -> GpuStats {
+        let util = self.field("utilization_percent", src.utilization_percent(gpu));
+        let mem = self.field("memory_bytes", src.memory_bytes(gpu));
+        let pcie_kb = if pcie {
+            self.field(
+                "pcie_kilobytes_per_second",
+                src.pcie_kilobytes_per_second(gpu),
+            )
+        } else {
+            None
+        };
+        let ecc = self.field("ecc_errors", src.ecc_errors(gpu));
+        GpuStats {
+            index: gpu,
+            identity,
+            utilization_ratio: util.map(|u| ratio(u.0)),
+            memory_utilization_ratio: util.map(|u| ratio(u.1)),
+            memory_used_bytes: mem.map(|m| m.0),
+            memory_free_bytes: mem.map(|m| m.1),
+            memory_total_bytes: mem.map(|m| m.2),
+            temperature_celsius: self
+                .field("temperature_celsius", src.temperature_celsius(gpu))
+                .map(f64::from),
+            power_watts: self
+                .field("power_usage_milliwatts", src.power_usage_milliwatts(gpu))
+                .map(watts),
+            power_limit_watts: self
+                .field("power_limit_milliwatts", src.power_limit_milliwatts(gpu))
+                .map(watts),
+            energy_joules: self
+                .field("energy_millijoules", src.energy_millijoules(gpu))
+                .map(|mj| mj as f64 / 1e3),
+            sm_clock_hertz: self.field("sm_clock_mhz", src.sm_clock_mhz(gpu)).map(hertz),
+            memory_clock_hertz: self
+                .field("memory_clock_mhz", src.memory_clock_mhz(gpu))
+                .map(hertz),
+            throttle_reasons: self.field("throttle_reasons", src.throttle_reasons(gpu)),
+            pcie_tx_bytes_per_second: pcie_kb.map(|p| f64::from(p.0) * 1e3),
+            pcie_rx_bytes_per_second: pcie_kb.map(|p| f64::from(p.1) * 1e3),
+            fan_speed_ratios: self
+                .field("fan_speed_percent", src.fan_speed_percent(gpu))
+                .map(|fans| fans.into_iter().map(ratio).collect()),
+            ecc_corrected_errors: ecc.map(|e| e.0),
+            ecc_uncorrected_errors: ecc.map(|e| e.1),
+            performance_state: self.field("performance_state", src.performance_state(gpu)),
+        }
+    }
+
+    /// The compute processes running on one GPU (none when the read fails).
+    fn processes(&mut self, src: &mut dyn GpuSource, gpu: u32, uuid: &str) -> Vec<GpuProcess> {
+        let procs = self.field("compute_processes", src.compute_processes(gpu));
+        procs
+            .into_iter()
+            .flatten()
+            .map(|(pid, memory_bytes)| GpuProcess {
+                gpu,
+                uuid: uuid.to_owned(),
+                pid,
+                memory_bytes,
+            })
+            .collect()
     }
 
     fn field<T>(&mut self, name: &'static str, r: Result<T, SourceError>) -> Option<T> {
@@ -228,6 +254,21 @@ impl Pass {
         }
         *n += 1;
     }
+}
+
+/// NVML's percent as a ratio from 0 to 1.
+fn ratio(percent: u32) -> f64 {
+    f64::from(percent) / 100.0
+}
+
+/// NVML's milliwatts as watts.
+fn watts(milliwatts: u32) -> f64 {
+    f64::from(milliwatts) / 1e3
+}
+
+/// NVML's MHz as hertz.
+fn hertz(mhz: u32) -> f64 {
+    f64::from(mhz) * 1e6
 }
 
 #[cfg(test)]
