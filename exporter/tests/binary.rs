@@ -146,19 +146,11 @@ fn serve(args: &[&str], addr: SocketAddr) -> Running {
         .spawn()
         .unwrap();
     let running = Running(child);
-    let served = eventually(Duration::from_secs(30), || {
+    let served = eventually(PATIENCE, || {
         try_get(addr, "/metrics", &[]).is_ok_and(|r| r.status == 200)
     });
     assert!(served, "the exporter never answered on {addr}");
     running
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -256,7 +248,7 @@ fn two_thousand_idle_connections_neither_delay_a_scrape_nor_grow_memory() {
     let open = "inferd_exporter_http_connections";
     let evicted = "inferd_exporter_http_connections_closed_total{reason=\"evicted\"}";
     let (mut page, mut most_open) = (String::new(), 0.0f64);
-    let settled = eventually(Duration::from_secs(10), || {
+    let settled = eventually(PATIENCE, || {
         page = metrics(addr);
         most_open = most_open.max(value(&page, open).unwrap());
         value(&page, evicted).unwrap() >= (IDLE + 1 - MAX) as f64
@@ -292,7 +284,7 @@ fn serves_until_sigterm_then_exits_cleanly() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let served = eventually(Duration::from_secs(30), || {
+    let served = eventually(PATIENCE, || {
         try_get(addr, "/health", &[]).is_ok_and(|r| r.status == 503)
     });
     if !served {
@@ -335,12 +327,7 @@ fn a_missing_segment_dir_or_no_match_is_logged_once_each() {
         .unwrap();
     let _running = Running(child);
     let scrape = || {
-        assert!(eventually(Duration::from_secs(30), || try_get(
-            addr,
-            "/metrics",
-            &[]
-        )
-        .is_ok()));
+        assert!(eventually(PATIENCE, || try_get(addr, "/metrics", &[]).is_ok()));
     };
     let count = |needle: &str| {
         std::fs::read_to_string(&log)

@@ -10,7 +10,7 @@ fn metrics_page_carries_every_source() {
     populate(&w, 7, 2);
     let _alive = keep_alive(&w);
     let server = start(dir.path(), &["inferd*"], fake_gpu());
-    assert!(eventually(std::time::Duration::from_secs(10), || {
+    assert!(eventually(PATIENCE, || {
         metrics(server.addr()).contains("inferd_nvml_up 1")
     }));
     let r = get(server.addr(), "/metrics", &[]);
@@ -129,7 +129,7 @@ fn json_endpoints_come_from_the_same_snapshot() {
     populate(&w, 5, 1);
     let _alive = keep_alive(&w);
     let server = start(dir.path(), &["inferd-json"], fake_gpu());
-    assert!(eventually(std::time::Duration::from_secs(10), || {
+    assert!(eventually(PATIENCE, || {
         get(server.addr(), "/gpu/stats", &[]).json()["nvml_up"] == true
     }));
     let health = get(server.addr(), "/health", &[]);
