@@ -6,11 +6,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shm_layout::{
-    ModelInfo, RequestSample, SegmentOptions, SegmentReader, SegmentWriter, ShardKind, Snapshot,
-    Status,
+    ModelInfo, RequestSample, SegmentOptions, SegmentReader, SegmentWriter, ShardKind, Status,
 };
 
-use crate::util::{unique_name, Cleanup};
+use crate::util::{assert_consistent, unique_name, Cleanup, PATIENCE};
 
 const THREADS: u64 = 4;
 const PER_THREAD: u64 = 250_000;
@@ -84,24 +83,6 @@ fn index_of(labels: &[Option<String>], name: &str) -> usize {
         .unwrap()
 }
 
-fn check_consistent(s: &Snapshot) {
-    for stats in &s.model_stats {
-        for h in [
-            &stats.e2e_ns,
-            &stats.queue_wait_ns,
-            &stats.compute_ns,
-            &stats.batch_size,
-        ] {
-            assert!(
-                h.cumulative.windows(2).all(|w| w[0] <= w[1]),
-                "cumulative buckets decreased"
-            );
-            assert_eq!(h.count(), *h.cumulative.last().unwrap());
-            assert_eq!(h.cumulative.len(), h.bounds.len() + 1);
-        }
-    }
-}
-
 #[test]
 fn parent_reads_while_child_records() {
     let name = unique_name("xproc");
@@ -135,11 +116,11 @@ fn parent_reads_while_child_records() {
     // Read while the child writes: every counter only grows, every histogram stays consistent.
     let mut previous = reader.snapshot().unwrap();
     let mut reads = 0u32;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + 4 * PATIENCE;
     loop {
         let exited = child.try_wait().unwrap().is_some();
         let snap = reader.snapshot().unwrap();
-        check_consistent(&snap);
+        assert_consistent(&snap);
         for (now, before) in snap
             .requests_by_label
             .iter()
@@ -161,7 +142,12 @@ fn parent_reads_while_child_records() {
     );
 
     let snap = reader.snapshot().unwrap();
-    check_consistent(&snap);
+    assert_consistent(&snap);
+    let model_names: Vec<Option<String>> = snap
+        .models
+        .iter()
+        .map(|s| s.as_ref().map(|s| s.name.clone()))
+        .collect();
     let mut expected = std::collections::HashMap::new();
     let mut per_model = [0u64; MODELS as usize];
     for t in 0..THREADS {
@@ -172,14 +158,7 @@ fn parent_reads_while_child_records() {
         }
     }
     for ((m, r, status), n) in &expected {
-        let mi = index_of(
-            &snap
-                .models
-                .iter()
-                .map(|s| s.as_ref().map(|s| s.name.clone()))
-                .collect::<Vec<_>>(),
-            &format!("m{m}"),
-        );
+        let mi = index_of(&model_names, &format!("m{m}"));
         let ri = index_of(&snap.robot_types, &format!("r{r}"));
         assert_eq!(
             snap.requests(mi, ri, *status),
@@ -190,14 +169,7 @@ fn parent_reads_while_child_records() {
     }
     assert_eq!(snap.total_requests(), THREADS * PER_THREAD);
     for (m, n) in per_model.iter().enumerate() {
-        let mi = index_of(
-            &snap
-                .models
-                .iter()
-                .map(|s| s.as_ref().map(|s| s.name.clone()))
-                .collect::<Vec<_>>(),
-            &format!("m{m}"),
-        );
+        let mi = index_of(&model_names, &format!("m{m}"));
         assert_eq!(snap.model_stats[mi].e2e_ns.count(), *n);
         assert_eq!(snap.model_stats[mi].request_bytes.count(), *n);
     }

@@ -2,26 +2,18 @@
 //! and whatever it returns is self-consistent.
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use proptest::prelude::*;
-use shm_layout::{layout, Error, ModelInfo, RequestSample, ShardKind, Snapshot, Status};
+use shm_layout::{layout, Error, RequestSample, ShardKind, Snapshot, Status};
 
-use crate::util::fresh;
+use crate::util::{assert_consistent, fresh, model_and_robot};
 
 /// A real segment image with some counts in it, written by the real writer.
 fn valid_image() -> &'static [u8] {
     static IMAGE: OnceLock<Vec<u8>> = OnceLock::new();
     IMAGE.get_or_init(|| {
         let (writer, _cleanup) = fresh("props");
-        let model = writer.register_model(
-            &ModelInfo {
-                name: "m".into(),
-                ..Default::default()
-            },
-            Duration::ZERO,
-        );
-        let robot = writer.robot_type("r");
+        let (model, robot) = model_and_robot(&writer);
         let shard = writer.claim_shard(ShardKind::Worker).unwrap();
         for i in 0..100u64 {
             shard.record_request(&RequestSample {
@@ -37,24 +29,6 @@ fn valid_image() -> &'static [u8] {
         }
         std::fs::read(writer.path()).unwrap()
     })
-}
-
-fn assert_consistent(s: &Snapshot) {
-    for stats in &s.model_stats {
-        for h in [
-            &stats.e2e_ns,
-            &stats.queue_wait_ns,
-            &stats.compute_ns,
-            &stats.batch_size,
-            &stats.request_bytes,
-            &stats.response_bytes,
-        ] {
-            assert!(h.cumulative.windows(2).all(|w| w[0] <= w[1]));
-            assert_eq!(h.cumulative.len(), h.bounds.len() + 1);
-        }
-    }
-    assert_eq!(s.models.len(), layout::MODELS);
-    assert_eq!(s.robot_types.len(), layout::ROBOT_TYPES);
 }
 
 #[test]

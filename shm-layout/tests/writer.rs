@@ -8,7 +8,7 @@ use shm_layout::{
     SegmentWriter, ShardKind, Snapshot, State,
 };
 
-use crate::util::{fresh, unique_name, Cleanup};
+use crate::util::{fresh, model_and_robot, unique_name, Cleanup};
 
 #[test]
 fn created_on_tmpfs_with_mode_0640() {
@@ -309,14 +309,7 @@ fn the_reader_holds_a_read_only_non_blocking_descriptor() {
 fn counts_of_a_released_shard_are_still_read() {
     use shm_layout::{RequestSample, Status};
     let (writer, _c) = fresh("released");
-    let model = writer.register_model(
-        &ModelInfo {
-            name: "m".into(),
-            ..Default::default()
-        },
-        Duration::ZERO,
-    );
-    let robot = writer.robot_type("r");
+    let (model, robot) = model_and_robot(&writer);
     let shard = writer.claim_shard(ShardKind::Io).unwrap();
     let index = shard.index();
     shard.record_request(&RequestSample {
