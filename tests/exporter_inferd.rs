@@ -340,7 +340,7 @@ fn active_model(inferd: &Inferd) -> shm_layout::ModelSlotInfo {
 /// `overloaded` (with `--max-in-flight 1`, 14,468 of 20,000 such requests were). Freeing the slot
 /// first (4e19b1e) makes this hold by construction; this test keeps it so.
 #[test]
-fn a_client_that_waits_for_each_answer_is_never_overloaded() {
+fn a_client_waiting_for_each_answer_is_no_longer_refused_as_overloaded() {
     let inferd = Inferd::start(&["--max-in-flight", "1", "--log-level", "warn"]);
     let mut robot = Robot::connect(&inferd.socket);
     let width = robot.width();

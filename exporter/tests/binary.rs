@@ -56,7 +56,7 @@ fn one_line(stderr: &str) -> &str {
 }
 
 #[test]
-fn bad_flags_fail_with_a_message() {
+fn bad_flags_fail_with_one_line_and_no_backtrace_even_under_rust_backtrace() {
     // RUST_BACKTRACE used to add a backtrace to anyhow's report.
     let backtrace = [("RUST_BACKTRACE", "1")];
     let (code, stderr) = fails(&["--namespace", "no:colons", "--once"], &backtrace);
