@@ -9,6 +9,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,16 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         Some(v) if done => v,
         _ => panic!("timed out after {PATIENCE:?} waiting for {what}"),
     }
+}
+
+/// `child`'s exit status once it exits, or `None` if it is still running after `within`.
+pub fn exited(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    eventually(within, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the race is harmless in tests).

@@ -11,7 +11,7 @@ use shm_layout::{SegmentReader, Snapshot};
 /// Patience, names, waiting and free ports, shared with the workspace's other test binaries.
 #[path = "support.rs"]
 mod support;
-pub use support::{eventually, free_port, unique, wait_for, PATIENCE};
+pub use support::{eventually, exited, free_port, unique, wait_for, PATIENCE};
 
 /// `promtool check metrics` and a Prometheus server, shared with the exporter's tests.
 #[path = "promtool.rs"]
@@ -70,13 +70,8 @@ impl Proc {
 
     /// Waits for it to exit and returns its status.
     pub fn wait(&mut self) -> std::process::ExitStatus {
-        let mut status = None;
-        let exited = eventually(PATIENCE, || {
-            status = self.child.try_wait().unwrap();
-            status.is_some()
-        });
-        assert!(exited, "process did not exit:\n{}", self.log());
-        status.unwrap()
+        exited(&mut self.child, PATIENCE)
+            .unwrap_or_else(|| panic!("process did not exit:\n{}", self.log()))
     }
 }
 

@@ -300,14 +300,12 @@ fn serves_until_sigterm_then_exits_cleanly() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let exited = eventually(Duration::from_secs(20), || {
-        child.try_wait().unwrap().is_some()
-    });
-    if !exited {
+    let status = exited(&mut child, Duration::from_secs(20));
+    if status.is_none() {
         let _ = child.kill();
     }
-    assert!(exited, "no exit within 20 s of SIGTERM");
-    assert!(child.wait().unwrap().success(), "exit status after SIGTERM");
+    let status = status.expect("no exit within 20 s of SIGTERM");
+    assert!(status.success(), "exit status after SIGTERM: {status}");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use shm_layout::{
 /// Patience, names, waiting and free ports, shared with the workspace's other test binaries.
 #[path = "../../tests/support.rs"]
 mod support;
-pub use support::{eventually, free_port, unique, PATIENCE};
+pub use support::{eventually, exited, free_port, unique, PATIENCE};
 
 /// `promtool check metrics` and a Prometheus server, shared with the end-to-end tests.
 #[path = "../../tests/promtool.rs"]

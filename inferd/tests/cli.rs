@@ -6,7 +6,7 @@ use inferd::{Config, MlpPolicy};
 use shm_layout::{SegmentReader, State};
 
 use crate::common::{
-    assert_close, demo_actions, eventually, infer, wait_for, write_policy, Daemon, Raw, PATIENCE,
+    assert_close, demo_actions, exited, infer, wait_for, write_policy, Daemon, Raw, PATIENCE,
 };
 
 fn inferctl(d: &Daemon, args: &[&str]) -> Output {
@@ -243,11 +243,8 @@ fn a_model_named_other_is_refused_at_load() {
             .spawn()
             .unwrap();
         // A daemon that takes the model serves until told otherwise: do not wait for ever.
-        let mut status = None;
-        if !eventually(PATIENCE, || {
-            status = child.try_wait().unwrap();
-            status.is_some()
-        }) {
+        let status = exited(&mut child, PATIENCE);
+        if status.is_none() {
             child.kill().unwrap();
         }
         let out = child.wait_with_output().unwrap();

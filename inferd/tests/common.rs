@@ -11,7 +11,7 @@ use shm_layout::{SegmentReader, Snapshot, State, Status};
 /// Patience, names and waiting, shared with the workspace's other test binaries.
 #[path = "../../tests/support.rs"]
 mod support;
-pub use support::{eventually, unique, wait_for, PATIENCE};
+pub use support::{eventually, exited, unique, wait_for, PATIENCE};
 
 /// A running `inferd`, killed and its segment removed on drop.
 pub struct Daemon {
@@ -129,13 +129,8 @@ impl Daemon {
 
     /// Waits for the daemon to exit.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let mut status = None;
-        let exited = eventually(PATIENCE, || {
-            status = self.child.try_wait().unwrap();
-            status.is_some()
-        });
-        assert!(exited, "inferd did not exit:\n{}", self.log());
-        status.unwrap()
+        exited(&mut self.child, PATIENCE)
+            .unwrap_or_else(|| panic!("inferd did not exit:\n{}", self.log()))
     }
 
     pub fn connect(&self) -> Raw {
@@ -211,6 +206,15 @@ impl Raw {
             panic!("expected the connection closed, got {m:?}");
         }
     }
+}
+
+/// A frame whose body is a map of `fields`, however wrong, for tests that break the protocol.
+pub fn frame(fields: Vec<(&str, rmpv::ValueRef<'_>)>) -> Vec<u8> {
+    let map = fields
+        .into_iter()
+        .map(|(k, v)| (rmpv::ValueRef::from(k), v))
+        .collect();
+    inferd::protocol::encode_frame(&rmpv::ValueRef::Map(map))
 }
 
 pub fn infer(id: u64, input: Tensor, deadline_us: Option<u64>) -> ClientMessage {
