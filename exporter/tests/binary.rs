@@ -324,36 +324,20 @@ fn a_missing_segment_dir_or_no_match_is_logged_once_each() {
         .spawn()
         .unwrap();
     let _running = Running(child);
-    let scrape = || {
-        assert!(eventually(PATIENCE, || try_get(addr, "/metrics", &[]).is_ok()));
+    // Three scrapes, after which each of `lines` is in the log once, and only once.
+    let three_scrapes_log_once = |lines: &[&str]| {
+        for _ in 0..3 {
+            assert!(eventually(PATIENCE, || try_get(addr, "/metrics", &[]).is_ok()));
+        }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        for line in lines {
+            let n = text.lines().filter(|l| l.contains(line)).count();
+            assert_eq!(n, 1, "{line:?} logged {n} times:\n{text}");
+        }
     };
-    let count = |needle: &str| {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .count()
-    };
-    for _ in 0..3 {
-        scrape();
-    }
-    assert_eq!(
-        count("cannot list the segment directory"),
-        1,
-        "{:?}",
-        std::fs::read_to_string(&log)
-    );
+    three_scrapes_log_once(&["cannot list the segment directory"]);
     // The directory appears, with nothing in it that matches: said once more, once.
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("unrelated"), b"x").unwrap();
-    for _ in 0..3 {
-        scrape();
-    }
-    assert_eq!(
-        count("no segment in"),
-        1,
-        "{:?}",
-        std::fs::read_to_string(&log)
-    );
-    assert_eq!(count("cannot list the segment directory"), 1);
+    three_scrapes_log_once(&["no segment in", "cannot list the segment directory"]);
 }
