@@ -11,8 +11,6 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use inferd::protocol::{
     ClientMessage, Hello, InferRequest, Metadata, ServerMessage, Tensor, HEADER_BYTES,
@@ -20,7 +18,10 @@ use inferd::protocol::{
 use serde_json::Value;
 use shm_layout::Status;
 
-use crate::util::{free_port, http_get, wait_for, Exporter, Inferd, Proc, PATIENCE};
+use crate::util::{
+    eventually, http_get, promtool_check_metrics, tool, wait_for, Exporter, Inferd, Prometheus,
+    PATIENCE,
+};
 
 /// The robot type every request here is counted under.
 const ROBOT_TYPE: &str = "e2e_arm";
@@ -179,81 +180,25 @@ fn start_inferd() -> Inferd {
     ])
 }
 
-/// The path of an installed Prometheus tool, or a failure saying how to install it.
-fn tool(name: &str) -> String {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    found.filter(|p| !p.is_empty()).unwrap_or_else(|| {
-        panic!("{name} is not installed: run `bash scripts/setup-prometheus.sh` first")
-    })
+/// A Prometheus server scraping `target`, once it answers.
+fn prometheus(target: SocketAddr) -> Prometheus {
+    let p = Prometheus::spawn(target);
+    wait_for("Prometheus to be ready", || {
+        http_get(p.addr, "/-/ready").ok()
+    });
+    p
 }
 
-/// A Prometheus server scraping `target` every 500 ms, with its data in a temporary directory.
-struct Prometheus {
-    _proc: Proc,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(target: SocketAddr) -> Prometheus {
-        let bin = tool("prometheus");
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 500ms\n  scrape_timeout: 450ms\n\
-                 scrape_configs:\n  - job_name: exporter\n    static_configs:\n      \
-                 - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let args = vec![
-            format!("--config.file={}", config.display()),
-            format!("--storage.tsdb.path={}", dir.path().join("data").display()),
-            format!("--web.listen-address={addr}"),
-        ];
-        let proc = Proc::spawn(Path::new(&bin), &args, dir.path().join("prometheus.log"));
-        let p = Prometheus {
-            _proc: proc,
-            addr,
-            _dir: dir,
-        };
-        wait_for("Prometheus to be ready", || {
-            http_get(p.addr, "/-/ready").ok()
-        });
-        p
-    }
-
-    /// An instant query's samples, keyed by the value of `label` in each.
-    fn query_by(&self, promql: &str, label: &str) -> Option<BTreeMap<String, f64>> {
-        let body = http_get(
-            self.addr,
-            &format!("/api/v1/query?query={}", url_encode(promql)),
-        );
-        let v: Value = serde_json::from_str(&body.ok()?).ok()?;
-        v["data"]["result"]
-            .as_array()?
-            .iter()
-            .map(|s| {
-                let key = s["metric"][label].as_str().unwrap_or_default().to_owned();
-                Some((key, s["value"][1].as_str()?.parse().ok()?))
-            })
-            .collect()
-    }
-}
-
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
+/// An instant query's samples, keyed by the value of `label` in each.
+fn query_by(p: &Prometheus, promql: &str, label: &str) -> Option<BTreeMap<String, f64>> {
+    let body = http_get(p.addr, &Prometheus::query_path(promql));
+    let v: Value = serde_json::from_str(&body.ok()?).ok()?;
+    v["data"]["result"]
+        .as_array()?
+        .iter()
+        .map(|s| {
+            let key = s["metric"][label].as_str().unwrap_or_default().to_owned();
+            Some((key, s["value"][1].as_str()?.parse().ok()?))
         })
         .collect()
 }
@@ -272,7 +217,7 @@ fn promql_counts_by_status_equal_what_the_client_was_answered() {
     let inferd = start_inferd();
     let name = inferd.segment_name.clone();
     let exporter = Exporter::start(&[&name]);
-    let prom = Prometheus::start(exporter.addr);
+    let prom = prometheus(exporter.addr);
 
     let tally = traffic(&inferd);
     let sent: u64 = tally.values().sum();
@@ -280,36 +225,32 @@ fn promql_counts_by_status_equal_what_the_client_was_answered() {
     let expected = as_samples(&tally);
 
     let by_status = format!("sum by (status) (inferd_requests_total{{daemon=\"{name}\"}})");
-    let deadline = Instant::now() + Duration::from_secs(45);
     let mut last = None;
-    while Instant::now() < deadline {
-        last = prom.query_by(&by_status, "status");
-        if last.as_ref() == Some(&expected) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    eventually(2 * PATIENCE, || {
+        last = query_by(&prom, &by_status, "status");
+        last.as_ref() == Some(&expected)
+    });
     assert_eq!(
         last.as_ref(),
         Some(&expected),
-        "PromQL `{by_status}` never matched the client's count\nexporter log:\n{}",
-        exporter.proc.log()
+        "PromQL `{by_status}` never matched the client's count\nexporter log:\n{}\nPrometheus log:\n{}",
+        exporter.proc.log(),
+        prom.log()
     );
     // The same traffic, seen by robot type: all of it was this robot's.
     let by_robot = format!(
         "sum by (status) (inferd_requests_total{{daemon=\"{name}\",robot_type=\"{ROBOT_TYPE}\"}})"
     );
-    assert_eq!(prom.query_by(&by_robot, "status"), Some(expected.clone()));
+    assert_eq!(query_by(&prom, &by_robot, "status"), Some(expected.clone()));
     // Every answer's latency was observed once.
     let count = format!("sum(inferd_request_duration_seconds_count{{daemon=\"{name}\"}})");
     assert_eq!(
-        prom.query_by(&count, "").and_then(|m| m.get("").copied()),
+        query_by(&prom, &count, "").and_then(|m| m.get("").copied()),
         Some(sent as f64)
     );
     let up = format!("inferd_up{{daemon=\"{name}\"}}");
     assert_eq!(
-        prom.query_by(&up, "daemon")
-            .and_then(|m| m.get(&name).copied()),
+        query_by(&prom, &up, "daemon").and_then(|m| m.get(&name).copied()),
         Some(1.0)
     );
 
@@ -349,7 +290,7 @@ fn promql_counts_by_status_equal_what_the_client_was_answered() {
 
 #[test]
 fn metrics_over_a_real_inferd_pass_promtool() {
-    let promtool = tool("promtool");
+    tool("promtool");
     let inferd = start_inferd();
     let name = inferd.segment_name.clone();
     let exporter = Exporter::start(&[&name]);
@@ -365,34 +306,7 @@ fn metrics_over_a_real_inferd_pass_promtool() {
         (exporter.sample(&series) == Some(ok)).then_some(())
     });
 
-    let page = exporter.get("/metrics");
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(page.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{report}"
-    );
-    assert!(
-        report.trim().is_empty(),
-        "promtool lint findings:\n{report}"
-    );
+    promtool_check_metrics(&exporter.get("/metrics"));
 }
 
 /// The entry for `name` in a JSON endpoint's `daemons` list.
@@ -426,7 +340,7 @@ fn active_model(inferd: &Inferd) -> shm_layout::ModelSlotInfo {
 /// `overloaded` (with `--max-in-flight 1`, 14,468 of 20,000 such requests were). Freeing the slot
 /// first (4e19b1e) makes this hold by construction; this test keeps it so.
 #[test]
-fn a_client_that_waits_for_each_answer_is_never_overloaded() {
+fn a_client_waiting_for_each_answer_is_no_longer_refused_as_overloaded() {
     let inferd = Inferd::start(&["--max-in-flight", "1", "--log-level", "warn"]);
     let mut robot = Robot::connect(&inferd.socket);
     let width = robot.width();

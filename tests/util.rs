@@ -1,27 +1,22 @@
 //! Spawning the real binaries and talking to them.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shm_layout::{SegmentReader, Snapshot};
 
-/// Generous: CI has two loaded cores.
-pub const PATIENCE: Duration = Duration::from_secs(30);
+/// Patience, names, waiting and free ports, shared with the workspace's other test binaries.
+#[path = "support.rs"]
+mod support;
+pub use support::{eventually, exited, free_port, unique, wait_for, PATIENCE};
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// A name no other test or run uses.
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
+/// `promtool check metrics` and a Prometheus server, shared with the exporter's tests.
+#[path = "promtool.rs"]
+mod promtool;
+pub use promtool::{promtool_check_metrics, tool, Prometheus};
 
 /// The directory holding the workspace's binaries (target/<profile>), from this test's path.
 pub fn bin(name: &str) -> PathBuf {
@@ -34,18 +29,6 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// Polls `f` until it returns Some, or panics with `what` after PATIENCE.
-pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A child process killed on drop, with its stderr kept in a file for failure messages.
@@ -87,18 +70,8 @@ impl Proc {
 
     /// Waits for it to exit and returns its status.
     pub fn wait(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process did not exit:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        exited(&mut self.child, PATIENCE)
+            .unwrap_or_else(|| panic!("process did not exit:\n{}", self.log()))
     }
 }
 
@@ -197,15 +170,6 @@ impl Drop for Inferd {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(self.segment_path());
     }
-}
-
-/// A free TCP port on 127.0.0.1 (bound and released; the race is harmless in tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A running exporter reading the segments named by `patterns` in /dev/shm.

@@ -56,7 +56,7 @@ fn one_line(stderr: &str) -> &str {
 }
 
 #[test]
-fn bad_flags_fail_with_a_message() {
+fn bad_flags_fail_with_one_line_and_no_backtrace_even_under_rust_backtrace() {
     // RUST_BACKTRACE used to add a backtrace to anyhow's report.
     let backtrace = [("RUST_BACKTRACE", "1")];
     let (code, stderr) = fails(&["--namespace", "no:colons", "--once"], &backtrace);
@@ -146,19 +146,11 @@ fn serve(args: &[&str], addr: SocketAddr) -> Running {
         .spawn()
         .unwrap();
     let running = Running(child);
-    let served = eventually(Duration::from_secs(30), || {
+    let served = eventually(PATIENCE, || {
         try_get(addr, "/metrics", &[]).is_ok_and(|r| r.status == 200)
     });
     assert!(served, "the exporter never answered on {addr}");
     running
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -256,7 +248,7 @@ fn two_thousand_idle_connections_neither_delay_a_scrape_nor_grow_memory() {
     let open = "inferd_exporter_http_connections";
     let evicted = "inferd_exporter_http_connections_closed_total{reason=\"evicted\"}";
     let (mut page, mut most_open) = (String::new(), 0.0f64);
-    let settled = eventually(Duration::from_secs(10), || {
+    let settled = eventually(PATIENCE, || {
         page = metrics(addr);
         most_open = most_open.max(value(&page, open).unwrap());
         value(&page, evicted).unwrap() >= (IDLE + 1 - MAX) as f64
@@ -292,7 +284,7 @@ fn serves_until_sigterm_then_exits_cleanly() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let served = eventually(Duration::from_secs(30), || {
+    let served = eventually(PATIENCE, || {
         try_get(addr, "/health", &[]).is_ok_and(|r| r.status == 503)
     });
     if !served {
@@ -308,14 +300,12 @@ fn serves_until_sigterm_then_exits_cleanly() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let exited = eventually(Duration::from_secs(20), || {
-        child.try_wait().unwrap().is_some()
-    });
-    if !exited {
+    let status = exited(&mut child, Duration::from_secs(20));
+    if status.is_none() {
         let _ = child.kill();
     }
-    assert!(exited, "no exit within 20 s of SIGTERM");
-    assert!(child.wait().unwrap().success(), "exit status after SIGTERM");
+    let status = status.expect("no exit within 20 s of SIGTERM");
+    assert!(status.success(), "exit status after SIGTERM: {status}");
 }
 
 #[test]
@@ -334,41 +324,20 @@ fn a_missing_segment_dir_or_no_match_is_logged_once_each() {
         .spawn()
         .unwrap();
     let _running = Running(child);
-    let scrape = || {
-        assert!(eventually(Duration::from_secs(30), || try_get(
-            addr,
-            "/metrics",
-            &[]
-        )
-        .is_ok()));
+    // Three scrapes, after which each of `lines` is in the log once, and only once.
+    let three_scrapes_log_once = |lines: &[&str]| {
+        for _ in 0..3 {
+            assert!(eventually(PATIENCE, || try_get(addr, "/metrics", &[]).is_ok()));
+        }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        for line in lines {
+            let n = text.lines().filter(|l| l.contains(line)).count();
+            assert_eq!(n, 1, "{line:?} logged {n} times:\n{text}");
+        }
     };
-    let count = |needle: &str| {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .count()
-    };
-    for _ in 0..3 {
-        scrape();
-    }
-    assert_eq!(
-        count("cannot list the segment directory"),
-        1,
-        "{:?}",
-        std::fs::read_to_string(&log)
-    );
+    three_scrapes_log_once(&["cannot list the segment directory"]);
     // The directory appears, with nothing in it that matches: said once more, once.
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("unrelated"), b"x").unwrap();
-    for _ in 0..3 {
-        scrape();
-    }
-    assert_eq!(
-        count("no segment in"),
-        1,
-        "{:?}",
-        std::fs::read_to_string(&log)
-    );
-    assert_eq!(count("cannot list the segment directory"), 1);
+    three_scrapes_log_once(&["no segment in", "cannot list the segment directory"]);
 }

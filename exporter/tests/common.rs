@@ -1,10 +1,10 @@
-//! Shared helpers.
+//! Shared helpers: this binary's own, and the workspace's shared `support.rs` and `promtool.rs`.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use exporter::{FakeDevice, FakeGpuSource, Options, Server};
 use shm_layout::{
@@ -12,15 +12,15 @@ use shm_layout::{
     State, Status,
 };
 
-/// A unique name for this test process and call.
-pub fn unique(tag: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+/// Patience, names, waiting and free ports, shared with the workspace's other test binaries.
+#[path = "../../tests/support.rs"]
+mod support;
+pub use support::{eventually, exited, free_port, unique, PATIENCE};
+
+/// `promtool check metrics` and a Prometheus server, shared with the end-to-end tests.
+#[path = "../../tests/promtool.rs"]
+mod promtool;
+pub use promtool::{promtool_check_metrics, tool, Prometheus};
 
 /// A fresh directory on tmpfs, removed (segments and all) when dropped.
 pub fn shm_dir() -> tempfile::TempDir {
@@ -136,9 +136,8 @@ pub fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Response {
 /// `GET path`, or why it failed (connection refused, malformed answer).
 pub fn try_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|x| e(&x))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|x| e(&x))?;
+    let mut s = TcpStream::connect_timeout(&addr, PATIENCE).map_err(|x| e(&x))?;
+    s.set_read_timeout(Some(PATIENCE)).map_err(|x| e(&x))?;
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -193,8 +192,7 @@ fn parse_head(head: &str) -> Result<(u16, Vec<(String, String)>), String> {
 /// `Content-Length`), so that the connection can be used again.
 pub fn get_on(s: &mut TcpStream, path: &str) -> Result<Response, String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|x| e(&x))?;
+    s.set_read_timeout(Some(PATIENCE)).map_err(|x| e(&x))?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: exporter\r\n\r\n").map_err(|x| e(&x))?;
     let mut raw = Vec::new();
     let mut byte = [0u8; 1];
@@ -249,20 +247,6 @@ pub fn value(page: &str, prefix: &str) -> Option<f64> {
         .find(|l| l.starts_with(prefix) && l.as_bytes().get(prefix.len()) == Some(&b' '))
         .and_then(|l| l.rsplit(' ').next())
         .map(|v| v.parse().unwrap())
-}
-
-/// Polls `f` until it returns true or `timeout` passes; returns whether it did.
-pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The workspace root.

@@ -1,12 +1,8 @@
 //! The exporter stays up and truthful whatever inferd, its segment or NVML does.
 
-use std::time::Duration;
-
 use exporter::FakeGpuSource;
 
 use crate::common::*;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 #[test]
 fn starts_without_a_segment_and_attaches_when_it_appears() {
@@ -93,7 +89,7 @@ fn a_stale_heartbeat_or_stopped_state_reads_down() {
     let dir = shm_dir();
     let w = writer(dir.path(), "inferd-stale");
     let server = start(dir.path(), &["inferd-stale"], fake_gpu());
-    assert!(eventually(WAIT, || {
+    assert!(eventually(PATIENCE, || {
         value(
             &metrics(server.addr()),
             "inferd_up{daemon=\"inferd-stale\"}",
@@ -187,7 +183,7 @@ fn a_failing_nvml_field_drops_alone_and_is_counted() {
     gpu.set_failing("temperature_celsius", true);
     gpu.set_failing("ecc_errors", true);
     let server = start(dir.path(), &["inferd*"], gpu.clone());
-    assert!(eventually(WAIT, || {
+    assert!(eventually(PATIENCE, || {
         value(
             &metrics(server.addr()),
             "inferd_nvml_field_errors_total{field=\"temperature_celsius\"}",
@@ -200,7 +196,7 @@ fn a_failing_nvml_field_drops_alone_and_is_counted() {
     assert!(page.contains("inferd_gpu_power_watts{"));
     assert_eq!(value(&page, "inferd_nvml_up"), Some(1.0));
     gpu.set_failing("temperature_celsius", false);
-    assert!(eventually(WAIT, || metrics(server.addr())
+    assert!(eventually(PATIENCE, || metrics(server.addr())
         .contains("inferd_gpu_temperature_celsius{")));
 }
 
@@ -211,7 +207,7 @@ fn without_nvml_everything_else_is_served() {
     populate(&w, 1, 0);
     let _alive = keep_alive(&w);
     let server = start(dir.path(), &["inferd*"], FakeGpuSource::missing());
-    assert!(eventually(WAIT, || {
+    assert!(eventually(PATIENCE, || {
         value(&metrics(server.addr()), "inferd_gpu_sample_age_seconds").is_some()
     }));
     let page = metrics(server.addr());
@@ -247,7 +243,7 @@ fn the_real_nvml_path_starts_on_a_host_without_a_gpu() {
     let mut opts = exporter::Options::local(dir.path(), &["inferd*"]);
     opts.nvml_interval_ms = 50;
     let server = exporter::Server::start(&opts, Box::new(exporter::NvmlSource::new())).unwrap();
-    assert!(eventually(WAIT, || {
+    assert!(eventually(PATIENCE, || {
         value(&metrics(server.addr()), "inferd_gpu_sample_age_seconds").is_some()
     }));
     let up = value(&metrics(server.addr()), "inferd_nvml_up").unwrap();

@@ -7,7 +7,7 @@ use rmpv::ValueRef;
 use shm_layout::{State, Status};
 
 use crate::common::{
-    assert_close, count, demo_actions, id_of, infer, robot_index, slow_policy, slow_request,
+    assert_close, count, demo_actions, frame, id_of, infer, robot_index, slow_policy, slow_request,
     slow_requests, status_of, write_policy, Daemon, Raw,
 };
 
@@ -18,14 +18,6 @@ enum Expect {
     Answer(ErrorCode, Option<u64>),
     /// This code (no id), then the connection closed.
     Closed(ErrorCode),
-}
-
-fn frame(fields: Vec<(&str, ValueRef<'_>)>) -> Vec<u8> {
-    let map = fields
-        .into_iter()
-        .map(|(k, v)| (ValueRef::from(k), v))
-        .collect();
-    inferd::protocol::encode_frame(&ValueRef::Map(map))
 }
 
 fn ndarray(dtype: &str, shape: &[u64], data: &[u8]) -> Vec<u8> {

@@ -1,12 +1,13 @@
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
 use inferd::protocol::{ErrorCode, ServerMessage, Tensor};
 use inferd::{Config, MlpPolicy};
 use shm_layout::{SegmentReader, State};
 
-use crate::common::{assert_close, demo_actions, infer, write_policy, Daemon, Raw, PATIENCE};
+use crate::common::{
+    assert_close, demo_actions, exited, infer, wait_for, write_policy, Daemon, Raw, PATIENCE,
+};
 
 fn inferctl(d: &Daemon, args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_inferctl"))
@@ -193,14 +194,12 @@ fn inferd_with_no_arguments_serves_the_demo_policy() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !SegmentReader::open(&default_segment)
-        .and_then(|mut r| r.header())
-        .is_ok_and(|h| h.state == State::Ready && h.writer_pid == u64::from(child.id()))
-    {
-        assert!(start.elapsed() < PATIENCE, "inferd did not become ready");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for("inferd to become ready", || {
+        SegmentReader::open(&default_segment)
+            .and_then(|mut r| r.header())
+            .is_ok_and(|h| h.state == State::Ready && h.writer_pid == u64::from(child.id()))
+            .then_some(())
+    });
     let out = Command::new(env!("CARGO_BIN_EXE_inferctl"))
         .env("XDG_RUNTIME_DIR", runtime.path())
         .env_remove("INFERD_SOCKET")
@@ -244,17 +243,10 @@ fn a_model_named_other_is_refused_at_load() {
             .spawn()
             .unwrap();
         // A daemon that takes the model serves until told otherwise: do not wait for ever.
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break Some(status);
-            }
-            if start.elapsed() > PATIENCE {
-                child.kill().unwrap();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = exited(&mut child, PATIENCE);
+        if status.is_none() {
+            child.kill().unwrap();
+        }
         let out = child.wait_with_output().unwrap();
         let _ = std::fs::remove_file(std::path::Path::new("/dev/shm").join(&segment));
         let stderr = String::from_utf8_lossy(&out.stderr);

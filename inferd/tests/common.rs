@@ -2,26 +2,16 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use inferd::protocol::{ClientMessage, InferRequest, ServerMessage, Tensor};
 use inferd::{Activation, Linear, MlpPolicy};
 use shm_layout::{SegmentReader, Snapshot, State, Status};
 
-/// Generous: the CI box has two loaded cores.
-pub const PATIENCE: Duration = Duration::from_secs(20);
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// A name no other test (or test run) uses.
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
+/// Patience, names and waiting, shared with the workspace's other test binaries.
+#[path = "../../tests/support.rs"]
+mod support;
+pub use support::{eventually, exited, unique, wait_for, PATIENCE};
 
 /// A running `inferd`, killed and its segment removed on drop.
 pub struct Daemon {
@@ -110,27 +100,25 @@ impl Daemon {
             .unwrap()
     }
 
-    /// Polls the segment until `done` holds.
+    /// Polls the segment until `done` holds; fails at once if inferd exits meanwhile.
     pub fn wait_until(&mut self, what: &str, done: impl Fn(&Snapshot) -> bool) -> Snapshot {
-        let start = Instant::now();
-        loop {
+        let mut found = None;
+        let held = eventually(PATIENCE, || {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
                     "inferd exited ({status}) while waiting until {what}:\n{}",
                     self.log()
                 );
             }
-            if let Ok(s) = SegmentReader::open(&self.segment).and_then(|mut r| r.snapshot()) {
-                if done(&s) {
-                    return s;
-                }
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "timed out waiting until {what}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(5));
+            found = SegmentReader::open(&self.segment)
+                .and_then(|mut r| r.snapshot())
+                .ok()
+                .filter(|s| done(s));
+            found.is_some()
+        });
+        match found {
+            Some(s) if held => s,
+            _ => panic!("timed out waiting until {what}:\n{}", self.log()),
         }
     }
 
@@ -141,18 +129,8 @@ impl Daemon {
 
     /// Waits for the daemon to exit.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "inferd did not exit:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        exited(&mut self.child, PATIENCE)
+            .unwrap_or_else(|| panic!("inferd did not exit:\n{}", self.log()))
     }
 
     pub fn connect(&self) -> Raw {
@@ -228,6 +206,15 @@ impl Raw {
             panic!("expected the connection closed, got {m:?}");
         }
     }
+}
+
+/// A frame whose body is a map of `fields`, however wrong, for tests that break the protocol.
+pub fn frame(fields: Vec<(&str, rmpv::ValueRef<'_>)>) -> Vec<u8> {
+    let map = fields
+        .into_iter()
+        .map(|(k, v)| (rmpv::ValueRef::from(k), v))
+        .collect();
+    inferd::protocol::encode_frame(&rmpv::ValueRef::Map(map))
 }
 
 pub fn infer(id: u64, input: Tensor, deadline_us: Option<u64>) -> ClientMessage {

@@ -7,8 +7,8 @@ use rmpv::ValueRef;
 use shm_layout::{SafetyReason, State, Status};
 
 use crate::common::{
-    count, id_of, infer, robot_index, slow_policy, slow_request, slow_requests, status_of, Daemon,
-    Raw, SLOW_ROWS,
+    count, frame, id_of, infer, robot_index, slow_policy, slow_request, slow_requests, status_of,
+    Daemon, Raw, SLOW_ROWS,
 };
 
 /// Every action is `1e30 * obs[0]`: a normal observation gives actions the limits clamp, a
@@ -22,14 +22,6 @@ fn obs(first: f32) -> Vec<f32> {
     let mut o = vec![0.0; 48];
     o[0] = first;
     o
-}
-
-fn frame(fields: Vec<(&str, ValueRef<'_>)>) -> Vec<u8> {
-    let map = fields
-        .into_iter()
-        .map(|(k, v)| (ValueRef::from(k), v))
-        .collect();
-    inferd::protocol::encode_frame(&ValueRef::Map(map))
 }
 
 /// Reads `n` answers, tallying them by status.

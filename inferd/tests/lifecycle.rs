@@ -5,9 +5,10 @@ use inferd::protocol::{ErrorCode, ServerMessage};
 use inferd::MlpPolicy;
 use shm_layout::{SegmentReader, State, Status};
 
+use crate::common::eventually;
 use crate::common::{
     assert_close, count, id_of, slow_policy, slow_request, slow_requests, status_of, unique,
-    write_policy, Daemon, Raw, PATIENCE,
+    wait_for, write_policy, Daemon, Raw,
 };
 
 #[test]
@@ -196,22 +197,19 @@ fn each_start_has_a_new_generation_and_a_live_heartbeat() {
             .spawn()
             .unwrap();
         let path = std::path::Path::new("/dev/shm").join(&name);
-        let start = Instant::now();
-        let header = loop {
-            let h = SegmentReader::open(&path).and_then(|mut r| r.header()).ok();
-            if let Some(h) =
-                h.filter(|h| h.state == State::Ready && h.writer_pid == u64::from(child.id()))
-            {
-                break h;
-            }
-            assert!(start.elapsed() < PATIENCE, "not ready");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        std::thread::sleep(Duration::from_millis(400));
-        let later = SegmentReader::open(&path).unwrap().header().unwrap();
+        let header = wait_for("inferd to be ready", || {
+            SegmentReader::open(&path)
+                .and_then(|mut r| r.header())
+                .ok()
+                .filter(|h| h.state == State::Ready && h.writer_pid == u64::from(child.id()))
+        });
+        // Live: the next heartbeat comes within four heartbeat intervals.
+        let within = 4 * shm_layout::HEARTBEAT_INTERVAL;
+        let beat = || SegmentReader::open(&path).unwrap().header().unwrap();
         assert!(
-            later.heartbeat_unix_ns > header.heartbeat_unix_ns,
-            "the heartbeat did not advance"
+            eventually(within, || beat().heartbeat_unix_ns
+                > header.heartbeat_unix_ns),
+            "the heartbeat did not advance within {within:?}"
         );
         generations.push(header.generation);
         // SAFETY: kill has no memory-safety preconditions; the pid is our child's.

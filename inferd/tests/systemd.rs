@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use inferd::protocol::ServerMessage;
 use shm_layout::{SegmentReader, State, Status};
 
-use crate::common::{self, Raw, PATIENCE};
+use crate::common::{self, wait_for, Raw, PATIENCE};
 
 fn segment(name: &str) -> std::path::PathBuf {
     Path::new("/dev/shm").join(name)
@@ -37,14 +37,9 @@ fn serves_the_socket_systemd_passes_and_leaves_it_in_place() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("systemd-socket-activate (from the systemd package)");
-    let deadline = Instant::now() + PATIENCE;
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "systemd-socket-activate did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("systemd-socket-activate to listen", || {
+        socket.exists().then_some(())
+    });
 
     // This connection waits in the kernel's backlog until inferd has started and accepts it.
     let mut robot = Raw::connect(&socket);

@@ -9,7 +9,7 @@ use shm_layout::{
     ModelInfo, RequestSample, SegmentOptions, SegmentReader, SegmentWriter, ShardKind, Status,
 };
 
-use crate::util::{assert_consistent, unique_name, Cleanup};
+use crate::util::{assert_consistent, unique_name, Cleanup, PATIENCE};
 
 const THREADS: u64 = 4;
 const PER_THREAD: u64 = 250_000;
@@ -116,7 +116,7 @@ fn parent_reads_while_child_records() {
     // Read while the child writes: every counter only grows, every histogram stays consistent.
     let mut previous = reader.snapshot().unwrap();
     let mut reads = 0u32;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + 4 * PATIENCE;
     loop {
         let exited = child.try_wait().unwrap().is_some();
         let snap = reader.snapshot().unwrap();

@@ -1,30 +1,17 @@
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use std::time::Duration;
 
 use shm_layout::{
     ModelId, ModelInfo, RobotTypeId, SegmentOptions, SegmentReader, SegmentWriter, Snapshot,
 };
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
+/// Patience, names and cleanup, shared with the workspace's other test binaries.
+#[path = "../../tests/support.rs"]
+mod support;
+pub use support::{Cleanup, PATIENCE};
 
 /// A segment name no other test or process uses.
 pub fn unique_name(tag: &str) -> String {
-    format!(
-        "shm-layout-test-{tag}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Removes the segment file when dropped, so failing tests leave /dev/shm clean too.
-pub struct Cleanup(pub PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+    support::unique(&format!("shm-layout-test-{tag}"))
 }
 
 /// A fresh segment and the guard that removes it.
