@@ -13,8 +13,8 @@ use hdrhistogram::Histogram;
 use rmpv::ValueRef;
 use serde::Serialize;
 
-use crate::client::{AnswerReceiver, Client, RequestSender};
 use crate::protocol::{as_str, decode_body, MapRef};
+use crate::tools::client::{AnswerReceiver, Client, RequestSender};
 use crate::{Error, Result};
 
 /// How long to wait for answers still outstanding when the run ends.
