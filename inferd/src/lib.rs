@@ -47,6 +47,7 @@ mod safety;
 mod scheduler;
 mod server;
 mod signals;
+mod socket_path;
 mod systemd;
 
 // Client tooling, kept apart from the daemon: the client, the load generator and the echo
@@ -60,7 +61,7 @@ pub use crate::backend::{
     cuda_device_count, Backend, BackendKind, BackendOptions, Batch, BatchOutput, CpuBackend,
     CudaBackend, Device, ModelMetadata, ModelSource,
 };
-pub use crate::config::{default_socket_path, Config, IO_THREADS};
+pub use crate::config::{Config, IO_THREADS};
 pub use crate::error::{Error, Result, EXIT_CONFIG};
 pub use crate::logging::{init_logging, report_fatal};
 pub use crate::policy::{
@@ -69,6 +70,7 @@ pub use crate::policy::{
 };
 pub use crate::safety::{SafetyFilter, Verdict};
 pub use crate::server::run;
+pub use crate::socket_path::default_socket_path;
 
 // What client tooling offers.
 pub use crate::tools::bench::{run_bench, BenchOptions, BenchReport, Latency};

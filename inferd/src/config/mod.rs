@@ -1,14 +1,17 @@
-//! inferd's options: command-line flags (clap), an optional TOML file whose keys are the
-//! flags' long names, and the environment-derived defaults.
+//! inferd's options: command-line flags (clap), and an optional TOML file whose keys are the
+//! flags' long names (`file.rs`).
+
+mod file;
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::Parser;
 
 use crate::backend::{BackendKind, BackendOptions, Device, ModelSource};
 use crate::protocol::DEFAULT_MAX_FRAME_BYTES;
+use crate::socket_path::default_socket_path;
 use crate::{Error, Result};
 
 /// Socket threads: receiving, decoding and answering is light work next to compute.
@@ -165,20 +168,7 @@ impl Config {
             first.validate()?;
             return Ok(first);
         };
-        let mut merged = args.first().cloned().into_iter().collect::<Vec<_>>();
-        merged.extend(file_args(file)?);
-        merged.extend(args.iter().skip(1).cloned());
-        // The file's values come first, so a flag repeated on the command line overrides them.
-        let matches = Config::command()
-            .try_get_matches_from(merged)
-            .map_err(|e| {
-                Error::Config(format!(
-                    "{} (with options from {})",
-                    e.render(),
-                    file.display()
-                ))
-            })?;
-        let config = Config::from_arg_matches(&matches)?;
+        let config = file::parse_with_file(&args, file)?;
         config.validate()?;
         Ok(config)
     }
@@ -306,93 +296,13 @@ impl Config {
     }
 }
 
-/// Turns a TOML file into `--key value` arguments, refusing keys that are not flags.
-fn file_args(path: &Path) -> Result<Vec<OsString>> {
-    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| Error::Config(format!("{}: not valid TOML: {e}", path.display())))?;
-    let command = Config::command();
-    let mut args = Vec::new();
-    for (key, value) in table {
-        let flag = key.replace('_', "-");
-        let known = command
-            .get_arguments()
-            .any(|a| a.get_long() == Some(flag.as_str()));
-        if !known || flag == "config" {
-            return Err(Error::Config(format!(
-                "{}: unknown option {key:?}",
-                path.display()
-            )));
-        }
-        let text = match &value {
-            toml::Value::String(s) => s.clone(),
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Float(f) => f.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Array(items) => items
-                .iter()
-                .map(|v| match v {
-                    toml::Value::Integer(i) => Ok(i.to_string()),
-                    toml::Value::Float(f) => Ok(f.to_string()),
-                    _ => Err(Error::Config(format!(
-                        "{}: {key} must be an array of numbers",
-                        path.display()
-                    ))),
-                })
-                .collect::<Result<Vec<_>>>()?
-                .join(","),
-            _ => {
-                return Err(Error::Config(format!(
-                    "{}: {key} has an unsupported type",
-                    path.display()
-                )))
-            }
-        };
-        args.push(OsString::from(format!("--{flag}={text}")));
-    }
-    Ok(args)
-}
-
-/// The default socket path for this environment.
-///
-/// Under systemd (`RUNTIME_DIRECTORY` or `INVOCATION_ID` set) it is the unit's runtime
-/// directory, `/run/inferd`; otherwise `$XDG_RUNTIME_DIR/inferd.sock`, falling back to a
-/// per-user directory in /tmp.
-pub fn default_socket_path() -> PathBuf {
-    socket_path_from(|name| std::env::var_os(name).filter(|v| !v.is_empty()))
-}
-
-fn socket_path_from(var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
-    const NAME: &str = "inferd.sock";
-    if let Some(dirs) = var("RUNTIME_DIRECTORY") {
-        // systemd joins several RuntimeDirectory= entries with ':'; ours is the first.
-        let first = dirs
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        if !first.is_empty() {
-            return Path::new(&first).join(NAME);
-        }
-    }
-    if var("INVOCATION_ID").is_some() {
-        return Path::new("/run/inferd").join(NAME);
-    }
-    if let Some(dir) = var("XDG_RUNTIME_DIR") {
-        return PathBuf::from(dir).join(NAME);
-    }
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    PathBuf::from(format!("/tmp/inferd-{uid}")).join(NAME)
-}
-
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Config> {
+    pub(super) fn parse(args: &[&str]) -> Result<Config> {
         Config::parse_from_args(std::iter::once("inferd").chain(args.iter().copied()))
     }
 
@@ -458,51 +368,6 @@ mod tests {
     }
 
     #[test]
-    fn the_config_file_sets_options_and_flags_override_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("inferd.toml");
-        std::fs::write(
-            &file,
-            "max-batch-size = 8\nqueue_capacity = 5\naction-low = [-1, -2.5]\n\
-             action-high = [1, 2.5]\ndrain-timeout-seconds = 0.5\nsocket = \"/tmp/x.sock\"\n",
-        )
-        .unwrap();
-        let f = file.to_str().unwrap();
-        let c = parse(&["--config", f, "--max-batch-size", "4"]).unwrap();
-        assert_eq!(c.max_batch_size, 4);
-        assert_eq!(c.queue_capacity, 5);
-        assert_eq!(c.socket_path(), PathBuf::from("/tmp/x.sock"));
-        assert_eq!(c.drain_timeout(), Duration::from_millis(500));
-        assert_eq!(c.action_limits(2), Some((vec![-1.0, -2.5], vec![1.0, 2.5])));
-        // A list flag on the command line replaces the file's list rather than extending it.
-        let c = parse(&["--config", f, "--action-low=-3,-3", "--action-high", "3,3"]).unwrap();
-        assert_eq!(c.action_limits(2), Some((vec![-3.0, -3.0], vec![3.0, 3.0])));
-    }
-
-    #[test]
-    fn bad_config_files_name_the_file_and_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("bad.toml");
-        for (text, want) in [
-            ("max_batch = 3\n", "unknown option \"max_batch\""),
-            ("config = \"x\"\n", "unknown option \"config\""),
-            ("workers = \"many\"\n", "invalid value"),
-            ("workers = [\n", "not valid TOML"),
-            ("action-low = [\"a\"]\n", "array of numbers"),
-        ] {
-            std::fs::write(&file, text).unwrap();
-            let err = parse(&["--config", file.to_str().unwrap()])
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(want), "{text:?}: {err}");
-        }
-        let err = parse(&["--config", "/nonexistent.toml"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("/nonexistent.toml"), "{err}");
-    }
-
-    #[test]
     fn out_of_range_values_are_refused() {
         for (args, want) in [
             (&["--workers", "0"][..], "--workers must be 1 to"),
@@ -537,38 +402,6 @@ mod tests {
     fn action_clip_is_symmetric() {
         let c = parse(&["--action-clip", "0.5"]).unwrap();
         assert_eq!(c.action_limits(2), Some((vec![-0.5, -0.5], vec![0.5, 0.5])));
-    }
-
-    #[test]
-    fn socket_path_follows_the_environment() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| OsString::from(v))
-            }
-        };
-        assert_eq!(
-            socket_path_from(env(&[("RUNTIME_DIRECTORY", "/run/inferd:/run/other")])),
-            PathBuf::from("/run/inferd/inferd.sock")
-        );
-        assert_eq!(
-            socket_path_from(env(&[
-                ("INVOCATION_ID", "abc"),
-                ("XDG_RUNTIME_DIR", "/run/user/1")
-            ])),
-            PathBuf::from("/run/inferd/inferd.sock")
-        );
-        assert_eq!(
-            socket_path_from(env(&[("XDG_RUNTIME_DIR", "/run/user/1")])),
-            PathBuf::from("/run/user/1/inferd.sock")
-        );
-        let fallback = socket_path_from(env(&[]));
-        assert!(
-            fallback.starts_with("/tmp") && fallback.ends_with("inferd.sock"),
-            "{fallback:?}"
-        );
     }
 
     #[test]
