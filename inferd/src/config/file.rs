@@ -1,6 +1,6 @@
 //! The `--config FILE` TOML file: its keys are the flags' long names, and its values become
-//! flags placed before the command line's, so clap parses and reports them as it does flags,
-//! and a flag given on the command line wins.
+//! flags placed before the command line's, so clap parses, range-checks and reports them as it
+//! does flags, and a flag given on the command line wins.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -20,11 +20,25 @@ pub(super) fn parse_with_file(args: &[OsString], file: &Path) -> Result<Config> 
         .map_err(|e| {
             Error::Config(format!(
                 "{} (with options from {})",
-                e.render(),
+                one_line(&e),
                 file.display()
             ))
         })?;
     Ok(Config::from_arg_matches(&matches)?)
+}
+
+/// clap's text for an error on one line, without its `error: ` and the usage and `--help`
+/// hints that follow: a fatal error is reported as one line, and the hints would send the
+/// reader to the flags when the value came from the file.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    text.lines()
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Turns a TOML file into `--key value` arguments, refusing keys that are not flags.
@@ -114,6 +128,10 @@ mod tests {
             ("workers = \"many\"\n", "invalid value"),
             ("workers = [\n", "not valid TOML"),
             ("action-low = [\"a\"]\n", "array of numbers"),
+            (
+                "workers = 0\n",
+                "invalid value '0' for '--workers <N>': must be 1 to",
+            ),
         ] {
             std::fs::write(&file, text).unwrap();
             let err = parse(&["--config", file.to_str().unwrap()])
@@ -121,6 +139,13 @@ mod tests {
                 .to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
+        // A fatal error is one line, so clap's usage hints are left out of it.
+        std::fs::write(&file, "workers = 0\naction-low = [1]\n").unwrap();
+        let err = parse(&["--config", file.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        let from = format!("(with options from {})", file.display());
+        assert!(!err.contains('\n') && err.ends_with(&from), "{err}");
         let err = parse(&["--config", "/nonexistent.toml"])
             .unwrap_err()
             .to_string();
