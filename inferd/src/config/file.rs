@@ -60,11 +60,11 @@ fn file_args(path: &Path) -> Result<Vec<OsString>> {
                 path.display()
             )));
         }
+        // No option is an on/off switch, so a TOML boolean is one of the unsupported types.
         let text = match &value {
             toml::Value::String(s) => s.clone(),
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(f) => f.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
             toml::Value::Array(items) => items
                 .iter()
                 .map(|v| match v {
@@ -128,6 +128,7 @@ mod tests {
             ("workers = \"many\"\n", "invalid value"),
             ("workers = [\n", "not valid TOML"),
             ("action-low = [\"a\"]\n", "array of numbers"),
+            ("workers = true\n", "workers has an unsupported type"),
             (
                 "workers = 0\n",
                 "invalid value '0' for '--workers <N>': must be 1 to",
