@@ -142,13 +142,7 @@ async fn infer(path: &Path, args: InferArgs) -> anyhow::Result<()> {
     if let Some(rt) = &args.robot_type {
         client.hello(rt, args.robot_id.as_deref()).await?;
     }
-    let width = client
-        .metadata()
-        .inputs
-        .first()
-        .and_then(|s| s.shape.first())
-        .copied()
-        .unwrap_or(0) as usize;
+    let width = client.input_width();
     let obs = if args.obs.is_empty() {
         vec![0.0; width]
     } else {
