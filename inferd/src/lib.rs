@@ -32,11 +32,10 @@
 
 #![deny(missing_docs)]
 
+// The daemon: options, the server and its scheduler, the backends that run a policy, and the
+// metrics segment it records into.
 mod backend;
-mod bench;
-mod client;
 mod config;
-mod echo;
 mod error;
 mod ledger;
 mod logging;
@@ -49,18 +48,21 @@ mod safety;
 mod scheduler;
 mod server;
 mod signals;
+mod socket_path;
 mod systemd;
 
+// Client tooling, kept apart from the daemon: the client, the load generator and the echo
+// baseline that `inferctl` drives.
+mod tools;
+
+// What the daemon offers.
 #[cfg(feature = "torch")]
 pub use crate::backend::TorchBackend;
 pub use crate::backend::{
     cuda_device_count, Backend, BackendKind, BackendOptions, Batch, BatchOutput, CpuBackend,
     CudaBackend, Device, ModelMetadata, ModelSource,
 };
-pub use crate::bench::{run_bench, BenchOptions, BenchReport, Latency};
-pub use crate::client::{AnswerReceiver, Client, RequestSender, CLIENT_MAX_FRAME_BYTES};
-pub use crate::config::{default_socket_path, Config, IO_THREADS};
-pub use crate::echo::{demo_metadata_frame, serve_echo};
+pub use crate::config::{Config, IO_THREADS};
 pub use crate::error::{Error, Result, EXIT_CONFIG};
 pub use crate::logging::{init_logging, report_fatal};
 pub use crate::policy::{
@@ -69,3 +71,9 @@ pub use crate::policy::{
 };
 pub use crate::safety::{SafetyFilter, Verdict};
 pub use crate::server::run;
+pub use crate::socket_path::default_socket_path;
+
+// What client tooling offers.
+pub use crate::tools::bench::{run_bench, BenchOptions, BenchReport, Latency};
+pub use crate::tools::client::{AnswerReceiver, Client, RequestSender, CLIENT_MAX_FRAME_BYTES};
+pub use crate::tools::echo::{demo_metadata_frame, serve_echo};

@@ -56,8 +56,12 @@ fn bad_options_and_bad_models_fail_clearly() {
         .args(["--workers", "0"])
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--workers must be 1 to"));
+    assert_eq!(out.status.code(), Some(i32::from(inferd::EXIT_CONFIG)));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid value '0' for '--workers <N>': must be 1 to"),
+        "{stderr}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_inferd"))
         .arg("--no-such-flag")
         .output()

@@ -3,11 +3,11 @@
 
 use std::fmt::Write as _;
 use std::io::{ErrorKind, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use inferd::{BenchOptions, Client};
 
 /// Talks to inferd over its Unix socket.
@@ -25,61 +25,70 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print the server's metadata: protocol, model, inputs, outputs, action limits.
-    Info {
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Info(InfoArgs),
     /// Send one observation and print the actions and timings.
-    Infer {
-        /// Observation values, comma-separated; default: zeros of the model's input width.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            allow_hyphen_values = true,
-            value_name = "X,.."
-        )]
-        obs: Vec<f32>,
-        /// Deadline, microseconds from the server's receipt.
-        #[arg(long, value_name = "US")]
-        deadline_us: Option<u64>,
-        /// Robot type to announce in a hello first.
-        #[arg(long)]
-        robot_type: Option<String>,
-        /// Robot id to announce with the robot type.
-        #[arg(long, requires = "robot_type")]
-        robot_id: Option<String>,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Infer(InferArgs),
     /// Generate load and print throughput, latency percentiles and errors by code.
-    Bench {
-        /// Concurrent connections.
-        #[arg(long, default_value_t = 64)]
-        connections: usize,
-        /// Offered rate over all connections, requests/s (open loop). Default: closed loop.
-        #[arg(long, value_name = "RPS")]
-        rate: Option<f64>,
-        /// Measured duration, seconds.
-        #[arg(long, default_value_t = 10.0)]
-        duration_seconds: f64,
-        /// Unmeasured warm-up before it, seconds.
-        #[arg(long, default_value_t = 1.0)]
-        warmup_seconds: f64,
-        /// Deadline sent with each request, microseconds.
-        #[arg(long, value_name = "US")]
-        deadline_us: Option<u64>,
-        /// Robot type announced on each connection.
-        #[arg(long)]
-        robot_type: Option<String>,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(BenchArgs),
     /// Serve the benchmark's echo baseline on --socket: inferd's metadata frame, then every
     /// frame sent straight back.
     EchoServe,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct InferArgs {
+    /// Observation values, comma-separated; default: zeros of the model's input width.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_hyphen_values = true,
+        value_name = "X,.."
+    )]
+    obs: Vec<f32>,
+    /// Deadline, microseconds from the server's receipt.
+    #[arg(long, value_name = "US")]
+    deadline_us: Option<u64>,
+    /// Robot type to announce in a hello first.
+    #[arg(long)]
+    robot_type: Option<String>,
+    /// Robot id to announce with the robot type.
+    #[arg(long, requires = "robot_type")]
+    robot_id: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Offered rate over all connections, requests/s (open loop). Default: closed loop.
+    #[arg(long, value_name = "RPS")]
+    rate: Option<f64>,
+    /// Measured duration, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration_seconds: f64,
+    /// Unmeasured warm-up before it, seconds.
+    #[arg(long, default_value_t = 1.0)]
+    warmup_seconds: f64,
+    /// Deadline sent with each request, microseconds.
+    #[arg(long, value_name = "US")]
+    deadline_us: Option<u64>,
+    /// Robot type announced on each connection.
+    #[arg(long)]
+    robot_type: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 fn socket(cli: &Cli) -> PathBuf {
@@ -104,98 +113,88 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let path = socket(&cli);
     match cli.command {
-        Command::Info { json } => {
-            let client = Client::connect(&path)
-                .await
-                .with_context(|| format!("connecting to {}", path.display()))?;
-            let m = client.metadata();
-            if json {
-                print(serde_json::to_string_pretty(&metadata_json(m))?)?;
-            } else {
-                print(metadata_text(m)?)?;
-            }
-        }
-        Command::Infer {
-            obs,
-            deadline_us,
-            robot_type,
-            robot_id,
-            json,
-        } => {
-            let mut client = Client::connect(&path)
-                .await
-                .with_context(|| format!("connecting to {}", path.display()))?;
-            if let Some(rt) = &robot_type {
-                client.hello(rt, robot_id.as_deref()).await?;
-            }
-            let width = client
-                .metadata()
-                .inputs
-                .first()
-                .and_then(|s| s.shape.first())
-                .copied()
-                .unwrap_or(0) as usize;
-            let obs = if obs.is_empty() {
-                vec![0.0; width]
-            } else {
-                obs
-            };
-            if obs.len() != width {
-                bail!("--obs has {} values; the model takes {width}", obs.len());
-            }
-            let r = client.infer(&obs, deadline_us).await?;
-            let (name, actions) = r
-                .outputs
-                .first()
-                .map(|(n, t)| (n.as_str(), &t.data[..]))
-                .unwrap_or(("", &[]));
-            if json {
-                let v = serde_json::json!({
-                    "id": r.id,
-                    name: actions,
-                    "timing": {"queue_us": r.timing.queue_us, "compute_us": r.timing.compute_us, "total_us": r.timing.total_us},
-                });
-                print(v)?;
-            } else {
-                print(format_args!(
-                    "{name} {actions:?}\ntiming queue {} us, compute {} us, total {} us",
-                    r.timing.queue_us, r.timing.compute_us, r.timing.total_us
-                ))?;
-            }
-        }
-        Command::Bench {
-            connections,
-            rate,
-            duration_seconds,
-            warmup_seconds,
-            deadline_us,
-            robot_type,
-            json,
-        } => {
-            if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-                bail!("--rate must be a positive number of requests per second");
-            }
-            let opts = BenchOptions {
-                socket: path,
-                connections,
-                rate_rps: rate,
-                duration: seconds("duration-seconds", duration_seconds)?,
-                warmup: seconds("warmup-seconds", warmup_seconds)?,
-                deadline_us,
-                robot_type,
-            };
-            let report = inferd::run_bench(&opts).await?;
-            if json {
-                print(serde_json::to_string(&report)?)?;
-            } else {
-                print(report.render())?;
-            }
-        }
-        Command::EchoServe => {
-            env_logger::Builder::new().parse_filters("info").init();
-            inferd::serve_echo(&path).await?;
-        }
+        Command::Info(args) => info(&path, args).await,
+        Command::Infer(args) => infer(&path, args).await,
+        Command::Bench(args) => bench(path, args).await,
+        Command::EchoServe => echo_serve(&path).await,
     }
+}
+
+/// The error says which socket, since the default one depends on the environment.
+async fn connect(path: &Path) -> anyhow::Result<Client> {
+    Client::connect(path)
+        .await
+        .with_context(|| format!("connecting to {}", path.display()))
+}
+
+async fn info(path: &Path, args: InfoArgs) -> anyhow::Result<()> {
+    let client = connect(path).await?;
+    let m = client.metadata();
+    if args.json {
+        print(serde_json::to_string_pretty(&metadata_json(m))?)
+    } else {
+        print(metadata_text(m)?)
+    }
+}
+
+async fn infer(path: &Path, args: InferArgs) -> anyhow::Result<()> {
+    let mut client = connect(path).await?;
+    if let Some(rt) = &args.robot_type {
+        client.hello(rt, args.robot_id.as_deref()).await?;
+    }
+    let width = client.input_width();
+    let obs = if args.obs.is_empty() {
+        vec![0.0; width]
+    } else {
+        args.obs
+    };
+    if obs.len() != width {
+        bail!("--obs has {} values; the model takes {width}", obs.len());
+    }
+    let r = client.infer(&obs, args.deadline_us).await?;
+    let (name, actions) = r
+        .outputs
+        .first()
+        .map(|(n, t)| (n.as_str(), &t.data[..]))
+        .unwrap_or(("", &[]));
+    if args.json {
+        print(serde_json::json!({
+            "id": r.id,
+            name: actions,
+            "timing": {"queue_us": r.timing.queue_us, "compute_us": r.timing.compute_us, "total_us": r.timing.total_us},
+        }))
+    } else {
+        print(format_args!(
+            "{name} {actions:?}\ntiming queue {} us, compute {} us, total {} us",
+            r.timing.queue_us, r.timing.compute_us, r.timing.total_us
+        ))
+    }
+}
+
+async fn bench(path: PathBuf, args: BenchArgs) -> anyhow::Result<()> {
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--rate must be a positive number of requests per second");
+    }
+    let opts = BenchOptions {
+        socket: path,
+        connections: args.connections,
+        rate_rps: args.rate,
+        duration: seconds("duration-seconds", args.duration_seconds)?,
+        warmup: seconds("warmup-seconds", args.warmup_seconds)?,
+        deadline_us: args.deadline_us,
+        robot_type: args.robot_type,
+    };
+    let report = inferd::run_bench(&opts).await?;
+    if args.json {
+        print(serde_json::to_string(&report)?)
+    } else {
+        print(report.render())
+    }
+}
+
+async fn echo_serve(path: &Path) -> anyhow::Result<()> {
+    env_logger::Builder::new().parse_filters("info").init();
+    inferd::serve_echo(path).await?;
     Ok(())
 }
 

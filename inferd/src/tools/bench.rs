@@ -13,8 +13,8 @@ use hdrhistogram::Histogram;
 use rmpv::ValueRef;
 use serde::Serialize;
 
-use crate::client::{AnswerReceiver, Client, RequestSender};
 use crate::protocol::{as_str, decode_body, MapRef};
+use crate::tools::client::{AnswerReceiver, Client, RequestSender};
 use crate::{Error, Result};
 
 /// How long to wait for answers still outstanding when the run ends.
@@ -196,14 +196,9 @@ pub async fn run_bench(opts: &BenchOptions) -> Result<BenchReport> {
     let end = measure_from + opts.duration;
     let mut tasks = tokio::task::JoinSet::new();
     for (index, client) in clients.into_iter().enumerate() {
-        let width = client
-            .metadata()
-            .inputs
-            .first()
-            .and_then(|s| s.shape.first())
-            .copied()
-            .unwrap_or(0);
-        let obs: Vec<f32> = (0..width).map(|i| (i as f32 * 0.37).sin()).collect();
+        let obs: Vec<f32> = (0..client.input_width())
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
         let (sender, receiver, _) = client.split();
         let opts = opts.clone();
         tasks.spawn(async move {

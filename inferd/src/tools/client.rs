@@ -97,6 +97,20 @@ impl Client {
         &self.metadata
     }
 
+    /// How many values one observation holds: the first input's width, or 0 for a server that
+    /// declares no input (the echo baseline's metadata is inferd's, so it has one).
+    pub fn input_width(&self) -> usize {
+        let width = self
+            .metadata
+            .inputs
+            .first()
+            .and_then(|s| s.shape.first())
+            .copied()
+            .unwrap_or(0);
+        // Lossless on 64-bit targets; elsewhere a width past usize could not be sent anyway.
+        usize::try_from(width).unwrap_or(usize::MAX)
+    }
+
     /// Introduces this robot; its requests are then counted under `robot_type`.
     pub async fn hello(&mut self, robot_type: &str, robot_id: Option<&str>) -> Result<()> {
         self.sender.hello(robot_type, robot_id).await

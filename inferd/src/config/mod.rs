@@ -1,14 +1,18 @@
-//! inferd's options: command-line flags (clap), an optional TOML file whose keys are the
-//! flags' long names, and the environment-derived defaults.
+//! inferd's options: command-line flags (clap), and an optional TOML file whose keys are the
+//! flags' long names (`file.rs`). What each numeric option accepts is in `range.rs`.
+
+mod file;
+mod range;
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::Parser;
 
 use crate::backend::{BackendKind, BackendOptions, Device, ModelSource};
 use crate::protocol::DEFAULT_MAX_FRAME_BYTES;
+use crate::socket_path::default_socket_path;
 use crate::{Error, Result};
 
 /// Socket threads: receiving, decoding and answering is light work next to compute.
@@ -64,43 +68,83 @@ pub struct Config {
 
     /// cuda backend: batches of up to this many rows replay a CUDA graph captured at load, one
     /// per batch size, which saves the launch of each kernel. 0: no graphs.
-    #[arg(long, value_name = "ROWS", default_value_t = 16)]
+    #[arg(
+        long,
+        value_name = "ROWS",
+        default_value_t = 16,
+        value_parser = range::CUDA_GRAPH_MAX_BATCH.parser(),
+    )]
     pub cuda_graph_max_batch: usize,
 
     /// Compute worker threads, each running one batch at a time. Two keep the model busy while
     /// the other hands its answers back.
-    #[arg(long, value_name = "N", default_value_t = 2)]
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = range::WORKERS.parser())]
     pub workers: usize,
 
     /// Largest batch, in observations.
-    #[arg(long, value_name = "N", default_value_t = 32)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 32,
+        value_parser = range::MAX_BATCH_SIZE.parser(),
+    )]
     pub max_batch_size: usize,
 
     /// How long a worker holding a request waits for more to fill its batch, microseconds
     /// (Triton's max_queue_delay_microseconds). 0: batch only what is already queued.
-    #[arg(long, value_name = "US", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "US",
+        default_value_t = 0,
+        value_parser = range::MAX_QUEUE_DELAY_US.parser(),
+    )]
     pub max_queue_delay_us: u64,
 
     /// Requests the queue holds; past it, requests are answered `overloaded` at once.
-    #[arg(long, value_name = "N", default_value_t = 1024)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1024,
+        value_parser = range::AT_LEAST_ONE.parser(),
+    )]
     pub queue_capacity: usize,
 
     /// Open connections accepted; more are refused with `overloaded`.
-    #[arg(long, value_name = "N", default_value_t = 256)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 256,
+        value_parser = range::AT_LEAST_ONE.parser(),
+    )]
     pub max_connections: usize,
 
     /// Requests one connection may have in flight; more are answered `overloaded`.
-    #[arg(long, value_name = "N", default_value_t = 64)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 64,
+        value_parser = range::AT_LEAST_ONE.parser(),
+    )]
     pub max_in_flight: usize,
 
     /// Close a connection that sent nothing for this long and has nothing in flight,
     /// seconds. 0: never.
-    #[arg(long, value_name = "SECONDS", default_value_t = 300.0)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 300.0,
+        value_parser = range::TIMEOUT_SECONDS.parser(),
+    )]
     pub idle_timeout_seconds: f64,
 
     /// Largest frame body accepted, bytes; a larger one is answered `frame_too_large` and
     /// the connection closed.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES)]
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = DEFAULT_MAX_FRAME_BYTES,
+        value_parser = range::MAX_FRAME_BYTES.parser(),
+    )]
     pub max_frame_bytes: usize,
 
     /// On SIGTERM/SIGINT, how long queued work may take to finish before what is left is
@@ -109,7 +153,8 @@ pub struct Config {
         long,
         visible_alias = "drain-timeout",
         value_name = "SECONDS",
-        default_value_t = 10.0
+        default_value_t = 10.0,
+        value_parser = range::TIMEOUT_SECONDS.parser(),
     )]
     pub drain_timeout_seconds: f64,
 
@@ -124,7 +169,12 @@ pub struct Config {
     pub action_high: Vec<f32>,
 
     /// Symmetric bound: clamp every action to [-X, X]; overrides the model's own.
-    #[arg(long, value_name = "X", conflicts_with_all = ["action_low", "action_high"])]
+    #[arg(
+        long,
+        value_name = "X",
+        conflicts_with_all = ["action_low", "action_high"],
+        value_parser = range::action_clip,
+    )]
     pub action_clip: Option<f32>,
 
     /// Log filter: error, warn, info, debug, trace, or env_logger syntax (`inferd=debug`).
@@ -165,77 +215,15 @@ impl Config {
             first.validate()?;
             return Ok(first);
         };
-        let mut merged = args.first().cloned().into_iter().collect::<Vec<_>>();
-        merged.extend(file_args(file)?);
-        merged.extend(args.iter().skip(1).cloned());
-        // The file's values come first, so a flag repeated on the command line overrides them.
-        let matches = Config::command()
-            .try_get_matches_from(merged)
-            .map_err(|e| {
-                Error::Config(format!(
-                    "{} (with options from {})",
-                    e.render(),
-                    file.display()
-                ))
-            })?;
-        let config = Config::from_arg_matches(&matches)?;
+        let config = file::parse_with_file(&args, file)?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks the values clap cannot: ranges, and bounds that belong together.
+    /// Checks what clap cannot, options that must agree with each other; clap has already
+    /// checked each value on its own against its range.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Config(msg));
-        let max_workers = shm_layout::layout::SHARDS - IO_THREADS - 2;
-        if self.workers == 0 || self.workers > max_workers {
-            return bad(format!(
-                "--workers must be 1 to {max_workers}, got {}",
-                self.workers
-            ));
-        }
-        if self.max_batch_size == 0 || self.max_batch_size > 1024 {
-            return bad(format!(
-                "--max-batch-size must be 1 to 1024, got {}",
-                self.max_batch_size
-            ));
-        }
-        for (name, v) in [
-            ("--queue-capacity", self.queue_capacity),
-            ("--max-connections", self.max_connections),
-            ("--max-in-flight", self.max_in_flight),
-        ] {
-            if v == 0 {
-                return bad(format!("{name} must be at least 1"));
-            }
-        }
-        if self.max_frame_bytes < 64 || self.max_frame_bytes > u32::MAX as usize {
-            return bad(format!(
-                "--max-frame-bytes must be 64 to {}, got {}",
-                u32::MAX,
-                self.max_frame_bytes
-            ));
-        }
-        for (name, v) in [
-            ("--idle-timeout-seconds", self.idle_timeout_seconds),
-            ("--drain-timeout-seconds", self.drain_timeout_seconds),
-        ] {
-            if !(v.is_finite() && (0.0..=1e6).contains(&v)) {
-                return bad(format!("{name} must be 0 to 1000000 seconds, got {v}"));
-            }
-        }
-        if let Some(clip) = self.action_clip {
-            if !(clip.is_finite() && clip > 0.0) {
-                return bad(format!(
-                    "--action-clip must be a positive number, got {clip}"
-                ));
-            }
-        }
-        if self.cuda_graph_max_batch > 1024 {
-            return bad(format!(
-                "--cuda-graph-max-batch must be 0 to 1024, got {}",
-                self.cuda_graph_max_batch
-            ));
-        }
         let runs_on_gpu = matches!(self.backend, BackendKind::Cuda);
         let runs_on_cpu = matches!(self.backend, BackendKind::Cpu);
         match self.device {
@@ -252,9 +240,6 @@ impl Config {
                 ))
             }
             _ => {}
-        }
-        if self.max_queue_delay_us > 10_000_000 {
-            return bad("--max-queue-delay-us must be at most 10000000 (10 s)".into());
         }
         Ok(())
     }
@@ -306,93 +291,13 @@ impl Config {
     }
 }
 
-/// Turns a TOML file into `--key value` arguments, refusing keys that are not flags.
-fn file_args(path: &Path) -> Result<Vec<OsString>> {
-    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| Error::Config(format!("{}: not valid TOML: {e}", path.display())))?;
-    let command = Config::command();
-    let mut args = Vec::new();
-    for (key, value) in table {
-        let flag = key.replace('_', "-");
-        let known = command
-            .get_arguments()
-            .any(|a| a.get_long() == Some(flag.as_str()));
-        if !known || flag == "config" {
-            return Err(Error::Config(format!(
-                "{}: unknown option {key:?}",
-                path.display()
-            )));
-        }
-        let text = match &value {
-            toml::Value::String(s) => s.clone(),
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Float(f) => f.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Array(items) => items
-                .iter()
-                .map(|v| match v {
-                    toml::Value::Integer(i) => Ok(i.to_string()),
-                    toml::Value::Float(f) => Ok(f.to_string()),
-                    _ => Err(Error::Config(format!(
-                        "{}: {key} must be an array of numbers",
-                        path.display()
-                    ))),
-                })
-                .collect::<Result<Vec<_>>>()?
-                .join(","),
-            _ => {
-                return Err(Error::Config(format!(
-                    "{}: {key} has an unsupported type",
-                    path.display()
-                )))
-            }
-        };
-        args.push(OsString::from(format!("--{flag}={text}")));
-    }
-    Ok(args)
-}
-
-/// The default socket path for this environment.
-///
-/// Under systemd (`RUNTIME_DIRECTORY` or `INVOCATION_ID` set) it is the unit's runtime
-/// directory, `/run/inferd`; otherwise `$XDG_RUNTIME_DIR/inferd.sock`, falling back to a
-/// per-user directory in /tmp.
-pub fn default_socket_path() -> PathBuf {
-    socket_path_from(|name| std::env::var_os(name).filter(|v| !v.is_empty()))
-}
-
-fn socket_path_from(var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
-    const NAME: &str = "inferd.sock";
-    if let Some(dirs) = var("RUNTIME_DIRECTORY") {
-        // systemd joins several RuntimeDirectory= entries with ':'; ours is the first.
-        let first = dirs
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        if !first.is_empty() {
-            return Path::new(&first).join(NAME);
-        }
-    }
-    if var("INVOCATION_ID").is_some() {
-        return Path::new("/run/inferd").join(NAME);
-    }
-    if let Some(dir) = var("XDG_RUNTIME_DIR") {
-        return PathBuf::from(dir).join(NAME);
-    }
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    PathBuf::from(format!("/tmp/inferd-{uid}")).join(NAME)
-}
-
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Config> {
+    pub(super) fn parse(args: &[&str]) -> Result<Config> {
         Config::parse_from_args(std::iter::once("inferd").chain(args.iter().copied()))
     }
 
@@ -458,64 +363,67 @@ mod tests {
     }
 
     #[test]
-    fn the_config_file_sets_options_and_flags_override_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("inferd.toml");
-        std::fs::write(
-            &file,
-            "max-batch-size = 8\nqueue_capacity = 5\naction-low = [-1, -2.5]\n\
-             action-high = [1, 2.5]\ndrain-timeout-seconds = 0.5\nsocket = \"/tmp/x.sock\"\n",
-        )
-        .unwrap();
-        let f = file.to_str().unwrap();
-        let c = parse(&["--config", f, "--max-batch-size", "4"]).unwrap();
-        assert_eq!(c.max_batch_size, 4);
-        assert_eq!(c.queue_capacity, 5);
-        assert_eq!(c.socket_path(), PathBuf::from("/tmp/x.sock"));
-        assert_eq!(c.drain_timeout(), Duration::from_millis(500));
-        assert_eq!(c.action_limits(2), Some((vec![-1.0, -2.5], vec![1.0, 2.5])));
-        // A list flag on the command line replaces the file's list rather than extending it.
-        let c = parse(&["--config", f, "--action-low=-3,-3", "--action-high", "3,3"]).unwrap();
-        assert_eq!(c.action_limits(2), Some((vec![-3.0, -3.0], vec![3.0, 3.0])));
-    }
-
-    #[test]
-    fn bad_config_files_name_the_file_and_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("bad.toml");
-        for (text, want) in [
-            ("max_batch = 3\n", "unknown option \"max_batch\""),
-            ("config = \"x\"\n", "unknown option \"config\""),
-            ("workers = \"many\"\n", "invalid value"),
-            ("workers = [\n", "not valid TOML"),
-            ("action-low = [\"a\"]\n", "array of numbers"),
-        ] {
-            std::fs::write(&file, text).unwrap();
-            let err = parse(&["--config", file.to_str().unwrap()])
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(want), "{text:?}: {err}");
-        }
-        let err = parse(&["--config", "/nonexistent.toml"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("/nonexistent.toml"), "{err}");
-    }
-
-    #[test]
-    fn out_of_range_values_are_refused() {
+    fn out_of_range_values_are_refused_by_clap_naming_the_flag() {
         for (args, want) in [
-            (&["--workers", "0"][..], "--workers must be 1 to"),
-            (&["--workers", "99"], "--workers must be 1 to"),
-            (&["--max-batch-size", "0"], "--max-batch-size"),
+            (
+                &["--workers", "0"][..],
+                "'0' for '--workers <N>': must be 1 to",
+            ),
+            (
+                &["--workers", "99"],
+                "'99' for '--workers <N>': must be 1 to",
+            ),
+            (
+                &["--max-batch-size", "0"],
+                "'--max-batch-size <N>': must be 1 to 1024",
+            ),
             (
                 &["--queue-capacity", "0"],
-                "--queue-capacity must be at least 1",
+                "'--queue-capacity <N>': must be at least 1",
             ),
-            (&["--max-frame-bytes", "10"], "--max-frame-bytes"),
-            (&["--drain-timeout=-1"], "--drain-timeout-seconds"),
-            (&["--action-clip", "0"], "--action-clip"),
-            (&["--action-low", "1"], "--action-high"),
+            (
+                &["--max-connections", "0"],
+                "'--max-connections <N>': must be at least 1",
+            ),
+            (
+                &["--max-in-flight", "0"],
+                "'--max-in-flight <N>': must be at least 1",
+            ),
+            (
+                &["--max-frame-bytes", "10"],
+                "'--max-frame-bytes <BYTES>': must be 64 to",
+            ),
+            (
+                &["--drain-timeout=-1"],
+                "'--drain-timeout-seconds <SECONDS>': must be 0 to",
+            ),
+            (
+                &["--idle-timeout-seconds", "inf"],
+                "'--idle-timeout-seconds <SECONDS>'",
+            ),
+            (
+                &["--action-clip", "0"],
+                "'--action-clip <X>': must be a positive number",
+            ),
+            (
+                &["--max-queue-delay-us", "10000001"],
+                "must be 0 to 10000000 (10 s)",
+            ),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(
+                matches!(err, Error::Cli(_)),
+                "{args:?}: a usage error, {err:?}"
+            );
+            let err = err.to_string();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn options_that_go_together_are_checked_together() {
+        for (args, want) in [
+            (&["--action-low", "1"][..], "--action-high"),
             (
                 &[
                     "--action-clip",
@@ -537,38 +445,6 @@ mod tests {
     fn action_clip_is_symmetric() {
         let c = parse(&["--action-clip", "0.5"]).unwrap();
         assert_eq!(c.action_limits(2), Some((vec![-0.5, -0.5], vec![0.5, 0.5])));
-    }
-
-    #[test]
-    fn socket_path_follows_the_environment() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| OsString::from(v))
-            }
-        };
-        assert_eq!(
-            socket_path_from(env(&[("RUNTIME_DIRECTORY", "/run/inferd:/run/other")])),
-            PathBuf::from("/run/inferd/inferd.sock")
-        );
-        assert_eq!(
-            socket_path_from(env(&[
-                ("INVOCATION_ID", "abc"),
-                ("XDG_RUNTIME_DIR", "/run/user/1")
-            ])),
-            PathBuf::from("/run/inferd/inferd.sock")
-        );
-        assert_eq!(
-            socket_path_from(env(&[("XDG_RUNTIME_DIR", "/run/user/1")])),
-            PathBuf::from("/run/user/1/inferd.sock")
-        );
-        let fallback = socket_path_from(env(&[]));
-        assert!(
-            fallback.starts_with("/tmp") && fallback.ends_with("inferd.sock"),
-            "{fallback:?}"
-        );
     }
 
     #[test]

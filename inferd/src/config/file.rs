@@ -1,0 +1,155 @@
+//! The `--config FILE` TOML file: its keys are the flags' long names, and its values become
+//! flags placed before the command line's, so clap parses, range-checks and reports them as it
+//! does flags, and a flag given on the command line wins.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use clap::{CommandFactory, FromArgMatches};
+
+use super::Config;
+use crate::{Error, Result};
+
+/// Parses `args` (program name first) with the options of `file` merged in before them.
+pub(super) fn parse_with_file(args: &[OsString], file: &Path) -> Result<Config> {
+    let mut merged = args.first().cloned().into_iter().collect::<Vec<_>>();
+    merged.extend(file_args(file)?);
+    merged.extend(args.iter().skip(1).cloned());
+    let matches = Config::command()
+        .try_get_matches_from(merged)
+        .map_err(|e| {
+            Error::Config(format!(
+                "{} (with options from {})",
+                one_line(&e),
+                file.display()
+            ))
+        })?;
+    Ok(Config::from_arg_matches(&matches)?)
+}
+
+/// clap's text for an error on one line, without its `error: ` and the usage and `--help`
+/// hints that follow: a fatal error is reported as one line, and the hints would send the
+/// reader to the flags when the value came from the file.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    text.lines()
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Turns a TOML file into `--key value` arguments, refusing keys that are not flags.
+fn file_args(path: &Path) -> Result<Vec<OsString>> {
+    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| Error::Config(format!("{}: not valid TOML: {e}", path.display())))?;
+    let command = Config::command();
+    let mut args = Vec::new();
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        let known = command
+            .get_arguments()
+            .any(|a| a.get_long() == Some(flag.as_str()));
+        if !known || flag == "config" {
+            return Err(Error::Config(format!(
+                "{}: unknown option {key:?}",
+                path.display()
+            )));
+        }
+        // No option is an on/off switch, so a TOML boolean is one of the unsupported types.
+        let text = match &value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| match v {
+                    toml::Value::Integer(i) => Ok(i.to_string()),
+                    toml::Value::Float(f) => Ok(f.to_string()),
+                    _ => Err(Error::Config(format!(
+                        "{}: {key} must be an array of numbers",
+                        path.display()
+                    ))),
+                })
+                .collect::<Result<Vec<_>>>()?
+                .join(","),
+            _ => {
+                return Err(Error::Config(format!(
+                    "{}: {key} has an unsupported type",
+                    path.display()
+                )))
+            }
+        };
+        args.push(OsString::from(format!("--{flag}={text}")));
+    }
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use crate::config::tests::parse;
+
+    #[test]
+    fn the_config_file_sets_options_and_flags_override_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("inferd.toml");
+        std::fs::write(
+            &file,
+            "max-batch-size = 8\nqueue_capacity = 5\naction-low = [-1, -2.5]\n\
+             action-high = [1, 2.5]\ndrain-timeout-seconds = 0.5\nsocket = \"/tmp/x.sock\"\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let c = parse(&["--config", f, "--max-batch-size", "4"]).unwrap();
+        assert_eq!(c.max_batch_size, 4);
+        assert_eq!(c.queue_capacity, 5);
+        assert_eq!(c.socket_path(), PathBuf::from("/tmp/x.sock"));
+        assert_eq!(c.drain_timeout(), Duration::from_millis(500));
+        assert_eq!(c.action_limits(2), Some((vec![-1.0, -2.5], vec![1.0, 2.5])));
+        // A list flag on the command line replaces the file's list rather than extending it.
+        let c = parse(&["--config", f, "--action-low=-3,-3", "--action-high", "3,3"]).unwrap();
+        assert_eq!(c.action_limits(2), Some((vec![-3.0, -3.0], vec![3.0, 3.0])));
+    }
+
+    #[test]
+    fn bad_config_files_name_the_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        for (text, want) in [
+            ("max_batch = 3\n", "unknown option \"max_batch\""),
+            ("config = \"x\"\n", "unknown option \"config\""),
+            ("workers = \"many\"\n", "invalid value"),
+            ("workers = [\n", "not valid TOML"),
+            ("action-low = [\"a\"]\n", "array of numbers"),
+            ("workers = true\n", "workers has an unsupported type"),
+            (
+                "workers = 0\n",
+                "invalid value '0' for '--workers <N>': must be 1 to",
+            ),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = parse(&["--config", file.to_str().unwrap()])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+        // A fatal error is one line, so clap's usage hints are left out of it.
+        std::fs::write(&file, "workers = 0\naction-low = [1]\n").unwrap();
+        let err = parse(&["--config", file.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        let from = format!("(with options from {})", file.display());
+        assert!(!err.contains('\n') && err.ends_with(&from), "{err}");
+        let err = parse(&["--config", "/nonexistent.toml"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent.toml"), "{err}");
+    }
+}
