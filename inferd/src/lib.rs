@@ -63,8 +63,9 @@ pub use crate::echo::{demo_metadata_frame, serve_echo};
 pub use crate::error::{Error, Result, EXIT_CONFIG};
 pub use crate::logging::{init_logging, report_fatal};
 pub use crate::policy::{
-    check_limits, Activation, Linear, MlpPolicy, ObsNormalization, DEFAULT_OBS_EPS, DEMO_WIDTHS,
-    MAX_POLICY_FILE_BYTES, MLP_FORMAT, MLP_FORMAT_VERSION,
+    Activation, FormatError, InvalidPolicy, Linear, MlpPolicy, NotSafetensors, ObsNormalization,
+    UnknownActivation, DEFAULT_OBS_EPS, DEMO_WIDTHS, MAX_POLICY_FILE_BYTES, MLP_FORMAT,
+    MLP_FORMAT_VERSION,
 };
-pub use crate::safety::{SafetyFilter, Verdict};
+pub use crate::safety::{ActionBounds, LimitsError, SafetyFilter, Verdict};
 pub use crate::server::run;

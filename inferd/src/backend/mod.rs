@@ -29,6 +29,7 @@ pub use self::cuda::{cuda_device_count, CudaBackend};
 pub use self::options::{BackendOptions, Device};
 #[cfg(feature = "torch")]
 pub use self::torch::TorchBackend;
+use crate::safety::ActionBounds;
 use crate::Result;
 
 /// Where a model comes from.
@@ -68,8 +69,8 @@ pub struct ModelMetadata {
     pub output_name: String,
     /// Values per action.
     pub output_size: usize,
-    /// Action bounds stored with the model, `(low, high)`.
-    pub action_limits: Option<(Vec<f32>, Vec<f32>)>,
+    /// Action bounds stored with the model.
+    pub action_limits: Option<ActionBounds>,
 }
 
 /// A batch of observations, `rows × input_size` values, row-major, in host memory.
