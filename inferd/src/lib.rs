@@ -54,7 +54,7 @@ mod systemd;
 pub use crate::backend::TorchBackend;
 pub use crate::backend::{
     cuda_device_count, Backend, BackendKind, BackendOptions, Batch, BatchOutput, CpuBackend,
-    CudaBackend, Device, ModelMetadata, ModelSource,
+    CudaBackend, Device, ModelMetadata, ModelSource, UnknownDevice,
 };
 pub use crate::bench::{run_bench, BenchOptions, BenchReport, Latency};
 pub use crate::client::{AnswerReceiver, Client, RequestSender, CLIENT_MAX_FRAME_BYTES};
