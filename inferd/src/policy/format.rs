@@ -515,15 +515,21 @@ mod tests {
         ("activation", "relu"),
     ];
 
+    /// One 3 → 2 layer, with `extra` tensors after it.
+    fn one_layer(
+        extra: Vec<(&'static str, Vec<usize>, Vec<f32>)>,
+    ) -> Vec<(&'static str, Vec<usize>, Vec<f32>)> {
+        let mut tensors = vec![
+            ("layers.0.weight", vec![2, 3], vec![0.0; 6]),
+            ("layers.0.bias", vec![2], vec![0.5; 2]),
+        ];
+        tensors.extend(extra);
+        tensors
+    }
+
     #[test]
     fn a_minimal_file_gets_defaults() {
-        let bytes = file(
-            vec![
-                ("layers.0.weight", vec![2, 3], vec![0.0; 6]),
-                ("layers.0.bias", vec![2], vec![0.5; 2]),
-            ],
-            &META,
-        );
+        let bytes = file(one_layer(vec![]), &META);
         let p = MlpPolicy::from_safetensors(&bytes).unwrap();
         assert_eq!((p.input_size(), p.output_size()), (3, 2));
         assert_eq!(p.action_scale, vec![1.0, 1.0]);
@@ -537,11 +543,7 @@ mod tests {
     #[test]
     fn scalar_action_scale_is_broadcast() {
         let bytes = file(
-            vec![
-                ("layers.0.weight", vec![2, 3], vec![0.0; 6]),
-                ("layers.0.bias", vec![2], vec![0.0; 2]),
-                ("action_scale", vec![1], vec![0.25]),
-            ],
+            one_layer(vec![("action_scale", vec![1], vec![0.25])]),
             &META,
         );
         assert_eq!(
@@ -552,17 +554,8 @@ mod tests {
 
     #[test]
     fn bad_files_are_refused_with_a_reason() {
-        let layer = || {
-            vec![
-                ("layers.0.weight", vec![2, 3], vec![0.0; 6]),
-                ("layers.0.bias", vec![2], vec![0.0; 2]),
-            ]
-        };
-        let with = |extra: Vec<(&'static str, Vec<usize>, Vec<f32>)>| {
-            let mut t = layer();
-            t.extend(extra);
-            t
-        };
+        let layer = || one_layer(vec![]);
+        let with = one_layer;
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (
                 file(layer(), &[("format", "onnx")]),
@@ -616,6 +609,26 @@ mod tests {
                 "layers.1 takes 5 inputs",
             ),
             (b"garbage".to_vec(), "not a policy file"),
+            (
+                file(
+                    with(vec![
+                        ("action_low", vec![2], vec![0.0, 1.0]),
+                        ("action_high", vec![2], vec![1.0, 0.5]),
+                    ]),
+                    &META,
+                ),
+                "action limit 1: low 1 is not <= high 0.5",
+            ),
+            (
+                file(
+                    with(vec![
+                        ("action_low", vec![2], vec![0.0, f32::NEG_INFINITY]),
+                        ("action_high", vec![2], vec![1.0, 0.5]),
+                    ]),
+                    &META,
+                ),
+                "must be finite",
+            ),
         ];
         for (bytes, want) in cases {
             let err = MlpPolicy::from_safetensors(&bytes).unwrap_err().to_string();

@@ -234,39 +234,30 @@ mod tests {
     fn validate_catches_each_inconsistency() {
         let ok = MlpPolicy::demo();
         assert_eq!(ok.validate(), Ok(()));
-        let mut p = ok.clone();
-        p.layers[1].inputs = 7;
-        assert!(p
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("layers.1 takes 7 inputs"));
-        let mut p = ok.clone();
-        p.layers[0].bias.pop();
-        assert!(p
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("wrong number"));
-        let mut p = ok.clone();
-        p.action_scale = vec![1.0];
-        assert!(p
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("action_scale"));
-        let mut p = ok.clone();
-        p.action_limits = ActionBounds::new(vec![0.0; 3], vec![1.0; 3], 3).ok();
-        assert!(p
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("need 12 values each, got 3 low"));
-        let mut p = ok.clone();
-        p.obs_normalization.as_mut().unwrap().eps = f32::NAN;
-        assert!(p.validate().unwrap_err().to_string().contains("obs_eps"));
-        let mut p = ok;
-        p.layers.clear();
-        assert!(p.validate().unwrap_err().to_string().contains("no layers"));
+        type Spoil = fn(&mut MlpPolicy);
+        let cases: [(Spoil, &str); 6] = [
+            (|p| p.layers[1].inputs = 7, "layers.1 takes 7 inputs"),
+            (|p| p.layers[0].bias.truncate(1), "wrong number"),
+            (|p| p.action_scale = vec![1.0], "action_scale"),
+            (
+                |p| p.action_limits = ActionBounds::new(vec![0.0; 3], vec![1.0; 3], 3).ok(),
+                "need 12 values each, got 3 low",
+            ),
+            (
+                |p| {
+                    if let Some(n) = p.obs_normalization.as_mut() {
+                        n.eps = f32::NAN;
+                    }
+                },
+                "obs_eps",
+            ),
+            (|p| p.layers.clear(), "no layers"),
+        ];
+        for (spoil, want) in cases {
+            let mut p = ok.clone();
+            spoil(&mut p);
+            let err = p.validate().unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
     }
 }
