@@ -56,7 +56,7 @@ pub use crate::gpu::{
     FakeDevice, FakeGpuSource, GpuIdentity, GpuProcess, GpuSample, GpuSampler, GpuSource, GpuStats,
     NvmlSource, SourceError, THROTTLE_REASONS,
 };
-pub use crate::listen::Listen;
+pub use crate::listen::{BadListen, Listen};
 pub use crate::options::{Options, DEFAULT_PORT};
 pub use crate::owner::{Owners, INFERD_USER};
 pub use crate::scrape::{

@@ -26,6 +26,24 @@ enum Host {
 const SYNTAX: &str = "expected HOST:PORT, IPV4:PORT, [IPV6]:PORT or :PORT \
                       (e.g. localhost:9470, 127.0.0.1:9470, [::1]:9470, :9470)";
 
+/// Why `--listen` is not an address to listen on; each part holds the text it refuses.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BadListen {
+    /// No `:PORT` at all.
+    #[error("{SYNTAX}")]
+    Syntax,
+    /// The part after the last colon is not a port number.
+    #[error("invalid port {0:?}: {SYNTAX}")]
+    Port(String),
+    /// Something bracketed or with colons that is no IPv6 address.
+    #[error("invalid IPv6 address {0:?}: {SYNTAX}")]
+    Ipv6(String),
+    /// Neither an IP address nor a host name.
+    #[error("invalid host {0:?}: {SYNTAX}")]
+    Host(String),
+}
+
 impl Listen {
     /// Every IPv4 interface on `port`: the default, `0.0.0.0:PORT`.
     pub fn any_ipv4(port: u16) -> Listen {
@@ -74,25 +92,25 @@ impl From<SocketAddr> for Listen {
 }
 
 impl FromStr for Listen {
-    type Err = String;
+    type Err = BadListen;
 
-    fn from_str(s: &str) -> Result<Listen, String> {
+    fn from_str(s: &str) -> Result<Listen, BadListen> {
         if let Ok(addr) = s.parse::<SocketAddr>() {
             return Ok(Listen::from(addr));
         }
-        let (host, port) = s.rsplit_once(':').ok_or(SYNTAX)?;
+        let (host, port) = s.rsplit_once(':').ok_or(BadListen::Syntax)?;
         let port = port
             .parse::<u16>()
-            .map_err(|_| format!("invalid port {port:?}: {SYNTAX}"))?;
+            .map_err(|_| BadListen::Port(port.to_owned()))?;
         let host = if host.is_empty() {
             Host::Any
         } else if host.starts_with('[') || host.contains(':') {
             // A valid bracketed IPv6 address parsed above, with its port.
-            return Err(format!("invalid IPv6 address {host:?}: {SYNTAX}"));
+            return Err(BadListen::Ipv6(host.to_owned()));
         } else if is_host_name(host) {
             Host::Name(host.to_owned())
         } else {
-            return Err(format!("invalid host {host:?}: {SYNTAX}"));
+            return Err(BadListen::Host(host.to_owned()));
         };
         Ok(Listen { host, port })
     }
@@ -175,7 +193,7 @@ mod tests {
             ("a b:9470", "invalid host"),
             ("host..name:9470", "invalid host"),
         ] {
-            let e = bad.parse::<Listen>().unwrap_err();
+            let e = bad.parse::<Listen>().unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
         }
     }

@@ -60,16 +60,17 @@ mod tools;
 pub use crate::backend::TorchBackend;
 pub use crate::backend::{
     cuda_device_count, Backend, BackendKind, BackendOptions, Batch, BatchOutput, CpuBackend,
-    CudaBackend, Device, ModelMetadata, ModelSource,
+    CudaBackend, Device, ModelMetadata, ModelSource, UnknownDevice,
 };
 pub use crate::config::{Config, IO_THREADS};
 pub use crate::error::{Error, Result, EXIT_CONFIG};
 pub use crate::logging::{init_logging, report_fatal};
 pub use crate::policy::{
-    check_limits, Activation, Linear, MlpPolicy, ObsNormalization, DEFAULT_OBS_EPS, DEMO_WIDTHS,
-    MAX_POLICY_FILE_BYTES, MLP_FORMAT, MLP_FORMAT_VERSION,
+    Activation, FormatError, InvalidPolicy, Linear, MlpPolicy, NotSafetensors, ObsNormalization,
+    UnknownActivation, DEFAULT_OBS_EPS, DEMO_WIDTHS, MAX_POLICY_FILE_BYTES, MLP_FORMAT,
+    MLP_FORMAT_VERSION,
 };
-pub use crate::safety::{SafetyFilter, Verdict};
+pub use crate::safety::{ActionBounds, LimitsError, SafetyFilter, Verdict};
 pub use crate::server::run;
 pub use crate::socket_path::default_socket_path;
 

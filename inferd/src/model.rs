@@ -12,7 +12,7 @@ use crate::protocol::{
     is_reserved_label, reserved_list, ActionLimits, Metadata, ModelDescription, ServerMessage,
     TensorSpec, DTYPE_F32, PROTOCOL_VERSION,
 };
-use crate::safety::SafetyFilter;
+use crate::safety::{ActionBounds, SafetyFilter};
 use crate::{Error, Result};
 
 /// A model ready to serve: its backend, safety filter, segment slot, and the metadata frame
@@ -60,10 +60,15 @@ impl LoadedModel {
                 reserved_list()
             )));
         }
-        let limits = config
-            .action_limits(meta.output_size)
-            .or_else(|| meta.action_limits.clone());
-        let safety = SafetyFilter::new(limits, meta.output_size).map_err(model_error)?;
+        let limits = match config.action_limits(meta.output_size) {
+            Some((low, high)) => Some(
+                ActionBounds::new(low, high, meta.output_size)
+                    .map_err(|e| model_error(e.to_string()))?,
+            ),
+            None => meta.action_limits.clone(),
+        };
+        let safety =
+            SafetyFilter::new(limits, meta.output_size).map_err(|e| model_error(e.to_string()))?;
         let metadata_frame = metadata_frame(config, meta, &safety);
         let segment_id = metrics.writer().register_model(
             &ModelInfo {
@@ -112,9 +117,9 @@ fn metadata(config: &Config, meta: &ModelMetadata, safety: &SafetyFilter) -> Met
         },
         inputs: vec![spec(&meta.input_name, meta.input_size)],
         outputs: vec![spec(&meta.output_name, meta.output_size)],
-        action_limits: safety.limits().map(|(low, high)| ActionLimits {
-            low: low.clone(),
-            high: high.clone(),
+        action_limits: safety.limits().map(|l| ActionLimits {
+            low: l.low().to_vec(),
+            high: l.high().to_vec(),
         }),
         max_frame_bytes: config.max_frame_bytes as u64,
         max_in_flight: config.max_in_flight as u64,

@@ -264,10 +264,10 @@ pub fn robot_index(s: &Snapshot, name: &str) -> usize {
 /// The demo policy's answer to `obs`, clamped to its limits: what inferd must send.
 pub fn demo_actions(obs: &[f32]) -> Vec<f32> {
     let p = inferd::MlpPolicy::demo();
-    let (low, high) = p.action_limits.clone().unwrap();
+    let limits = p.action_limits.clone().unwrap();
     let out = p.forward(obs, 1).unwrap();
     out.iter()
-        .zip(low.iter().zip(&high))
+        .zip(limits.low().iter().zip(limits.high()))
         .map(|(v, (l, h))| v.clamp(*l, *h))
         .collect()
 }

@@ -130,12 +130,12 @@ fn sighup_reloads_without_dropping_connections_and_keeps_the_old_model_on_failur
     let mut raw = d.connect();
     let obs: Vec<f32> = (0..48).map(|i| (i as f32).cos()).collect();
     let a1 = actions(&mut raw, 1, &obs);
-    let (low, high) = v1.action_limits.clone().unwrap();
+    let limits = v1.action_limits.clone().unwrap();
     let want1: Vec<f32> = v1
         .forward(&obs, 1)
         .unwrap()
         .iter()
-        .zip(low.iter().zip(&high))
+        .zip(limits.low().iter().zip(limits.high()))
         .map(|(v, (l, h))| v.clamp(*l, *h))
         .collect();
     assert_close(&a1, &want1, "v1");

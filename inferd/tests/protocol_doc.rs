@@ -1,5 +1,5 @@
 use inferd::protocol::{decode_body, ClientMessage, ErrorCode, Rejection, ServerMessage};
-use inferd::{Activation, Linear, MlpPolicy};
+use inferd::{ActionBounds, Activation, Linear, MlpPolicy};
 use rmpv::Value;
 use serde_json::Value as Json;
 use shm_layout::Status;
@@ -211,7 +211,7 @@ fn examples_policy() -> MlpPolicy {
         }],
         obs_normalization: None,
         action_scale: vec![1.0; 2],
-        action_limits: Some((vec![-1.0; 2], vec![1.0; 2])),
+        action_limits: ActionBounds::new(vec![-1.0; 2], vec![1.0; 2], 2).ok(),
     }
 }
 

@@ -45,11 +45,11 @@ fn reference(policy: &MlpPolicy, obs: &[f32], rows: usize) -> Vec<f32> {
         })
         .unwrap()
         .output;
-    let (low, high) = policy.action_limits.clone().unwrap();
-    out.chunks(low.len())
+    let limits = policy.action_limits.clone().unwrap();
+    out.chunks(limits.width())
         .flat_map(|row| {
             row.iter()
-                .zip(low.iter().zip(&high))
+                .zip(limits.low().iter().zip(limits.high()))
                 .map(|(v, (l, h))| v.clamp(*l, *h))
                 .collect::<Vec<_>>()
         })

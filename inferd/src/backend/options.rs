@@ -16,11 +16,16 @@ pub enum Device {
     Cuda(usize),
 }
 
-impl FromStr for Device {
-    type Err = String;
+/// A `--device` that names no [`Device`]; it holds the text as given.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown device {0:?}; expected auto, cpu, cuda or cuda:N")]
+pub struct UnknownDevice(pub String);
 
-    fn from_str(s: &str) -> Result<Device, String> {
-        let bad = || format!("unknown device {s:?}; expected auto, cpu, cuda or cuda:N");
+impl FromStr for Device {
+    type Err = UnknownDevice;
+
+    fn from_str(s: &str) -> Result<Device, UnknownDevice> {
+        let bad = || UnknownDevice(s.to_owned());
         match s.to_ascii_lowercase().as_str() {
             "auto" => Ok(Device::Auto),
             "cpu" => Ok(Device::Cpu),
@@ -87,7 +92,7 @@ mod tests {
         assert_eq!(Device::Cuda(3).to_string(), "cuda:3");
         assert_eq!("cuda:3".parse::<Device>().unwrap().to_string(), "cuda:3");
         for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", ""] {
-            let err = bad.parse::<Device>().unwrap_err();
+            let err = bad.parse::<Device>().unwrap_err().to_string();
             assert!(
                 err.contains("expected auto, cpu, cuda or cuda:N"),
                 "{bad}: {err}"

@@ -18,7 +18,7 @@ use crate::backend::cuda::{cuda_device_count, DeviceMemory};
 use crate::backend::{
     Backend, BackendOptions, Batch, BatchOutput, Device, ModelMetadata, ModelSource,
 };
-use crate::policy::check_limits;
+use crate::safety::ActionBounds;
 use crate::{Error, Result};
 
 /// Runs a TorchScript module.
@@ -208,8 +208,7 @@ fn metadata(
     };
     let action_limits = match (floats("action_low")?, floats("action_high")?) {
         (Some(low), Some(high)) => {
-            check_limits(&low, &high, output_size)?;
-            Some((low, high))
+            Some(ActionBounds::new(low, high, output_size).map_err(|e| e.to_string())?)
         }
         (None, None) => None,
         _ => return Err("inferd_metadata() action_low and action_high must come together".into()),
@@ -257,7 +256,11 @@ mod tests {
         assert_eq!((m.input_size, m.output_size), (3, 2));
         assert_eq!((m.name.as_str(), m.version.as_str()), ("walker", "1"));
         assert_eq!((m.backend.as_str(), m.device.as_str()), ("torch", "cuda:1"));
-        assert_eq!(m.action_limits, Some((vec![-1.0, -2.0], vec![1.0, 2.0])));
+        let limits = m.action_limits.expect("limits were given");
+        assert_eq!(
+            (limits.low(), limits.high()),
+            (&[-1.0, -2.0][..], &[1.0, 2.0][..])
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The built-in demo policy, so that `inferd` with no arguments serves something real.
 
 use crate::policy::{Activation, Linear, MlpPolicy, ObsNormalization};
+use crate::safety::ActionBounds;
 
 /// Layer widths of the demo: a 48-input, 12-action locomotion-sized network.
 pub const DEMO_WIDTHS: [usize; 4] = [48, 256, 128, 12];
@@ -58,7 +59,8 @@ impl MlpPolicy {
                 eps: 1e-2,
             }),
             action_scale: vec![0.5; n_out],
-            action_limits: Some((vec![-1.0; n_out], vec![1.0; n_out])),
+            // Constant bounds that pass the check; the test below sees that they are there.
+            action_limits: ActionBounds::new(vec![-1.0; n_out], vec![1.0; n_out], n_out).ok(),
         }
     }
 }
@@ -73,6 +75,11 @@ mod tests {
         assert_eq!(a, MlpPolicy::demo());
         assert_eq!(a.validate(), Ok(()));
         assert_eq!((a.input_size(), a.output_size()), (48, 12));
+        let limits = a
+            .action_limits
+            .as_ref()
+            .expect("the demo has action limits");
+        assert_eq!((limits.low()[0], limits.high()[11]), (-1.0, 1.0));
         assert_eq!(
             a.layers.iter().map(|l| l.outputs).collect::<Vec<_>>(),
             [256, 128, 12]

@@ -3,14 +3,20 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
-use crate::policy::{Linear, MlpPolicy, ObsNormalization};
+use crate::policy::{
+    Activation, InvalidPolicy, Linear, MlpPolicy, ObsNormalization, UnknownActivation,
+};
 use crate::protocol::f32s_from_le;
+use crate::safety::{ActionBounds, LimitsError};
 use crate::{Error, Result};
 
 /// A tensor read from the file: its shape and values.
 type Named = (Vec<usize>, Vec<f32>);
+
+/// Two vectors that come together, such as `obs_mean` and `obs_std`.
+type Pair = (Vec<f32>, Vec<f32>);
 
 /// The `format` metadata value.
 pub const MLP_FORMAT: &str = "inferd-mlp";
@@ -21,28 +27,131 @@ pub const DEFAULT_OBS_EPS: f32 = 1e-8;
 /// The largest policy file read, bytes; far above any MLP policy.
 pub const MAX_POLICY_FILE_BYTES: u64 = 1 << 30;
 
-/// Why `bytes` is not a safetensors file, in terms of what the file is. safetensors' own
-/// errors describe its parser ("header too large" for a text file, whose first eight bytes
-/// read as a huge header length).
-fn not_safetensors(bytes: &[u8], e: safetensors::SafeTensorError) -> String {
-    let start = &bytes[..bytes.len().min(16)];
-    let texty = !start.is_empty()
-        && start
+/// What bytes that are not a safetensors file are, in terms of the file rather than of the
+/// parser: safetensors' own errors describe its parser ("header too large" for a text file,
+/// whose first eight bytes read as a huge header length).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotSafetensors {
+    /// No bytes at all.
+    #[error("the file is empty")]
+    Empty,
+    /// Text, such as notes or a config file given as the model.
+    #[error(
+        "it starts with text ({start:?}), not with the 8-byte header length of a safetensors file"
+    )]
+    Text {
+        /// Its first bytes, lossily decoded.
+        start: String,
+    },
+    /// Binary, but safetensors refuses its header.
+    #[error("its safetensors header does not parse ({0})")]
+    Header(#[source] SafeTensorError),
+}
+
+impl NotSafetensors {
+    /// Describes `bytes`, which safetensors refused with `e`.
+    fn describe(bytes: &[u8], e: SafeTensorError) -> NotSafetensors {
+        let start = &bytes[..bytes.len().min(16)];
+        let texty = start
             .iter()
             .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace());
-    let what = if bytes.is_empty() {
-        "the file is empty".to_owned()
-    } else if texty {
-        format!(
-            "it starts with text ({:?}), not with the 8-byte header length of a safetensors file",
-            String::from_utf8_lossy(start)
-        )
-    } else {
-        format!("its safetensors header does not parse ({e})")
-    };
-    format!(
-        "not a policy file: {what}. Policy files are safetensors made by scripts/export_policy.py"
-    )
+        if bytes.is_empty() {
+            NotSafetensors::Empty
+        } else if texty {
+            NotSafetensors::Text {
+                start: String::from_utf8_lossy(start).into_owned(),
+            }
+        } else {
+            NotSafetensors::Header(e)
+        }
+    }
+}
+
+/// Why bytes are not a policy in the built-in format, or a policy cannot be written in it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// Not a safetensors file at all.
+    #[error(
+        "not a policy file: {0}. Policy files are safetensors made by scripts/export_policy.py"
+    )]
+    NotSafetensors(NotSafetensors),
+    /// The `format` metadata is missing or names another format.
+    #[error("metadata format is {0:?}, expected {MLP_FORMAT:?}")]
+    Format(Option<String>),
+    /// The `format_version` metadata is missing or not this build's.
+    #[error("metadata format_version is {0:?}, expected {MLP_FORMAT_VERSION:?}")]
+    FormatVersion(Option<String>),
+    /// The `activation` metadata is missing.
+    #[error("metadata has no activation")]
+    NoActivation,
+    /// The `activation` metadata names no known activation.
+    #[error(transparent)]
+    Activation(#[from] UnknownActivation),
+    /// The `obs_eps` metadata is not a number; it holds the text.
+    #[error("obs_eps {0:?} is not a number")]
+    ObsEps(String),
+    /// A tensor that is not float32.
+    #[error("tensor {name} is {dtype:?}; export it as float32")]
+    Dtype {
+        /// The tensor.
+        name: String,
+        /// Its dtype.
+        dtype: Dtype,
+    },
+    /// A layer weight that is not a matrix.
+    #[error("layers.{layer}.weight has shape {shape:?}, expected [out, in]")]
+    WeightShape {
+        /// The layer's index.
+        layer: usize,
+        /// The weight's shape.
+        shape: Vec<usize>,
+    },
+    /// A layer weight without its bias.
+    #[error("layers.{0}.bias is missing")]
+    MissingBias(usize),
+    /// A vector tensor (a bias, `obs_mean`, `action_low`, ...) of the wrong shape.
+    #[error("{name} has shape {shape:?}, expected [{want}]")]
+    Shape {
+        /// The tensor.
+        name: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// The values it must hold.
+        want: usize,
+    },
+    /// An `action_scale` that is neither one value per action nor a single value.
+    #[error("action_scale has shape {shape:?}, expected [{want}] or [1]")]
+    ActionScaleShape {
+        /// Its shape.
+        shape: Vec<usize>,
+        /// Action width.
+        want: usize,
+    },
+    /// One tensor of a pair that must come together without the other.
+    #[error("{0} and {1} must come together")]
+    Unpaired(&'static str, &'static str),
+    /// Tensors this format does not have, sorted; a misnamed one must not be ignored.
+    #[error("unexpected tensors {0:?}")]
+    Unexpected(Vec<String>),
+    /// The tensors' sizes disagree.
+    #[error(transparent)]
+    Invalid(#[from] InvalidPolicy),
+    /// The action limits are not ordered or not finite.
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
+    /// safetensors refused a tensor being written.
+    #[error("{name}: {source}")]
+    Tensor {
+        /// The tensor.
+        name: String,
+        /// What safetensors said.
+        source: SafeTensorError,
+    },
+    /// safetensors could not serialize the file.
+    #[error("{0}")]
+    Serialize(#[source] SafeTensorError),
 }
 
 impl MlpPolicy {
@@ -60,7 +169,7 @@ impl MlpPolicy {
             )));
         }
         let bytes = std::fs::read(path).map_err(unreadable)?;
-        MlpPolicy::from_safetensors(&bytes).map_err(model_error)
+        MlpPolicy::from_safetensors(&bytes).map_err(|e| model_error(e.to_string()))
     }
 
     /// Parses and checks a policy from safetensors bytes.
@@ -79,156 +188,49 @@ impl MlpPolicy {
     /// `activation` (`elu`, `relu`, `tanh`, `gelu`), and optionally `obs_eps` (default `1e-8`),
     /// `name`, `version`, `input_name` (default `obs`), `output_name` (default `actions`).
     /// Any other tensor is an error, so that a misnamed one cannot be silently ignored.
-    pub fn from_safetensors(bytes: &[u8]) -> Result<MlpPolicy, String> {
-        let (_, header) =
-            SafeTensors::read_metadata(bytes).map_err(|e| not_safetensors(bytes, e))?;
-        let tensors = SafeTensors::deserialize(bytes).map_err(|e| not_safetensors(bytes, e))?;
-        let empty = HashMap::new();
-        let meta = header.metadata().as_ref().unwrap_or(&empty);
-        match meta.get("format").map(String::as_str) {
-            Some(MLP_FORMAT) => {}
-            other => {
-                return Err(format!(
-                    "metadata format is {other:?}, expected {MLP_FORMAT:?}"
-                ))
-            }
-        }
-        match meta.get("format_version").map(String::as_str) {
-            Some(MLP_FORMAT_VERSION) => {}
-            other => {
-                return Err(format!(
-                    "metadata format_version is {other:?}, expected {MLP_FORMAT_VERSION:?}"
-                ))
-            }
-        }
-        let text =
-            |key: &str, default: &str| meta.get(key).cloned().unwrap_or_else(|| default.into());
-        let activation = meta
-            .get("activation")
-            .ok_or("metadata has no activation")?
-            .parse()?;
-        let obs_eps = match meta.get("obs_eps") {
-            Some(s) => s
-                .parse::<f32>()
-                .map_err(|_| format!("obs_eps {s:?} is not a number"))?,
-            None => DEFAULT_OBS_EPS,
-        };
-
-        let mut used = 0usize;
-        let mut get = |name: &str| -> Result<Option<Named>, String> {
-            match tensors.tensor(name) {
-                Ok(view) => {
-                    used += 1;
-                    if view.dtype() != Dtype::F32 {
-                        return Err(format!(
-                            "tensor {name} is {:?}; export it as float32",
-                            view.dtype()
-                        ));
-                    }
-                    let data = f32s_from_le(view.data());
-                    Ok(Some((view.shape().to_vec(), data)))
-                }
-                Err(_) => Ok(None),
-            }
-        };
-
-        let mut layers = Vec::new();
-        while let Some((w_shape, weight)) = get(&format!("layers.{}.weight", layers.len()))? {
-            let i = layers.len();
-            let [outputs, inputs] = w_shape[..] else {
-                return Err(format!(
-                    "layers.{i}.weight has shape {w_shape:?}, expected [out, in]"
-                ));
-            };
-            let (b_shape, bias) =
-                get(&format!("layers.{i}.bias"))?.ok_or(format!("layers.{i}.bias is missing"))?;
-            if b_shape != [outputs] {
-                return Err(format!(
-                    "layers.{i}.bias has shape {b_shape:?}, expected [{outputs}]"
-                ));
-            }
-            layers.push(Linear {
-                inputs,
-                outputs,
-                weight,
-                bias,
-            });
-        }
+    pub fn from_safetensors(bytes: &[u8]) -> Result<MlpPolicy, FormatError> {
+        let not_safetensors = |e| FormatError::NotSafetensors(NotSafetensors::describe(bytes, e));
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(not_safetensors)?;
+        let meta = FileMetadata::read(header.metadata().as_ref())?;
+        let mut tensors = Tensors::new(SafeTensors::deserialize(bytes).map_err(not_safetensors)?);
+        let layers = tensors.layers()?;
         let (n_in, n_out) = match (layers.first(), layers.last()) {
             (Some(first), Some(last)) => (first.inputs, last.outputs),
-            _ => {
-                return Err(
-                    "no layers (expected tensors layers.0.weight, layers.0.bias, ...)".into(),
-                )
-            }
+            _ => return Err(InvalidPolicy::NoLayers.into()),
         };
-        let mut vector = |name: &str, n: usize| -> Result<Option<Vec<f32>>, String> {
-            match get(name)? {
-                None => Ok(None),
-                Some((shape, data)) if shape == [n] => Ok(Some(data)),
-                Some((shape, _)) => Err(format!("{name} has shape {shape:?}, expected [{n}]")),
-            }
-        };
-        let obs_normalization = match (vector("obs_mean", n_in)?, vector("obs_std", n_in)?) {
-            (Some(mean), Some(std)) => Some(ObsNormalization {
+        let obs_normalization = tensors
+            .pair("obs_mean", "obs_std", n_in)?
+            .map(|(mean, std)| ObsNormalization {
                 mean,
                 std,
-                eps: obs_eps,
-            }),
-            (None, None) => None,
-            _ => return Err("obs_mean and obs_std must come together".into()),
-        };
-        let action_scale = match get("action_scale")? {
-            None => vec![1.0; n_out],
-            Some((shape, data)) if shape == [n_out] => data,
-            Some((shape, data)) if shape == [1] || shape.is_empty() => {
-                vec![data.first().copied().unwrap_or(1.0); n_out]
-            }
-            Some((shape, _)) => {
-                return Err(format!(
-                    "action_scale has shape {shape:?}, expected [{n_out}] or [1]"
-                ))
-            }
-        };
-        let mut vector = |name: &str| -> Result<Option<Vec<f32>>, String> {
-            match get(name)? {
-                None => Ok(None),
-                Some((shape, data)) if shape == [n_out] => Ok(Some(data)),
-                Some((shape, _)) => Err(format!("{name} has shape {shape:?}, expected [{n_out}]")),
-            }
-        };
-        let action_limits = match (vector("action_low")?, vector("action_high")?) {
-            (Some(low), Some(high)) => Some((low, high)),
-            (None, None) => None,
-            _ => return Err("action_low and action_high must come together".into()),
-        };
-        if used != tensors.len() {
-            let mut unknown: Vec<&str> = tensors
-                .names()
-                .into_iter()
-                .filter(|n| !is_known(n, layers.len()))
-                .collect();
-            unknown.sort_unstable();
-            return Err(format!("unexpected tensors {unknown:?}"));
-        }
+                eps: meta.obs_eps,
+            });
+        let action_scale = tensors.action_scale(n_out)?;
+        let limits = tensors.pair("action_low", "action_high", n_out)?;
+        tensors.check_all_read(layers.len())?;
 
-        let policy = MlpPolicy {
-            name: text("name", "mlp"),
-            version: text("version", "1"),
-            input_name: text("input_name", "obs"),
-            output_name: text("output_name", "actions"),
-            activation,
+        let mut policy = MlpPolicy {
+            name: meta.name,
+            version: meta.version,
+            input_name: meta.input_name,
+            output_name: meta.output_name,
+            activation: meta.activation,
             layers,
             obs_normalization,
             action_scale,
-            action_limits,
+            action_limits: None,
         };
+        // Sizes first, limits last, as `validate` orders them: a file wrong in both is
+        // reported for its sizes.
         policy.validate()?;
+        policy.action_limits = limits
+            .map(|(low, high)| ActionBounds::new(low, high, n_out))
+            .transpose()?;
         Ok(policy)
     }
 
     /// Writes the policy in the format [`MlpPolicy::from_safetensors`] reads.
-    pub fn to_safetensors(&self) -> Result<Vec<u8>, String> {
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, FormatError> {
         self.validate()?;
         let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
         let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -240,27 +242,27 @@ impl MlpPolicy {
             ));
             owned.push((format!("layers.{i}.bias"), vec![l.outputs], bytes(&l.bias)));
         }
+        let mut vector = |name: &str, v: &[f32]| owned.push((name.into(), vec![v.len()], bytes(v)));
         if let Some(n) = &self.obs_normalization {
-            owned.push(("obs_mean".into(), vec![n.mean.len()], bytes(&n.mean)));
-            owned.push(("obs_std".into(), vec![n.std.len()], bytes(&n.std)));
+            vector("obs_mean", &n.mean);
+            vector("obs_std", &n.std);
         }
-        owned.push((
-            "action_scale".into(),
-            vec![self.action_scale.len()],
-            bytes(&self.action_scale),
-        ));
-        if let Some((low, high)) = &self.action_limits {
-            owned.push(("action_low".into(), vec![low.len()], bytes(low)));
-            owned.push(("action_high".into(), vec![high.len()], bytes(high)));
+        vector("action_scale", &self.action_scale);
+        if let Some(limits) = &self.action_limits {
+            vector("action_low", limits.low());
+            vector("action_high", limits.high());
         }
         let views = owned
             .iter()
             .map(|(name, shape, data)| {
                 safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)
                     .map(|v| (name.as_str(), v))
-                    .map_err(|e| format!("{name}: {e}"))
+                    .map_err(|source| FormatError::Tensor {
+                        name: name.clone(),
+                        source,
+                    })
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, FormatError>>()?;
         let eps = self
             .obs_normalization
             .as_ref()
@@ -278,7 +280,154 @@ impl MlpPolicy {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())
+        safetensors::serialize(views, Some(meta)).map_err(FormatError::Serialize)
+    }
+}
+
+/// What a policy file's `__metadata__` says, checked.
+struct FileMetadata {
+    activation: Activation,
+    obs_eps: f32,
+    name: String,
+    version: String,
+    input_name: String,
+    output_name: String,
+}
+
+impl FileMetadata {
+    /// Checks the format and its version before anything else, so that a file of another
+    /// format is named as such rather than for its first odd tensor.
+    fn read(meta: Option<&HashMap<String, String>>) -> Result<FileMetadata, FormatError> {
+        let get = |key: &str| meta.and_then(|m| m.get(key));
+        match get("format").map(String::as_str) {
+            Some(MLP_FORMAT) => {}
+            other => return Err(FormatError::Format(other.map(str::to_owned))),
+        }
+        match get("format_version").map(String::as_str) {
+            Some(MLP_FORMAT_VERSION) => {}
+            other => return Err(FormatError::FormatVersion(other.map(str::to_owned))),
+        }
+        let activation = get("activation")
+            .ok_or(FormatError::NoActivation)?
+            .parse()?;
+        let obs_eps = match get("obs_eps") {
+            Some(s) => s
+                .parse::<f32>()
+                .map_err(|_| FormatError::ObsEps(s.clone()))?,
+            None => DEFAULT_OBS_EPS,
+        };
+        let text = |key: &str, default: &str| get(key).cloned().unwrap_or_else(|| default.into());
+        Ok(FileMetadata {
+            activation,
+            obs_eps,
+            name: text("name", "mlp"),
+            version: text("version", "1"),
+            input_name: text("input_name", "obs"),
+            output_name: text("output_name", "actions"),
+        })
+    }
+}
+
+/// A file's tensors, counting those read so that any other can be refused.
+struct Tensors<'a> {
+    file: SafeTensors<'a>,
+    read: usize,
+}
+
+impl<'a> Tensors<'a> {
+    fn new(file: SafeTensors<'a>) -> Tensors<'a> {
+        Tensors { file, read: 0 }
+    }
+
+    /// The tensor called `name`, if the file has one.
+    fn get(&mut self, name: &str) -> Result<Option<Named>, FormatError> {
+        let Ok(view) = self.file.tensor(name) else {
+            return Ok(None);
+        };
+        self.read += 1;
+        if view.dtype() != Dtype::F32 {
+            return Err(FormatError::Dtype {
+                name: name.to_owned(),
+                dtype: view.dtype(),
+            });
+        }
+        Ok(Some((view.shape().to_vec(), f32s_from_le(view.data()))))
+    }
+
+    /// The vector called `name`, of `n` values, if the file has one.
+    fn vector(&mut self, name: &str, n: usize) -> Result<Option<Vec<f32>>, FormatError> {
+        match self.get(name)? {
+            None => Ok(None),
+            Some((shape, data)) if shape == [n] => Ok(Some(data)),
+            Some((shape, _)) => Err(FormatError::Shape {
+                name: name.to_owned(),
+                shape,
+                want: n,
+            }),
+        }
+    }
+
+    /// Two vectors of `n` values that the file has both or neither of.
+    fn pair(
+        &mut self,
+        a: &'static str,
+        b: &'static str,
+        n: usize,
+    ) -> Result<Option<Pair>, FormatError> {
+        match (self.vector(a, n)?, self.vector(b, n)?) {
+            (Some(a), Some(b)) => Ok(Some((a, b))),
+            (None, None) => Ok(None),
+            _ => Err(FormatError::Unpaired(a, b)),
+        }
+    }
+
+    /// `layers.0`, `layers.1`, ... up to the first missing weight.
+    fn layers(&mut self) -> Result<Vec<Linear>, FormatError> {
+        let mut layers = Vec::new();
+        while let Some((shape, weight)) = self.get(&format!("layers.{}.weight", layers.len()))? {
+            let layer = layers.len();
+            let [outputs, inputs] = shape[..] else {
+                return Err(FormatError::WeightShape { layer, shape });
+            };
+            let bias = self
+                .vector(&format!("layers.{layer}.bias"), outputs)?
+                .ok_or(FormatError::MissingBias(layer))?;
+            layers.push(Linear {
+                inputs,
+                outputs,
+                weight,
+                bias,
+            });
+        }
+        Ok(layers)
+    }
+
+    /// `action_scale`: one value per action, or one for all of them; 1 if absent.
+    fn action_scale(&mut self, n_out: usize) -> Result<Vec<f32>, FormatError> {
+        match self.get("action_scale")? {
+            None => Ok(vec![1.0; n_out]),
+            Some((shape, data)) if shape == [n_out] => Ok(data),
+            Some((shape, data)) if shape == [1] || shape.is_empty() => {
+                Ok(vec![data.first().copied().unwrap_or(1.0); n_out])
+            }
+            Some((shape, _)) => Err(FormatError::ActionScaleShape { shape, want: n_out }),
+        }
+    }
+
+    /// Refuses any tensor not read so far.
+    fn check_all_read(&self, layers: usize) -> Result<(), FormatError> {
+        if self.read == self.file.len() {
+            return Ok(());
+        }
+        let mut unknown: Vec<String> = self
+            .file
+            .names()
+            .into_iter()
+            .filter(|n| !is_known(n, layers))
+            .map(str::to_owned)
+            .collect();
+        unknown.sort_unstable();
+        Err(FormatError::Unexpected(unknown))
     }
 }
 
@@ -302,10 +451,10 @@ mod tests {
     #[test]
     fn a_text_file_as_model_says_it_is_text_not_header_too_large() {
         let text = b"# my policy notes\nlayers: 3\n".repeat(4);
-        let err = MlpPolicy::from_safetensors(&text).unwrap_err();
+        let err = MlpPolicy::from_safetensors(&text).unwrap_err().to_string();
         assert!(err.contains("starts with text"), "{err}");
         assert!(!err.contains("too large"), "{err}");
-        let err = MlpPolicy::from_safetensors(b"").unwrap_err();
+        let err = MlpPolicy::from_safetensors(b"").unwrap_err().to_string();
         assert!(err.contains("empty"), "{err}");
     }
 
@@ -366,15 +515,21 @@ mod tests {
         ("activation", "relu"),
     ];
 
+    /// One 3 → 2 layer, with `extra` tensors after it.
+    fn one_layer(
+        extra: Vec<(&'static str, Vec<usize>, Vec<f32>)>,
+    ) -> Vec<(&'static str, Vec<usize>, Vec<f32>)> {
+        let mut tensors = vec![
+            ("layers.0.weight", vec![2, 3], vec![0.0; 6]),
+            ("layers.0.bias", vec![2], vec![0.5; 2]),
+        ];
+        tensors.extend(extra);
+        tensors
+    }
+
     #[test]
     fn a_minimal_file_gets_defaults() {
-        let bytes = file(
-            vec![
-                ("layers.0.weight", vec![2, 3], vec![0.0; 6]),
-                ("layers.0.bias", vec![2], vec![0.5; 2]),
-            ],
-            &META,
-        );
+        let bytes = file(one_layer(vec![]), &META);
         let p = MlpPolicy::from_safetensors(&bytes).unwrap();
         assert_eq!((p.input_size(), p.output_size()), (3, 2));
         assert_eq!(p.action_scale, vec![1.0, 1.0]);
@@ -388,11 +543,7 @@ mod tests {
     #[test]
     fn scalar_action_scale_is_broadcast() {
         let bytes = file(
-            vec![
-                ("layers.0.weight", vec![2, 3], vec![0.0; 6]),
-                ("layers.0.bias", vec![2], vec![0.0; 2]),
-                ("action_scale", vec![1], vec![0.25]),
-            ],
+            one_layer(vec![("action_scale", vec![1], vec![0.25])]),
             &META,
         );
         assert_eq!(
@@ -403,17 +554,8 @@ mod tests {
 
     #[test]
     fn bad_files_are_refused_with_a_reason() {
-        let layer = || {
-            vec![
-                ("layers.0.weight", vec![2, 3], vec![0.0; 6]),
-                ("layers.0.bias", vec![2], vec![0.0; 2]),
-            ]
-        };
-        let with = |extra: Vec<(&'static str, Vec<usize>, Vec<f32>)>| {
-            let mut t = layer();
-            t.extend(extra);
-            t
-        };
+        let layer = || one_layer(vec![]);
+        let with = one_layer;
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (
                 file(layer(), &[("format", "onnx")]),
@@ -467,9 +609,29 @@ mod tests {
                 "layers.1 takes 5 inputs",
             ),
             (b"garbage".to_vec(), "not a policy file"),
+            (
+                file(
+                    with(vec![
+                        ("action_low", vec![2], vec![0.0, 1.0]),
+                        ("action_high", vec![2], vec![1.0, 0.5]),
+                    ]),
+                    &META,
+                ),
+                "action limit 1: low 1 is not <= high 0.5",
+            ),
+            (
+                file(
+                    with(vec![
+                        ("action_low", vec![2], vec![0.0, f32::NEG_INFINITY]),
+                        ("action_high", vec![2], vec![1.0, 0.5]),
+                    ]),
+                    &META,
+                ),
+                "must be finite",
+            ),
         ];
         for (bytes, want) in cases {
-            let err = MlpPolicy::from_safetensors(&bytes).unwrap_err();
+            let err = MlpPolicy::from_safetensors(&bytes).unwrap_err().to_string();
             assert!(err.contains(want), "{err:?} should mention {want:?}");
         }
     }
@@ -493,8 +655,9 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let bytes = safetensors::serialize(views, Some(meta)).unwrap();
-        assert!(MlpPolicy::from_safetensors(&bytes)
-            .unwrap_err()
-            .contains("export it as float32"));
+        assert_eq!(
+            MlpPolicy::from_safetensors(&bytes).unwrap_err().to_string(),
+            "tensor layers.0.weight is F16; export it as float32"
+        );
     }
 }

@@ -11,11 +11,15 @@ mod format;
 mod forward;
 
 pub use self::demo::DEMO_WIDTHS;
-pub use self::format::{DEFAULT_OBS_EPS, MAX_POLICY_FILE_BYTES, MLP_FORMAT, MLP_FORMAT_VERSION};
+pub use self::format::{
+    FormatError, NotSafetensors, DEFAULT_OBS_EPS, MAX_POLICY_FILE_BYTES, MLP_FORMAT,
+    MLP_FORMAT_VERSION,
+};
 
-use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
+
+use crate::safety::{ActionBounds, LimitsError};
 
 /// The nonlinearity between hidden layers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,14 +54,19 @@ impl Activation {
     }
 }
 
-impl FromStr for Activation {
-    type Err = String;
+/// A name that is none of [`Activation::ALL`]; it holds the name as given.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown activation {0:?}; expected elu, relu, tanh or gelu")]
+pub struct UnknownActivation(pub String);
 
-    fn from_str(s: &str) -> Result<Activation, String> {
+impl FromStr for Activation {
+    type Err = UnknownActivation;
+
+    fn from_str(s: &str) -> Result<Activation, UnknownActivation> {
         Activation::ALL
             .into_iter()
             .find(|a| a.as_str() == s.to_ascii_lowercase())
-            .ok_or_else(|| format!("unknown activation {s:?}; expected elu, relu, tanh or gelu"))
+            .ok_or_else(|| UnknownActivation(s.to_owned()))
     }
 }
 
@@ -111,9 +120,46 @@ pub struct MlpPolicy {
     pub obs_normalization: Option<ObsNormalization>,
     /// Multiplies each output; one per action.
     pub action_scale: Vec<f32>,
-    /// Bounds stored with the model, `(low, high)`; the server clamps to them unless the
-    /// configuration gives its own.
-    pub action_limits: Option<(Vec<f32>, Vec<f32>)>,
+    /// Bounds stored with the model; the server clamps to them unless the configuration
+    /// gives its own.
+    pub action_limits: Option<ActionBounds>,
+}
+
+/// Why a policy's sizes disagree, found by [`MlpPolicy::validate`].
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidPolicy {
+    /// The policy has no layers at all.
+    #[error("no layers (expected tensors layers.0.weight, layers.0.bias, ...)")]
+    NoLayers,
+    /// A layer's input width is not the previous layer's output width.
+    #[error("layers.{layer} takes {inputs} inputs, previous layer gives {previous}")]
+    Chain {
+        /// The layer's index.
+        layer: usize,
+        /// Its input width.
+        inputs: usize,
+        /// The width the layer before it gives (the policy's input width for layer 0).
+        previous: usize,
+    },
+    /// A layer with no inputs or no outputs.
+    #[error("layers.{0} has an empty dimension")]
+    EmptyLayer(usize),
+    /// A layer whose weight or bias does not hold `outputs × inputs` or `outputs` values.
+    #[error("layers.{0} weight or bias has the wrong number of values")]
+    LayerValues(usize),
+    /// `obs_mean` or `obs_std` does not hold one value per input.
+    #[error("obs_mean and obs_std must have {0} values")]
+    NormalizationWidth(usize),
+    /// `obs_eps` is negative, NaN or infinite.
+    #[error("obs_eps must be finite and >= 0, got {0}")]
+    ObsEps(f32),
+    /// `action_scale` does not hold one value per action.
+    #[error("action_scale must have {0} values")]
+    ActionScaleWidth(usize),
+    /// The action limits are not for this policy's action width.
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
 }
 
 impl MlpPolicy {
@@ -128,67 +174,43 @@ impl MlpPolicy {
     }
 
     /// Checks that every size agrees, so that [`MlpPolicy::forward`] cannot go out of bounds.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidPolicy> {
         if self.layers.is_empty() {
-            return Err("no layers (expected tensors layers.0.weight, layers.0.bias, ...)".into());
+            return Err(InvalidPolicy::NoLayers);
         }
         let mut width = self.input_size();
-        for (i, l) in self.layers.iter().enumerate() {
+        for (layer, l) in self.layers.iter().enumerate() {
             if l.inputs != width {
-                return Err(format!(
-                    "layers.{i} takes {} inputs, previous layer gives {width}",
-                    l.inputs
-                ));
+                return Err(InvalidPolicy::Chain {
+                    layer,
+                    inputs: l.inputs,
+                    previous: width,
+                });
             }
             if l.inputs == 0 || l.outputs == 0 {
-                return Err(format!("layers.{i} has an empty dimension"));
+                return Err(InvalidPolicy::EmptyLayer(layer));
             }
             if l.weight.len() != l.inputs * l.outputs || l.bias.len() != l.outputs {
-                return Err(format!(
-                    "layers.{i} weight or bias has the wrong number of values"
-                ));
+                return Err(InvalidPolicy::LayerValues(layer));
             }
             width = l.outputs;
         }
         let (n_in, n_out) = (self.input_size(), self.output_size());
         if let Some(norm) = &self.obs_normalization {
             if norm.mean.len() != n_in || norm.std.len() != n_in {
-                return Err(format!("obs_mean and obs_std must have {n_in} values"));
+                return Err(InvalidPolicy::NormalizationWidth(n_in));
             }
             if !norm.eps.is_finite() || norm.eps < 0.0 {
-                return Err(format!("obs_eps must be finite and >= 0, got {}", norm.eps));
+                return Err(InvalidPolicy::ObsEps(norm.eps));
             }
         }
         if self.action_scale.len() != n_out {
-            return Err(format!("action_scale must have {n_out} values"));
+            return Err(InvalidPolicy::ActionScaleWidth(n_out));
         }
-        if let Some((low, high)) = &self.action_limits {
-            check_limits(low, high, n_out)?;
+        if let Some(limits) = &self.action_limits {
+            limits.check_width(n_out)?;
         }
         Ok(())
-    }
-}
-
-/// Checks a pair of action bounds: `n` values each, ordered, not NaN.
-pub fn check_limits(low: &[f32], high: &[f32], n: usize) -> Result<(), String> {
-    if low.len() != n || high.len() != n {
-        return Err(format!(
-            "action limits need {n} values each, got {} low and {} high",
-            low.len(),
-            high.len()
-        ));
-    }
-    // NaN compares as neither, so it is refused along with low > high.
-    let ordered =
-        |l: &f32, h: &f32| matches!(l.partial_cmp(h), Some(Ordering::Less | Ordering::Equal));
-    match low
-        .iter()
-        .zip(high)
-        .enumerate()
-        .find(|(_, (l, h))| !ordered(l, h))
-    {
-        Some((i, (l, h))) => Err(format!("action limit {i}: low {l} is not <= high {h}")),
-        None => Ok(()),
     }
 }
 
@@ -202,45 +224,40 @@ mod tests {
             assert_eq!(a.as_str().parse::<Activation>().unwrap(), a);
         }
         assert_eq!("ELU".parse::<Activation>().unwrap(), Activation::Elu);
-        assert!("swish"
-            .parse::<Activation>()
-            .unwrap_err()
-            .contains("unknown activation"));
+        assert_eq!(
+            "swish".parse::<Activation>().unwrap_err().to_string(),
+            "unknown activation \"swish\"; expected elu, relu, tanh or gelu"
+        );
     }
 
     #[test]
     fn validate_catches_each_inconsistency() {
         let ok = MlpPolicy::demo();
         assert_eq!(ok.validate(), Ok(()));
-        let mut p = ok.clone();
-        p.layers[1].inputs = 7;
-        assert!(p
-            .validate()
-            .unwrap_err()
-            .contains("layers.1 takes 7 inputs"));
-        let mut p = ok.clone();
-        p.layers[0].bias.pop();
-        assert!(p.validate().unwrap_err().contains("wrong number"));
-        let mut p = ok.clone();
-        p.action_scale = vec![1.0];
-        assert!(p.validate().unwrap_err().contains("action_scale"));
-        let mut p = ok.clone();
-        p.action_limits = Some((vec![1.0; 12], vec![0.0; 12]));
-        assert!(p.validate().unwrap_err().contains("low 1 is not <= high 0"));
-        let mut p = ok.clone();
-        p.obs_normalization.as_mut().unwrap().eps = f32::NAN;
-        assert!(p.validate().unwrap_err().contains("obs_eps"));
-        let mut p = ok;
-        p.layers.clear();
-        assert!(p.validate().unwrap_err().contains("no layers"));
-    }
-
-    #[test]
-    fn limits_reject_nan_and_length_mismatch() {
-        assert!(check_limits(&[f32::NAN], &[1.0], 1).is_err());
-        assert!(check_limits(&[0.0], &[1.0], 2)
-            .unwrap_err()
-            .contains("need 2 values"));
-        assert!(check_limits(&[-1.0, 0.0], &[1.0, 0.0], 2).is_ok());
+        type Spoil = fn(&mut MlpPolicy);
+        let cases: [(Spoil, &str); 6] = [
+            (|p| p.layers[1].inputs = 7, "layers.1 takes 7 inputs"),
+            (|p| p.layers[0].bias.truncate(1), "wrong number"),
+            (|p| p.action_scale = vec![1.0], "action_scale"),
+            (
+                |p| p.action_limits = ActionBounds::new(vec![0.0; 3], vec![1.0; 3], 3).ok(),
+                "need 12 values each, got 3 low",
+            ),
+            (
+                |p| {
+                    if let Some(n) = p.obs_normalization.as_mut() {
+                        n.eps = f32::NAN;
+                    }
+                },
+                "obs_eps",
+            ),
+            (|p| p.layers.clear(), "no layers"),
+        ];
+        for (spoil, want) in cases {
+            let mut p = ok.clone();
+            spoil(&mut p);
+            let err = p.validate().unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
     }
 }

@@ -104,12 +104,24 @@ pub fn encode_frame(value: &ValueRef<'_>) -> Vec<u8> {
     out
 }
 
+/// Why a frame body is not one msgpack value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BodyError {
+    /// The bytes do not decode as msgpack.
+    #[error("not msgpack: {0}")]
+    NotMsgpack(#[source] rmpv::decode::Error),
+    /// A whole value, then more bytes; holds how many.
+    #[error("{0} bytes after the msgpack value")]
+    Trailing(usize),
+}
+
 /// Decodes a frame body: exactly one msgpack value, with nothing after it.
-pub fn decode_body(body: &[u8]) -> Result<ValueRef<'_>, String> {
+pub fn decode_body(body: &[u8]) -> Result<ValueRef<'_>, BodyError> {
     let mut rest = body;
-    let value = rmpv::decode::read_value_ref(&mut rest).map_err(|e| format!("not msgpack: {e}"))?;
+    let value = rmpv::decode::read_value_ref(&mut rest).map_err(BodyError::NotMsgpack)?;
     if !rest.is_empty() {
-        return Err(format!("{} bytes after the msgpack value", rest.len()));
+        return Err(BodyError::Trailing(rest.len()));
     }
     Ok(value)
 }
@@ -222,10 +234,14 @@ mod tests {
     #[test]
     fn decode_body_rejects_garbage_and_trailing_bytes() {
         assert!(decode_body(b"").is_err());
-        assert!(decode_body(b"\xd9").unwrap_err().contains("not msgpack"));
-        assert!(decode_body(b"\xc0\xc0")
+        assert!(decode_body(b"\xd9")
             .unwrap_err()
-            .contains("1 bytes after"));
+            .to_string()
+            .contains("not msgpack"));
+        assert_eq!(
+            decode_body(b"\xc0\xc0").unwrap_err().to_string(),
+            "1 bytes after the msgpack value"
+        );
         // An array header claiming 2^32-1 elements must fail on the missing data, not allocate.
         assert!(decode_body(b"\xdd\xff\xff\xff\xff").is_err());
     }

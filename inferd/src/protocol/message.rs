@@ -6,7 +6,8 @@
 use rmpv::ValueRef;
 
 use crate::protocol::frame::encode_frame;
-use crate::protocol::{ErrorCode, Tensor};
+use crate::protocol::msgpack::{key_bytes, obj, FieldError, MapRef};
+use crate::protocol::{ErrorCode, Tensor, TensorError};
 use crate::{Error, Result};
 
 /// The protocol version in the metadata frame; bumped on any incompatible change.
@@ -37,21 +38,146 @@ pub fn is_reserved_label(value: &str) -> bool {
 /// (Unicode `Cc`: U+0000 to U+001F and U+007F to U+009F). Control characters are refused
 /// because these strings reach logs, where a newline would let a client start a line of its
 /// own (journald reads a leading `<N>` as its priority), and metric labels.
-fn check_hello_text(key: &str, value: &str, max: usize) -> Result<(), String> {
+fn check_hello_text(key: &'static str, value: &str, max: usize) -> Result<(), InvalidMessage> {
     if value.is_empty() || value.len() > max {
-        return Err(format!(
-            "{key} must be 1 to {max} bytes without control characters, got {} bytes",
-            value.len()
-        ));
+        return Err(InvalidMessage::TextLength {
+            key,
+            max,
+            len: value.len(),
+        });
     }
     if let Some(c) = value.chars().find(|c| c.is_control()) {
-        return Err(format!(
-            "{key} {value:?} holds the control character U+{:04X}; control characters \
-             (U+0000 to U+001F, U+007F to U+009F) are not allowed",
-            u32::from(c)
-        ));
+        return Err(InvalidMessage::ControlCharacter {
+            key,
+            value: value.to_owned(),
+            code: u32::from(c),
+        });
     }
     Ok(())
+}
+
+/// Why a client's map is not a valid hello or infer message; its text is the `message` of
+/// the `invalid_input` answer.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidMessage {
+    /// A field is missing or of the wrong kind.
+    #[error(transparent)]
+    Field(#[from] FieldError),
+    /// `type` is not a str.
+    #[error("field \"type\" must be a string")]
+    TypeNotText,
+    /// `type` names no client message.
+    #[error("unknown message type {0:?}; a client sends \"hello\" or \"infer\"")]
+    UnknownType(String),
+    /// A hello's string is empty or too long.
+    #[error("{key} must be 1 to {max} bytes without control characters, got {len} bytes")]
+    TextLength {
+        /// `robot_type` or `robot_id`.
+        key: &'static str,
+        /// The most bytes allowed.
+        max: usize,
+        /// The bytes sent.
+        len: usize,
+    },
+    /// A hello's string holds a control character.
+    #[error(
+        "{key} {value:?} holds the control character U+{code:04X}; control characters \
+         (U+0000 to U+001F, U+007F to U+009F) are not allowed"
+    )]
+    ControlCharacter {
+        /// `robot_type` or `robot_id`.
+        key: &'static str,
+        /// The string sent.
+        value: String,
+        /// The first control character in it.
+        code: u32,
+    },
+    /// A hello claims one of the [`RESERVED_LABELS`] as its robot type.
+    #[error(
+        "robot_type {0:?} is reserved: {list} are labels the metrics give a meaning of their own",
+        list = reserved_list()
+    )]
+    ReservedRobotType(String),
+    /// `robot_id` is a str whose bytes are not UTF-8.
+    #[error("robot_id is not UTF-8")]
+    RobotIdNotUtf8,
+    /// `robot_id` is neither a str nor an integer.
+    #[error("robot_id must be a string or an integer")]
+    RobotIdKind,
+    /// `deadline_us` is not a non-negative integer.
+    #[error("deadline_us must be a non-negative integer")]
+    Deadline,
+    /// `inputs` is not a map of arrays.
+    #[error(transparent)]
+    Tensors(#[from] TensorsError),
+}
+
+/// Why a map of named arrays (a request's `inputs`, a result's `outputs`) does not decode.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TensorsError {
+    /// Not a map; holds `"input"` or `"output"`.
+    #[error("{0:?} must be a map of arrays")]
+    NotAMap(&'static str),
+    /// A key that is not a UTF-8 str or bin; holds `"input"` or `"output"`.
+    #[error("{0:?} keys must be strings")]
+    KeyNotText(&'static str),
+    /// One array does not decode.
+    #[error("{what} {name:?}: {source}")]
+    Tensor {
+        /// `input` or `output`.
+        what: &'static str,
+        /// The array's name.
+        name: String,
+        /// What is wrong with it.
+        source: TensorError,
+    },
+}
+
+/// Why a server's frame is not a valid metadata, result or error message.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BadServerMessage {
+    /// A field is missing or of the wrong kind.
+    #[error(transparent)]
+    Field(#[from] FieldError),
+    /// A result's `outputs` is not a map of arrays.
+    #[error(transparent)]
+    Tensors(#[from] TensorsError),
+    /// The frame holds no map.
+    #[error("not a map")]
+    NotAMessage,
+    /// `type` names no server message.
+    #[error("unknown message type {0:?}")]
+    UnknownType(String),
+    /// A field that must be a map (`timing`, `error`, `model`) is not one.
+    #[error("{0} must be a map")]
+    NotAMap(&'static str),
+    /// A field that must be an array is not one; holds the field's path.
+    #[error("{0} must be an array")]
+    NotAnArray(String),
+    /// An error's `id` is neither an integer nor nil.
+    #[error("id must be an integer or nil")]
+    Id,
+    /// An error's `code` is not one of [`ErrorCode`]'s.
+    #[error("unknown code {0:?}")]
+    UnknownCode(String),
+    /// An entry of `inputs` or `outputs` that is not a map; holds which list.
+    #[error("{0} entries must be maps")]
+    SpecNotAMap(String),
+    /// A spec's `shape` holds something but integers.
+    #[error("shape must hold integers")]
+    ShapeValues,
+    /// `action_limits` is neither a map nor nil.
+    #[error("action_limits must be a map or nil")]
+    LimitsNotAMap,
+    /// `action_limits.low` or `.high` holds something but floats; holds which.
+    #[error("action_limits.{0} must hold floats")]
+    LimitValues(&'static str),
+    /// `protocol_version` does not fit a u32.
+    #[error("protocol_version out of range")]
+    ProtocolVersion,
 }
 
 /// Who the model is.
@@ -202,91 +328,23 @@ pub enum Rejection {
     },
 }
 
-/// A borrowed view of a msgpack map, looked up by key (str or bin).
-pub(crate) struct MapRef<'v, 'a> {
-    entries: &'v [(ValueRef<'a>, ValueRef<'a>)],
-}
-
-impl<'v, 'a> MapRef<'v, 'a> {
-    pub(crate) fn new(value: &'v ValueRef<'a>) -> Option<MapRef<'v, 'a>> {
-        match value {
-            ValueRef::Map(entries) => Some(MapRef { entries }),
-            _ => None,
-        }
-    }
-
-    /// The value under `key`, which may be encoded as str or as bin.
-    pub(crate) fn get(&self, key: &str) -> Option<&'v ValueRef<'a>> {
-        self.entries
-            .iter()
-            .find(|(k, _)| key_bytes(k) == Some(key.as_bytes()))
-            .map(|(_, v)| v)
-    }
-
-    fn entries(&self) -> &'v [(ValueRef<'a>, ValueRef<'a>)] {
-        self.entries
-    }
-}
-
-/// The text of a msgpack str.
-pub(crate) fn as_str<'v>(value: &'v ValueRef<'_>) -> Option<&'v str> {
-    match value {
-        ValueRef::String(s) => s.as_str(),
-        _ => None,
-    }
-}
-
-fn key_bytes<'v>(key: &'v ValueRef<'_>) -> Option<&'v [u8]> {
-    match key {
-        ValueRef::String(s) => Some(s.as_bytes()),
-        ValueRef::Binary(b) => Some(b),
-        _ => None,
-    }
-}
-
-/// The value under `key`, or an error naming the missing field.
-pub(crate) fn field<'v, 'a>(map: &MapRef<'v, 'a>, key: &str) -> Result<&'v ValueRef<'a>, String> {
-    map.get(key).ok_or_else(|| format!("missing field {key:?}"))
-}
-
-fn text<'v>(map: &MapRef<'v, '_>, key: &str) -> Result<&'v str, String> {
-    match field(map, key)? {
-        ValueRef::String(s) => s
-            .as_str()
-            .ok_or_else(|| format!("field {key:?} is not UTF-8")),
-        _ => Err(format!("field {key:?} must be a string")),
-    }
-}
-
-fn uint(map: &MapRef<'_, '_>, key: &str) -> Result<u64, String> {
-    field(map, key)?
-        .as_u64()
-        .ok_or_else(|| format!("field {key:?} must be a non-negative integer"))
-}
-
-fn optional<'v, 'a>(map: &MapRef<'v, 'a>, key: &str) -> Option<&'v ValueRef<'a>> {
-    map.get(key).filter(|v| !matches!(v, ValueRef::Nil))
-}
-
-fn obj<'a>(entries: Vec<(&'a str, ValueRef<'a>)>) -> ValueRef<'a> {
-    ValueRef::Map(
-        entries
-            .into_iter()
-            .map(|(k, v)| (ValueRef::from(k), v))
-            .collect(),
-    )
-}
-
 /// Decodes `{"name": <ndarray>, ...}`.
-fn decode_tensors(value: &ValueRef<'_>, what: &str) -> Result<Vec<(String, Tensor)>, String> {
-    let map = MapRef::new(value).ok_or_else(|| format!("{what:?} must be a map of arrays"))?;
+fn decode_tensors(
+    value: &ValueRef<'_>,
+    what: &'static str,
+) -> Result<Vec<(String, Tensor)>, TensorsError> {
+    let map = MapRef::new(value).ok_or(TensorsError::NotAMap(what))?;
     map.entries()
         .iter()
         .map(|(k, v)| {
             let name = key_bytes(k)
                 .and_then(|b| std::str::from_utf8(b).ok())
-                .ok_or_else(|| format!("{what:?} keys must be strings"))?;
-            let tensor = Tensor::from_value(v).map_err(|e| format!("{what} {name:?}: {e}"))?;
+                .ok_or(TensorsError::KeyNotText(what))?;
+            let tensor = Tensor::from_value(v).map_err(|source| TensorsError::Tensor {
+                what,
+                name: name.to_owned(),
+                source,
+            })?;
             Ok((name.to_owned(), tensor))
         })
         .collect()
@@ -338,11 +396,13 @@ impl ClientMessage {
     pub fn decode(value: &ValueRef<'_>) -> Result<ClientMessage, Rejection> {
         let map = MapRef::new(value).ok_or(Rejection::NotAMap)?;
         let id = map.get("id").and_then(ValueRef::as_u64);
-        let invalid = |message: String| Rejection::Invalid { id, message };
-        let kind = match map.get("type") {
-            Some(ValueRef::String(s)) => s.as_str().unwrap_or("<not utf-8>"),
-            Some(_) => return Err(invalid("field \"type\" must be a string".into())),
-            None => return Err(invalid("missing field \"type\"".into())),
+        let invalid = |e: InvalidMessage| Rejection::Invalid {
+            id,
+            message: e.to_string(),
+        };
+        let kind = match map.field("type").map_err(|e| invalid(e.into()))? {
+            ValueRef::String(s) => s.as_str().unwrap_or("<not utf-8>"),
+            _ => return Err(invalid(InvalidMessage::TypeNotText)),
         };
         match kind {
             "hello" => decode_hello(&map)
@@ -351,32 +411,26 @@ impl ClientMessage {
             "infer" => decode_infer(&map)
                 .map(ClientMessage::Infer)
                 .map_err(invalid),
-            other => Err(invalid(format!(
-                "unknown message type {other:?}; a client sends \"hello\" or \"infer\""
-            ))),
+            other => Err(invalid(InvalidMessage::UnknownType(other.to_owned()))),
         }
     }
 }
 
-fn decode_hello(map: &MapRef<'_, '_>) -> Result<Hello, String> {
-    let robot_type = text(map, "robot_type")?;
+fn decode_hello(map: &MapRef<'_, '_>) -> Result<Hello, InvalidMessage> {
+    let robot_type = map.text("robot_type")?;
     check_hello_text("robot_type", robot_type, MAX_ROBOT_TYPE_BYTES)?;
     if is_reserved_label(robot_type) {
-        return Err(format!(
-            "robot_type {robot_type:?} is reserved: {} are labels the metrics give a meaning \
-             of their own",
-            reserved_list()
-        ));
+        return Err(InvalidMessage::ReservedRobotType(robot_type.to_owned()));
     }
-    let robot_id = match optional(map, "robot_id") {
+    let robot_id = match map.optional("robot_id") {
         None => None,
         Some(ValueRef::String(s)) => {
-            let id = s.as_str().ok_or("robot_id is not UTF-8")?;
+            let id = s.as_str().ok_or(InvalidMessage::RobotIdNotUtf8)?;
             check_hello_text("robot_id", id, MAX_ROBOT_ID_BYTES)?;
             Some(id.to_owned())
         }
         Some(ValueRef::Integer(n)) => Some(n.to_string()),
-        Some(_) => return Err("robot_id must be a string or an integer".into()),
+        Some(_) => return Err(InvalidMessage::RobotIdKind),
     };
     Ok(Hello {
         robot_type: robot_type.to_owned(),
@@ -390,18 +444,14 @@ pub(crate) fn reserved_list() -> String {
     quoted.join(" and ")
 }
 
-fn decode_infer(map: &MapRef<'_, '_>) -> Result<InferRequest, String> {
-    let id = uint(map, "id")?;
-    let inputs = decode_tensors(field(map, "inputs")?, "input")?;
+fn decode_infer(map: &MapRef<'_, '_>) -> Result<InferRequest, InvalidMessage> {
+    let id = map.uint("id")?;
+    let inputs = decode_tensors(map.field("inputs")?, "input")?;
     // 0 is no deadline, as nil is: clients whose structs default every field to 0 (protobuf
     // style) would otherwise have every request refused as already late.
-    let deadline_us = match optional(map, "deadline_us") {
+    let deadline_us = match map.optional("deadline_us") {
         None => None,
-        Some(v) => Some(
-            v.as_u64()
-                .ok_or("deadline_us must be a non-negative integer")?,
-        )
-        .filter(|&us| us != 0),
+        Some(v) => Some(v.as_u64().ok_or(InvalidMessage::Deadline)?).filter(|&us| us != 0),
     };
     Ok(InferRequest {
         id,
@@ -447,7 +497,8 @@ impl ServerMessage {
 
     /// Decodes a frame body from the server.
     pub fn decode(body: &[u8]) -> Result<ServerMessage> {
-        let value = crate::protocol::decode_body(body).map_err(Error::Protocol)?;
+        let value =
+            crate::protocol::decode_body(body).map_err(|e| Error::Protocol(e.to_string()))?;
         decode_server(&value).map_err(|e| Error::Protocol(format!("bad server message: {e}")))
     }
 }
@@ -496,101 +547,120 @@ fn encode_metadata(m: &Metadata) -> Vec<u8> {
     ]))
 }
 
-fn decode_server(value: &ValueRef<'_>) -> Result<ServerMessage, String> {
-    let map = MapRef::new(value).ok_or("not a map")?;
-    match text(&map, "type")? {
+fn decode_server(value: &ValueRef<'_>) -> Result<ServerMessage, BadServerMessage> {
+    let map = MapRef::new(value).ok_or(BadServerMessage::NotAMessage)?;
+    let sub_map = |key: &'static str| {
+        map.field(key)
+            .map(MapRef::new)?
+            .ok_or(BadServerMessage::NotAMap(key))
+    };
+    match map.text("type")? {
         "metadata" => decode_metadata(&map).map(ServerMessage::Metadata),
         "result" => {
-            let timing = MapRef::new(field(&map, "timing")?).ok_or("timing must be a map")?;
+            let timing = sub_map("timing")?;
             Ok(ServerMessage::Result(InferResult {
-                id: uint(&map, "id")?,
-                outputs: decode_tensors(field(&map, "outputs")?, "output")?,
+                id: map.uint("id")?,
+                outputs: decode_tensors(map.field("outputs")?, "output")?,
                 timing: Timing {
-                    queue_us: uint(&timing, "queue_us")?,
-                    compute_us: uint(&timing, "compute_us")?,
-                    total_us: uint(&timing, "total_us")?,
+                    queue_us: timing.uint("queue_us")?,
+                    compute_us: timing.uint("compute_us")?,
+                    total_us: timing.uint("total_us")?,
                 },
             }))
         }
         "error" => {
-            let id = match optional(&map, "id") {
+            let id = match map.optional("id") {
                 None => None,
-                Some(v) => Some(v.as_u64().ok_or("id must be an integer or nil")?),
+                Some(v) => Some(v.as_u64().ok_or(BadServerMessage::Id)?),
             };
-            let error = MapRef::new(field(&map, "error")?).ok_or("error must be a map")?;
-            let code = text(&error, "code")?;
+            let error = sub_map("error")?;
+            let code = error.text("code")?;
             Ok(ServerMessage::Error(ErrorReply {
                 id,
-                code: ErrorCode::from_name(code).ok_or_else(|| format!("unknown code {code:?}"))?,
-                message: text(&error, "message")?.to_owned(),
+                code: ErrorCode::from_name(code)
+                    .ok_or_else(|| BadServerMessage::UnknownCode(code.to_owned()))?,
+                message: error.text("message")?.to_owned(),
             }))
         }
-        other => Err(format!("unknown message type {other:?}")),
+        other => Err(BadServerMessage::UnknownType(other.to_owned())),
     }
 }
 
-fn decode_metadata(map: &MapRef<'_, '_>) -> Result<Metadata, String> {
-    let specs = |key: &str| -> Result<Vec<TensorSpec>, String> {
-        let ValueRef::Array(list) = field(map, key)? else {
-            return Err(format!("{key} must be an array"));
-        };
-        list.iter()
-            .map(|v| {
-                let s = MapRef::new(v).ok_or_else(|| format!("{key} entries must be maps"))?;
-                let ValueRef::Array(dims) = field(&s, "shape")? else {
-                    return Err("shape must be an array".into());
-                };
-                Ok(TensorSpec {
-                    name: text(&s, "name")?.to_owned(),
-                    dtype: text(&s, "dtype")?.to_owned(),
-                    shape: dims
-                        .iter()
-                        .map(ValueRef::as_u64)
-                        .collect::<Option<_>>()
-                        .ok_or("shape must hold integers")?,
-                })
+/// The array under `key`; `path` names it in the error.
+fn array<'v, 'a>(
+    map: &MapRef<'v, 'a>,
+    key: &str,
+    path: impl FnOnce() -> String,
+) -> Result<&'v [ValueRef<'a>], BadServerMessage> {
+    match map.field(key)? {
+        ValueRef::Array(list) => Ok(list),
+        _ => Err(BadServerMessage::NotAnArray(path())),
+    }
+}
+
+/// The metadata's `inputs` or `outputs`.
+fn decode_specs(map: &MapRef<'_, '_>, key: &str) -> Result<Vec<TensorSpec>, BadServerMessage> {
+    array(map, key, || key.to_owned())?
+        .iter()
+        .map(|v| {
+            let s = MapRef::new(v).ok_or_else(|| BadServerMessage::SpecNotAMap(key.to_owned()))?;
+            let dims = array(&s, "shape", || "shape".to_owned())?;
+            Ok(TensorSpec {
+                name: s.text("name")?.to_owned(),
+                dtype: s.text("dtype")?.to_owned(),
+                shape: dims
+                    .iter()
+                    .map(ValueRef::as_u64)
+                    .collect::<Option<_>>()
+                    .ok_or(BadServerMessage::ShapeValues)?,
             })
-            .collect()
-    };
-    let floats = |m: &MapRef<'_, '_>, key: &str| -> Result<Vec<f32>, String> {
-        let ValueRef::Array(list) = field(m, key)? else {
-            return Err(format!("action_limits.{key} must be an array"));
-        };
-        list.iter()
-            .map(|v| match v {
-                ValueRef::F32(x) => Ok(*x),
-                ValueRef::F64(x) => Ok(*x as f32),
-                _ => Err(format!("action_limits.{key} must hold floats")),
-            })
-            .collect()
-    };
-    let action_limits = match optional(map, "action_limits") {
+        })
+        .collect()
+}
+
+/// `action_limits.low` or `action_limits.high`.
+fn decode_bounds(limits: &MapRef<'_, '_>, key: &'static str) -> Result<Vec<f32>, BadServerMessage> {
+    array(limits, key, || format!("action_limits.{key}"))?
+        .iter()
+        .map(|v| match v {
+            ValueRef::F32(x) => Ok(*x),
+            ValueRef::F64(x) => Ok(*x as f32),
+            _ => Err(BadServerMessage::LimitValues(key)),
+        })
+        .collect()
+}
+
+fn decode_metadata(map: &MapRef<'_, '_>) -> Result<Metadata, BadServerMessage> {
+    let action_limits = match map.optional("action_limits") {
         None => None,
         Some(v) => {
-            let l = MapRef::new(v).ok_or("action_limits must be a map or nil")?;
+            let l = MapRef::new(v).ok_or(BadServerMessage::LimitsNotAMap)?;
             Some(ActionLimits {
-                low: floats(&l, "low")?,
-                high: floats(&l, "high")?,
+                low: decode_bounds(&l, "low")?,
+                high: decode_bounds(&l, "high")?,
             })
         }
     };
-    let model = MapRef::new(field(map, "model")?).ok_or("model must be a map")?;
+    let model = map
+        .field("model")
+        .map(MapRef::new)?
+        .ok_or(BadServerMessage::NotAMap("model"))?;
     Ok(Metadata {
-        protocol_version: u32::try_from(uint(map, "protocol_version")?)
-            .map_err(|_| "protocol_version out of range")?,
-        server: text(map, "server")?.to_owned(),
+        protocol_version: u32::try_from(map.uint("protocol_version")?)
+            .map_err(|_| BadServerMessage::ProtocolVersion)?,
+        server: map.text("server")?.to_owned(),
         model: ModelDescription {
-            name: text(&model, "name")?.to_owned(),
-            version: text(&model, "version")?.to_owned(),
-            backend: text(&model, "backend")?.to_owned(),
-            device: text(&model, "device")?.to_owned(),
+            name: model.text("name")?.to_owned(),
+            version: model.text("version")?.to_owned(),
+            backend: model.text("backend")?.to_owned(),
+            device: model.text("device")?.to_owned(),
         },
-        inputs: specs("inputs")?,
-        outputs: specs("outputs")?,
+        inputs: decode_specs(map, "inputs")?,
+        outputs: decode_specs(map, "outputs")?,
         action_limits,
-        max_frame_bytes: uint(map, "max_frame_bytes")?,
-        max_in_flight: uint(map, "max_in_flight")?,
-        max_batch_size: uint(map, "max_batch_size")?,
+        max_frame_bytes: map.uint("max_frame_bytes")?,
+        max_in_flight: map.uint("max_in_flight")?,
+        max_batch_size: map.uint("max_batch_size")?,
     })
 }
 

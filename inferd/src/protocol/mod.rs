@@ -4,17 +4,22 @@
 mod code;
 mod frame;
 mod message;
+mod msgpack;
 mod ndarray;
 
 pub use self::code::ErrorCode;
 pub use self::frame::{
-    decode_body, encode_frame, FrameCodec, FrameError, DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES,
+    decode_body, encode_frame, BodyError, FrameCodec, FrameError, DEFAULT_MAX_FRAME_BYTES,
+    HEADER_BYTES,
 };
-pub(crate) use self::message::{as_str, reserved_list, MapRef};
+pub(crate) use self::message::reserved_list;
 pub use self::message::{
-    is_reserved_label, ActionLimits, ClientMessage, ErrorReply, Hello, InferRequest, InferResult,
-    Metadata, ModelDescription, Rejection, ServerMessage, TensorSpec, Timing, MAX_ROBOT_ID_BYTES,
-    MAX_ROBOT_TYPE_BYTES, PROTOCOL_VERSION, RESERVED_LABELS,
+    is_reserved_label, ActionLimits, BadServerMessage, ClientMessage, ErrorReply, Hello,
+    InferRequest, InferResult, InvalidMessage, Metadata, ModelDescription, Rejection,
+    ServerMessage, TensorSpec, TensorsError, Timing, MAX_ROBOT_ID_BYTES, MAX_ROBOT_TYPE_BYTES,
+    PROTOCOL_VERSION, RESERVED_LABELS,
 };
+pub use self::msgpack::FieldError;
+pub(crate) use self::msgpack::{as_str, MapRef};
 pub(crate) use self::ndarray::f32s_from_le;
-pub use self::ndarray::{Tensor, DTYPE_F32, MAX_RANK};
+pub use self::ndarray::{Tensor, TensorError, DTYPE_F32, MAX_RANK};

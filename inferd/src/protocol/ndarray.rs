@@ -6,13 +6,59 @@
 
 use rmpv::ValueRef;
 
-use crate::protocol::message::{field, MapRef};
+use crate::protocol::msgpack::{FieldError, MapRef};
 
 /// The only dtype on the wire: little-endian float32, as numpy spells it.
 pub const DTYPE_F32: &str = "<f4";
 
 /// The most dimensions an array may have.
 pub const MAX_RANK: usize = 8;
+
+/// Why a msgpack value is not a float32 msgpack-numpy array.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TensorError {
+    /// Not a map at all.
+    #[error("an array must be a msgpack-numpy map")]
+    NotAMap,
+    /// A map without `"__ndarray__": true`.
+    #[error("an array must be a map with \"__ndarray__\": true")]
+    NoMarker,
+    /// `shape` or `data` is missing.
+    #[error(transparent)]
+    Field(#[from] FieldError),
+    /// `dtype` is missing or not a string.
+    #[error("array field \"dtype\" must be a string")]
+    DtypeNotText,
+    /// A dtype other than [`DTYPE_F32`]; holds it.
+    #[error("array dtype {0:?} is not supported; send {DTYPE_F32:?} (float32)")]
+    Dtype(String),
+    /// `shape` is not an array.
+    #[error("array field \"shape\" must be an array")]
+    ShapeNotArray,
+    /// More than [`MAX_RANK`] dimensions; holds how many.
+    #[error("array has {0} dimensions; at most {MAX_RANK}")]
+    Rank(usize),
+    /// A dimension that is not a non-negative integer.
+    #[error("array shape must hold non-negative integers")]
+    ShapeValues,
+    /// The dimensions' product overflows.
+    #[error("array shape overflows")]
+    Overflow,
+    /// `data` is not bin.
+    #[error("array field \"data\" must be bin")]
+    DataNotBin,
+    /// `data` does not hold 4 bytes per element.
+    #[error("array of shape {shape:?} needs {want} data bytes, got {got}")]
+    DataBytes {
+        /// The array's shape.
+        shape: Vec<usize>,
+        /// The bytes it needs.
+        want: usize,
+        /// The bytes sent.
+        got: usize,
+    },
+}
 
 /// A float32 array: its shape and its values in row-major order.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,46 +96,39 @@ impl Tensor {
     }
 
     /// Decodes a msgpack-numpy map, checking the marker, dtype, shape and byte count.
-    pub fn from_value(value: &ValueRef<'_>) -> Result<Tensor, String> {
-        let map = MapRef::new(value).ok_or("an array must be a msgpack-numpy map")?;
+    pub fn from_value(value: &ValueRef<'_>) -> Result<Tensor, TensorError> {
+        let map = MapRef::new(value).ok_or(TensorError::NotAMap)?;
         if map.get("__ndarray__") != Some(&ValueRef::Boolean(true)) {
-            return Err("an array must be a map with \"__ndarray__\": true".into());
+            return Err(TensorError::NoMarker);
         }
         let dtype = match map.get("dtype") {
             Some(ValueRef::String(s)) => s.as_str().unwrap_or("<not utf-8>"),
             Some(ValueRef::Binary(b)) => std::str::from_utf8(b).unwrap_or("<not utf-8>"),
-            _ => return Err("array field \"dtype\" must be a string".into()),
+            _ => return Err(TensorError::DtypeNotText),
         };
         if dtype != DTYPE_F32 {
-            return Err(format!(
-                "array dtype {dtype:?} is not supported; send {DTYPE_F32:?} (float32)"
-            ));
+            return Err(TensorError::Dtype(dtype.to_owned()));
         }
-        let shape = match field(&map, "shape")? {
+        let shape = match map.field("shape")? {
             ValueRef::Array(dims) if dims.len() <= MAX_RANK => dims
                 .iter()
                 .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
                 .collect::<Option<Vec<usize>>>()
-                .ok_or("array shape must hold non-negative integers")?,
-            ValueRef::Array(dims) => {
-                return Err(format!(
-                    "array has {} dimensions; at most {MAX_RANK}",
-                    dims.len()
-                ))
-            }
-            _ => return Err("array field \"shape\" must be an array".into()),
+                .ok_or(TensorError::ShapeValues)?,
+            ValueRef::Array(dims) => return Err(TensorError::Rank(dims.len())),
+            _ => return Err(TensorError::ShapeNotArray),
         };
-        let bytes = match field(&map, "data")? {
+        let bytes = match map.field("data")? {
             ValueRef::Binary(b) => *b,
-            _ => return Err("array field \"data\" must be bin".into()),
+            _ => return Err(TensorError::DataNotBin),
         };
-        let count = element_count(&shape).ok_or("array shape overflows")?;
+        let count = element_count(&shape).ok_or(TensorError::Overflow)?;
         if count.checked_mul(4) != Some(bytes.len()) {
-            return Err(format!(
-                "array of shape {shape:?} needs {} data bytes, got {}",
-                count.saturating_mul(4),
-                bytes.len()
-            ));
+            return Err(TensorError::DataBytes {
+                want: count.saturating_mul(4),
+                got: bytes.len(),
+                shape,
+            });
         }
         Ok(Tensor {
             shape,
@@ -123,7 +162,7 @@ mod tests {
         out
     }
 
-    fn decode(bytes: &[u8]) -> Result<Tensor, String> {
+    fn decode(bytes: &[u8]) -> Result<Tensor, TensorError> {
         Tensor::from_value(&rmpv::decode::read_value_ref(&mut &bytes[..]).unwrap())
     }
 
@@ -213,7 +252,7 @@ mod tests {
             (with("data", ValueRef::from("abcdefgh")), "must be bin"),
         ];
         for (value, want) in cases {
-            let err = Tensor::from_value(&value).unwrap_err();
+            let err = Tensor::from_value(&value).unwrap_err().to_string();
             assert!(err.contains(want), "{err:?} should mention {want:?}");
         }
     }

@@ -164,7 +164,7 @@ enum Outcome {
 /// Reads an answer's id and outcome: an `error` frame counts under its code, anything else
 /// carrying an id (a result, or the echo server's copy of the request) is a success.
 fn classify(body: &[u8]) -> Result<(Option<u64>, Outcome)> {
-    let value = decode_body(body).map_err(Error::Protocol)?;
+    let value = decode_body(body).map_err(|e| Error::Protocol(e.to_string()))?;
     let map = MapRef::new(&value).ok_or_else(|| Error::Protocol("answer is not a map".into()))?;
     let id = map.get("id").and_then(ValueRef::as_u64);
     if map.get("type").and_then(as_str) != Some("error") {
