@@ -28,19 +28,10 @@ pub enum LimitsError {
         /// Its upper bound.
         high: f32,
     },
-    /// An infinite bound, which would clamp nothing on that side.
-    #[error("action limit {index}: low {low} and high {high} must be finite")]
-    NotFinite {
-        /// The action dimension.
-        index: usize,
-        /// Its lower bound.
-        low: f32,
-        /// Its upper bound.
-        high: f32,
-    },
 }
 
-/// Per-dimension bounds that actions are clamped to: `low[i] <= high[i]`, all finite, one pair
+/// Per-dimension bounds that actions are clamped to: `low[i] <= high[i]` (an infinite bound
+/// leaves that side unclamped), one pair
 /// per action dimension. Only [`ActionBounds::new`] makes one, so holding one means the
 /// bounds were checked. Its wire form is [`crate::protocol::ActionLimits`].
 #[derive(Clone, Debug, PartialEq)]
@@ -63,13 +54,6 @@ impl ActionBounds {
             // Not `l > h`: NaN compares as neither, and must be refused too.
             if !matches!(l.partial_cmp(&h), Some(Ordering::Less | Ordering::Equal)) {
                 return Err(LimitsError::Unordered {
-                    index,
-                    low: l,
-                    high: h,
-                });
-            }
-            if !(l.is_finite() && h.is_finite()) {
-                return Err(LimitsError::NotFinite {
                     index,
                     low: l,
                     high: h,
@@ -214,7 +198,7 @@ mod tests {
     }
 
     #[test]
-    fn bounds_refuse_nan_disorder_infinity_and_length_mismatch() {
+    fn bounds_refuse_nan_disorder_and_length_mismatch() {
         let err = |low: Vec<f32>, high: Vec<f32>, width| {
             ActionBounds::new(low, high, width).unwrap_err().to_string()
         };
@@ -226,9 +210,9 @@ mod tests {
             err(vec![0.0, 2.0], vec![1.0, 1.5], 2),
             "action limit 1: low 2 is not <= high 1.5"
         );
-        assert_eq!(
-            err(vec![f32::NEG_INFINITY], vec![1.0], 1),
-            "action limit 0: low -inf and high 1 must be finite"
+        assert!(
+            ActionBounds::new(vec![f32::NEG_INFINITY], vec![1.0], 1).is_ok(),
+            "an infinite bound leaves that side unclamped, as it always did"
         );
         assert_eq!(
             err(vec![0.0], vec![1.0], 2),
