@@ -151,3 +151,73 @@ fn heartbeat_figures_in_docs_are_the_shm_layout_constants() {
         assert!(help.contains(&format!("{ms} ms")), "{help}");
     }
 }
+
+/// Every `Type::method` and file path docs/design.md names is in the code, so the design doc
+/// cannot go on describing a ledger or a table that was renamed or removed.
+#[test]
+fn design_doc_names_only_code_that_exists() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let design = std::fs::read_to_string(format!("{root}/docs/design.md")).unwrap();
+    let read = |path: &str| {
+        std::fs::read_to_string(format!("{root}/{path}"))
+            .unwrap_or_else(|e| panic!("docs/design.md names {path}, which cannot be read: {e}"))
+    };
+    // (what the doc says, the file that must define it, what the definition looks like)
+    let named = [
+        ("Ticket", "inferd/src/ledger.rs", "pub struct Ticket"),
+        ("Account::open", "inferd/src/ledger.rs", "pub fn open("),
+        ("Ticket::admit", "inferd/src/ledger.rs", "pub fn admit("),
+        ("Ticket::enqueue", "inferd/src/ledger.rs", "pub fn enqueue("),
+        ("Ticket::dequeue", "inferd/src/ledger.rs", "pub fn dequeue("),
+        ("Ticket::refuse", "inferd/src/ledger.rs", "pub fn refuse("),
+        ("Ticket::finish", "inferd/src/ledger.rs", "pub fn finish("),
+        ("Ledger::connect", "inferd/src/ledger.rs", "pub fn connect("),
+        (
+            "Scheduler::submit",
+            "inferd/src/scheduler/mod.rs",
+            "pub fn submit(",
+        ),
+        ("Backend::infer", "inferd/src/backend/mod.rs", "fn infer("),
+        (
+            "SafetyFilter::apply",
+            "inferd/src/safety.rs",
+            "pub fn apply(",
+        ),
+        ("exporter::CATALOG", "exporter/src/lib.rs", "CATALOG"),
+        ("CATALOG", "exporter/src/catalog.rs", "pub static CATALOG"),
+        (
+            "shm_layout::Gauge",
+            "shm-layout/src/writer.rs",
+            "pub enum Gauge",
+        ),
+        (
+            "shm_layout::Counter",
+            "shm-layout/src/writer.rs",
+            "pub enum Counter",
+        ),
+    ];
+    for (name, file, definition) in named {
+        assert!(
+            design.contains(name),
+            "docs/design.md no longer names {name}"
+        );
+        assert!(
+            read(file).contains(definition),
+            "docs/design.md names {name}, but {file} has no `{definition}`"
+        );
+    }
+    // Every source path the doc gives in back-quotes exists.
+    for path in design.split('`').skip(1).step_by(2) {
+        let looks_like_a_file = path.ends_with(".rs") && !path.contains(' ');
+        if !looks_like_a_file {
+            continue;
+        }
+        let found = ["inferd/src", "exporter/src", "shm-layout/src", ""]
+            .iter()
+            .any(|dir| std::path::Path::new(&format!("{root}/{dir}/{path}")).exists());
+        assert!(
+            found,
+            "docs/design.md names {path}, which is not in any crate's src/"
+        );
+    }
+}
