@@ -11,11 +11,10 @@
 //! constants below.
 //!
 //! To accept an intended change, rerun with `UPDATE_GOLDEN=1`, which rewrites the file, and
-//! review its diff. The page must also pass `promtool check metrics` where promtool is on PATH.
+//! review its diff. The page must also pass `promtool check metrics` (the shared runner in
+//! `tests/promtool.rs`; `scripts/setup-prometheus.sh` installs promtool).
 
-use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -194,44 +193,9 @@ fn golden_page_is_the_same_twice() {
 
 #[test]
 fn golden_page_passes_promtool() {
-    let found = Command::new("sh")
-        .args(["-c", "command -v promtool"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("promtool is not on PATH: skipping promtool check metrics of the golden page");
-        return;
-    }
     // The rendered page, which the other test holds equal to the file (reading the file here
     // would race with UPDATE_GOLDEN=1 rewriting it).
-    let page = golden_page();
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(page.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{report}"
-    );
-    assert!(
-        report.trim().is_empty(),
-        "promtool lint findings:\n{report}"
-    );
+    promtool_check_metrics(&golden_page());
 }
 
 #[test]

@@ -250,7 +250,7 @@ impl Worker {
             compute_ns: Some(compute_ns),
         };
         let id = job.ticket.id().unwrap_or_default();
-        let answer = match model.safety.apply(actions) {
+        let (outcome, answer) = match model.safety.apply(actions) {
             Verdict::Reject(reason) => {
                 self.shard.record_safety(model.segment_id, 0, Some(reason));
                 let message = format!(
@@ -292,7 +292,6 @@ impl Worker {
                 (outcome(Status::Ok), ServerMessage::Result(result))
             }
         };
-        let (outcome, answer) = answer;
         job.ticket
             .finish(outcome, &answer, Shard::Worker(&self.shard));
     }
