@@ -13,6 +13,9 @@
 //!   libtorch. [`BackendKind`] and [`Device`] choose among them.
 //! - Connections speak the [`protocol`] of `docs/protocol.md`: frames of msgpack maps with
 //!   openpi's msgpack-numpy arrays. Answers go back by id, so requests may be pipelined.
+//! - Every request is counted by one ledger entry, from the frame that carried it to its one
+//!   answer: the ticket owns its in-flight and queue places and its one record into the
+//!   segment (`ledger.rs`; `docs/design.md` draws the whole path).
 //! - Workers batch requests as Triton's dynamic batcher does, refuse expired deadlines before
 //!   compute, and pass every output through the [`SafetyFilter`].
 //! - [`Client`] is the Rust client; [`run_bench`] and [`serve_echo`] are the load generator
