@@ -1,3 +1,5 @@
+//! Fixed histogram buckets, and the branch-light functions that map a value to its bucket.
+//!
 //! - Durations: upper bounds of 1 µs × 2^i for i = 0..=25 (1 µs to 33.6 s), then 60 s, then +Inf:
 //!   28 buckets. Powers of two make the index a `leading_zeros`, which is what keeps recording a
 //!   request under 10 ns.
