@@ -10,7 +10,7 @@ use inferd::protocol::{ClientMessage, InferRequest, ServerMessage, Tensor};
 use shm_layout::Status;
 
 use crate::faults::{hello_frame, segment_count, sum, Robot};
-use crate::util::{wait_for, Exporter, Inferd};
+use crate::util::{wait_for, Cleanup, Exporter, Inferd};
 
 /// Every endpoint the exporter serves.
 const ENDPOINTS: [&str; 5] = [
@@ -145,7 +145,7 @@ fn shrunk_segment_does_not_kill_the_exporter() {
     // then shrink it under the exporter.
     let evil_name = format!("{}-evil", d.segment_name);
     let evil = Path::new(shm_layout::DEFAULT_DIR).join(&evil_name);
-    let _cleanup = RemoveOnDrop(evil.clone());
+    let _cleanup = Cleanup(evil.clone());
     std::fs::copy(d.segment_path(), &evil).unwrap();
     wait_for("the exporter to read the copy", || {
         exporter
@@ -205,9 +205,9 @@ fn a_fifo_swapped_over_a_segment_name_does_not_hang_the_exporter() {
     let file = dir.join(format!(".{name}.file"));
     let fifo = dir.join(format!(".{name}.fifo"));
     let _cleanup = [
-        RemoveOnDrop(target.clone()),
-        RemoveOnDrop(file.clone()),
-        RemoveOnDrop(fifo.clone()),
+        Cleanup(target.clone()),
+        Cleanup(file.clone()),
+        Cleanup(fifo.clone()),
     ];
     std::fs::copy(d.segment_path(), &file).unwrap();
     let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
@@ -266,7 +266,7 @@ fn foreign_segments_are_not_shown_as_daemons() {
     exporter_sees(&exporter, &d.segment_name);
     let foreign_name = format!("{}-foreign", d.segment_name);
     let foreign = Path::new(shm_layout::DEFAULT_DIR).join(&foreign_name);
-    let _cleanup = RemoveOnDrop(foreign.clone());
+    let _cleanup = Cleanup(foreign.clone());
     std::fs::copy(d.segment_path(), &foreign).unwrap();
     // Another user's file: nobody (65534) stands for anyone who can write /dev/shm.
     if std::os::unix::fs::chown(&foreign, Some(65_534), Some(65_534)).is_err() {
@@ -294,15 +294,6 @@ fn foreign_segments_are_not_shown_as_daemons() {
         ),
         Some(1.0)
     );
-}
-
-/// Removes a file when dropped.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 #[test]

@@ -11,7 +11,7 @@ use shm_layout::{SegmentReader, Snapshot};
 /// Patience, names, waiting and free ports, shared with the workspace's other test binaries.
 #[path = "support.rs"]
 mod support;
-pub use support::{eventually, exited, free_port, unique, wait_for, PATIENCE};
+pub use support::{eventually, exited, free_port, unique, wait_for, Cleanup, PATIENCE};
 
 /// `promtool check metrics` and a Prometheus server, shared with the exporter's tests.
 #[path = "promtool.rs"]

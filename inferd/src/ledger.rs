@@ -21,7 +21,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shm_layout::{Counter, Gauge, ModelId, RequestSample, RobotTypeId, ShardWriter, Status};
+use shm_layout::{
+    duration_ns, Counter, Gauge, ModelId, RequestSample, RobotTypeId, ShardWriter, Status,
+};
 
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -256,7 +258,7 @@ impl Ticket {
             model: outcome.model,
             robot_type: self.request.robot_type,
             status: outcome.status,
-            e2e_ns: ns(self.age()),
+            e2e_ns: duration_ns(self.age()),
             queue_wait_ns: outcome.queue_wait_ns,
             compute_ns: outcome.compute_ns,
             request_bytes: self.request.request_bytes,
@@ -305,19 +307,12 @@ impl Drop for Ticket {
     }
 }
 
-/// A duration in nanoseconds, saturating.
-pub fn ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::tests::metrics;
     use shm_layout::{SegmentReader, Snapshot};
-    use std::sync::atomic::AtomicUsize;
     use tokio::io::AsyncReadExt;
-
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
 
     struct Fixture {
         metrics: Arc<Metrics>,
@@ -328,13 +323,7 @@ mod tests {
 
     impl Fixture {
         fn new() -> Fixture {
-            let name = format!(
-                "inferd-ledger-test-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            );
-            let metrics =
-                Arc::new(Metrics::create(std::path::Path::new("/dev/shm"), &name).unwrap());
+            let metrics = Arc::new(metrics());
             let (ours, peer) = tokio::net::UnixStream::pair().unwrap();
             let (outbox, writer) = crate::outbox::outbox();
             let writer = tokio::spawn(writer.run(ours.into_split().1, 0));
@@ -468,8 +457,7 @@ mod tests {
 
     #[test]
     fn connections_past_the_limit_are_refused_counted_and_given_back() {
-        let name = format!("inferd-ledger-conn-{}", std::process::id());
-        let metrics = Arc::new(Metrics::create(std::path::Path::new("/dev/shm"), &name).unwrap());
+        let metrics = Arc::new(metrics());
         let ledger = Ledger::new(Arc::clone(&metrics));
         let a = ledger.connect(2).unwrap();
         let b = ledger.connect(2).unwrap();

@@ -138,14 +138,15 @@ impl Metrics {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use shm_layout::{SegmentReader, Status};
     use std::sync::atomic::AtomicUsize;
 
     static NEXT: AtomicUsize = AtomicUsize::new(0);
 
-    fn metrics() -> Metrics {
+    /// A fresh segment in /dev/shm under a name no other test uses; the caller removes it.
+    pub(crate) fn metrics() -> Metrics {
         let name = format!(
             "inferd-metrics-test-{}-{}",
             std::process::id(),

@@ -66,8 +66,8 @@ pub use crate::snapshot::{
     ShardSnapshot, Snapshot,
 };
 pub use crate::writer::{
-    unix_ns, Counter, CounterWriter, Gauge, GaugeWriter, ModelId, ModelInfo, RequestSample,
-    RobotTypeId, SegmentOptions, SegmentWriter, ShardWriter,
+    duration_ns, unix_ns, Counter, CounterWriter, Gauge, GaugeWriter, ModelId, ModelInfo,
+    RequestSample, RobotTypeId, SegmentOptions, SegmentWriter, ShardWriter,
 };
 
 /// How often inferd stores its heartbeat (`heartbeat_unix_ns`, release): the writer's side of

@@ -714,7 +714,9 @@ pub fn unix_ns(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(duration_ns).unwrap_or(0)
 }
 
-fn duration_ns(d: Duration) -> u64 {
+/// A duration in nanoseconds, the unit of every `_ns` field; saturating, so that no duration
+/// wraps to a small one.
+pub fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 

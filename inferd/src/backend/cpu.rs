@@ -65,7 +65,7 @@ impl Backend for CpuBackend {
                     batch.rows.saturating_mul(self.metadata.input_size)
                 ))
             })?;
-        let compute_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let compute_ns = shm_layout::duration_ns(start.elapsed());
         Ok(BatchOutput { output, compute_ns })
     }
 }

@@ -110,7 +110,7 @@ impl Backend for TorchBackend {
             .f_to(TorchDevice::Cpu)
             .and_then(|t| t.f_reshape([-1]))
             .map_err(failed)?;
-        let compute_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let compute_ns = shm_layout::duration_ns(start.elapsed());
         let output = Vec::<f32>::try_from(&output).map_err(failed)?;
         Ok(BatchOutput { output, compute_ns })
     }

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
-use shm_layout::{Gauge, ShardWriter, Status};
+use shm_layout::{duration_ns, Gauge, ShardWriter, Status};
 
 use crate::backend::Batch;
-use crate::ledger::{ns, Outcome, Shard};
+use crate::ledger::{Outcome, Shard};
 use crate::metrics::Metrics;
 use crate::model::{LoadedModel, ModelStore};
 use crate::protocol::{ErrorCode, ErrorReply, InferResult, ServerMessage, Tensor, Timing};
@@ -144,7 +144,9 @@ impl Worker {
         let abandon = self.shared.abandon.load(Ordering::Acquire);
         let mut live = Vec::with_capacity(batch.len());
         for job in batch {
-            let queue_ns = Some(ns(start.saturating_duration_since(job.ticket.arrived())));
+            let queue_ns = Some(duration_ns(
+                start.saturating_duration_since(job.ticket.arrived()),
+            ));
             if abandon {
                 let msg = "inferd is shutting down: the drain timeout passed before this request was computed";
                 self.answer_error(&model, job, ErrorCode::ShuttingDown, msg.into(), queue_ns);
@@ -176,7 +178,7 @@ impl Worker {
             worker: self.index,
         });
         self.shard
-            .record_batch(model.segment_id, rows, ns(start.elapsed()));
+            .record_batch(model.segment_id, rows, duration_ns(start.elapsed()));
         self.sample_device_memory(&model);
         let width = model.metadata().output_size;
         let mut out = match result {
@@ -229,7 +231,9 @@ impl Worker {
             msg.escape_debug()
         );
         for job in jobs {
-            let queue_ns = Some(ns(start.saturating_duration_since(job.ticket.arrived())));
+            let queue_ns = Some(duration_ns(
+                start.saturating_duration_since(job.ticket.arrived()),
+            ));
             self.answer_error(model, job, ErrorCode::ModelError, msg.to_owned(), queue_ns);
         }
     }
@@ -242,7 +246,7 @@ impl Worker {
         start: Instant,
         compute_ns: u64,
     ) {
-        let queue_ns = ns(start.saturating_duration_since(job.ticket.arrived()));
+        let queue_ns = duration_ns(start.saturating_duration_since(job.ticket.arrived()));
         let outcome = |status| Outcome {
             model: model.segment_id,
             status,
@@ -286,7 +290,7 @@ impl Worker {
                     timing: Timing {
                         queue_us: queue_ns / 1_000,
                         compute_us: compute_ns / 1_000,
-                        total_us: ns(job.ticket.age()) / 1_000,
+                        total_us: duration_ns(job.ticket.age()) / 1_000,
                     },
                 };
                 (outcome(Status::Ok), ServerMessage::Result(result))
