@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use inferd::protocol::{
-    ClientMessage, Hello, InferRequest, Metadata, ServerMessage, Tensor, HEADER_BYTES,
+    ClientMessage, Hello, InferRequest, Input, Metadata, ServerMessage, Tensor, HEADER_BYTES,
 };
 use serde_json::Value;
 use shm_layout::Status;
@@ -76,10 +76,7 @@ impl Robot {
     fn frame(&mut self, obs: Vec<f32>, deadline_us: Option<u64>) -> Vec<u8> {
         let id = self.next_id;
         self.next_id += 1;
-        let input = Tensor {
-            shape: vec![obs.len()],
-            data: obs,
-        };
+        let input = Input::Tensor(Tensor::new(vec![obs.len()], obs).expect("a vector"));
         let name = self.metadata.inputs[0].name.clone();
         ClientMessage::Infer(InferRequest {
             id,

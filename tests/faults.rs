@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use inferd::protocol::{ClientMessage, Hello, InferRequest, Metadata, ServerMessage, Tensor};
+use inferd::protocol::{ClientMessage, Hello, InferRequest, Input, Metadata, ServerMessage, Tensor};
 use shm_layout::{Snapshot, Status};
 
 use crate::util::{http_get, http_get_any, unique, wait_for, Exporter, Inferd, PATIENCE};
@@ -73,7 +73,7 @@ pub fn infer_frame(id: u64, obs: &[f32]) -> Vec<u8> {
     let input = Tensor::new(vec![obs.len()], obs.to_vec()).expect("a 1-d tensor");
     ClientMessage::Infer(InferRequest {
         id,
-        inputs: vec![("obs".to_owned(), input)],
+        inputs: vec![("obs".to_owned(), Input::Tensor(input))],
         deadline_us: None,
     })
     .encode()

@@ -6,7 +6,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use inferd::protocol::{ClientMessage, InferRequest, ServerMessage, Tensor};
+use inferd::protocol::{ClientMessage, InferRequest, Input, ServerMessage, Tensor};
 use shm_layout::Status;
 
 use crate::faults::{hello_frame, segment_count, sum, Robot};
@@ -326,7 +326,7 @@ fn the_exporter_exposes_no_robot_payloads() {
         id: 3,
         inputs: vec![(
             INPUT_NAME.to_owned(),
-            Tensor::new(vec![width], obs.clone()).unwrap(),
+            Input::Tensor(Tensor::new(vec![width], obs.clone()).unwrap()),
         )],
         deadline_us: None,
     });

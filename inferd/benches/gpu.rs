@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use inferd::{
-    cuda_device_count, Activation, Backend, BackendOptions, Batch, CpuBackend, CudaBackend, Device,
+    cuda_device_count, Activation, Backend, BackendOptions, Batch, BatchInputs, CpuBackend, CudaBackend, Device,
     Linear, MlpPolicy,
 };
 
@@ -124,20 +124,22 @@ fn main() {
         cuda_graph_max_batch: args.graph_max,
     };
     let cuda = CudaBackend::new(&policy, 0, &options).expect("the cuda backend loads");
-    let cpu = CpuBackend::new(policy.clone());
+    let cpu = CpuBackend::new(policy.clone()).expect("the cpu backend loads");
 
     let mut inferd_us = Vec::new();
     for &rows in &args.batches {
-        let input: Vec<f32> = (0..rows * WIDTHS[0])
-            .map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0)
-            .collect();
+        let input = BatchInputs::Features(
+            (0..rows * WIDTHS[0])
+                .map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0)
+                .collect(),
+        );
         let batch = Batch {
             rows,
-            input: &input,
+            inputs: &input,
             worker: 0,
         };
-        let want = cpu.infer(batch).unwrap().output;
-        let got = cuda.infer(batch).unwrap().output;
+        let want = cpu.infer(batch).unwrap().to_f32(0);
+        let got = cuda.infer(batch).unwrap().to_f32(0);
         for (g, w) in got.iter().zip(&want) {
             assert!(
                 (g - w).abs() <= 1e-4 * (1.0 + w.abs()),

@@ -18,7 +18,7 @@
 //! exporter shows.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shm_layout::{
@@ -77,6 +77,9 @@ pub struct Account {
     metrics: Arc<Metrics>,
     outbox: Outbox,
     in_flight: AtomicUsize,
+    /// The last action step answered on this connection, which `--action-max-step-delta`
+    /// limits the next chunk's first step against; empty before the first.
+    last_step: Mutex<Vec<f32>>,
 }
 
 impl Account {
@@ -86,6 +89,7 @@ impl Account {
             metrics,
             outbox,
             in_flight: AtomicUsize::new(0),
+            last_step: Mutex::new(Vec::new()),
         })
     }
 
@@ -192,6 +196,15 @@ impl Ticket {
     /// When the request's frame had been read.
     pub fn arrived(&self) -> Instant {
         self.request.arrived
+    }
+
+    /// The last action step answered on the request's connection (empty before the first),
+    /// for the safety filter's step-delta limit. Only that limit locks it.
+    pub fn last_step(&self) -> std::sync::MutexGuard<'_, Vec<f32>> {
+        self.account
+            .last_step
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The time since the request's frame was read.

@@ -38,6 +38,7 @@
 // The daemon: options, the server and its scheduler, the backends that run a policy, and the
 // metrics segment it records into.
 mod backend;
+mod batch;
 mod config;
 mod error;
 mod ledger;
@@ -51,6 +52,7 @@ mod safety;
 mod scheduler;
 mod server;
 mod signals;
+pub mod signature;
 mod socket_path;
 mod systemd;
 
@@ -62,8 +64,9 @@ mod tools;
 #[cfg(feature = "torch")]
 pub use crate::backend::TorchBackend;
 pub use crate::backend::{
-    cuda_device_count, Backend, BackendKind, BackendOptions, Batch, BatchOutput, CpuBackend,
-    CudaBackend, Device, ModelMetadata, ModelSource, UnknownDevice,
+    cuda_device_count, Backend, BackendKind, BackendOptions, Batch, BatchInputs, BatchOutput,
+    CpuBackend, CudaBackend, Device, Layout, ModelMetadata, ModelSource, StackedInput,
+    UnknownDevice,
 };
 pub use crate::config::{Config, IO_THREADS};
 pub use crate::error::{Error, Result, EXIT_CONFIG};
@@ -73,7 +76,9 @@ pub use crate::policy::{
     UnknownActivation, DEFAULT_OBS_EPS, DEMO_WIDTHS, MAX_POLICY_FILE_BYTES, MLP_FORMAT,
     MLP_FORMAT_VERSION,
 };
-pub use crate::safety::{ActionBounds, LimitsError, SafetyFilter, Verdict};
+pub use crate::safety::{
+    ActionBounds, Clamps, LimitsError, SafetyFilter, StepDeltaError, Verdict,
+};
 pub use crate::server::run;
 pub use crate::socket_path::default_socket_path;
 

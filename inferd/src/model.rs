@@ -10,9 +10,10 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::{
     is_reserved_label, reserved_list, ActionLimits, Metadata, ModelDescription, ServerMessage,
-    TensorSpec, DTYPE_F32, PROTOCOL_VERSION,
+    TensorSpec, PROTOCOL_VERSION,
 };
 use crate::safety::{ActionBounds, SafetyFilter};
+use crate::signature::{InputKind, TEXT_DTYPE};
 use crate::{Error, Result};
 
 /// A model ready to serve: its backend, safety filter, segment slot, and the metadata frame
@@ -26,6 +27,9 @@ pub struct LoadedModel {
     pub segment_id: ModelId,
     /// The encoded metadata frame, sent first on every connection.
     pub metadata_frame: Vec<u8>,
+    /// The largest frame a connection reads: `--max-frame-bytes`, or what the signature
+    /// needs (announced in the metadata frame).
+    pub max_frame_bytes: usize,
 }
 
 impl LoadedModel {
@@ -60,15 +64,15 @@ impl LoadedModel {
                 reserved_list()
             )));
         }
-        let limits = match config.action_limits(meta.output_size) {
+        let width = meta.signature.action_width();
+        let limits = match config.action_limits(width) {
             Some((low, high)) => Some(
-                ActionBounds::new(low, high, meta.output_size)
-                    .map_err(|e| model_error(e.to_string()))?,
+                ActionBounds::new(low, high, width).map_err(|e| model_error(e.to_string()))?,
             ),
             None => meta.action_limits.clone(),
         };
-        let safety =
-            SafetyFilter::new(limits, meta.output_size).map_err(|e| model_error(e.to_string()))?;
+        let safety = SafetyFilter::new(limits, width).map_err(|e| model_error(e.to_string()))?;
+        let max_frame_bytes = config.frame_limit(&meta.signature);
         let metadata_frame = metadata_frame(config, meta, &safety);
         let segment_id = metrics.writer().register_model(
             &ModelInfo {
@@ -84,6 +88,7 @@ impl LoadedModel {
             safety,
             segment_id,
             metadata_frame,
+            max_frame_bytes,
         })
     }
 }
@@ -101,11 +106,37 @@ pub fn metadata_frame(config: &Config, meta: &ModelMetadata, safety: &SafetyFilt
 }
 
 fn metadata(config: &Config, meta: &ModelMetadata, safety: &SafetyFilter) -> Metadata {
-    let spec = |name: &str, size: usize| TensorSpec {
-        name: name.to_owned(),
-        dtype: DTYPE_F32.to_owned(),
-        shape: vec![size as u64],
-    };
+    let dims = |shape: &[usize]| shape.iter().map(|&d| d as u64).collect();
+    let inputs = meta
+        .signature
+        .inputs()
+        .iter()
+        .map(|s| match &s.kind {
+            InputKind::Tensor { dtype, shape } => TensorSpec {
+                name: s.name.clone(),
+                dtype: dtype.as_str().to_owned(),
+                shape: dims(shape),
+                max_bytes: None,
+            },
+            InputKind::Text { max_bytes } => TensorSpec {
+                name: s.name.clone(),
+                dtype: TEXT_DTYPE.to_owned(),
+                shape: vec![],
+                max_bytes: Some(*max_bytes as u64),
+            },
+        })
+        .collect();
+    let outputs = meta
+        .signature
+        .outputs()
+        .iter()
+        .map(|o| TensorSpec {
+            name: o.name.clone(),
+            dtype: o.dtype.as_str().to_owned(),
+            shape: dims(&o.shape),
+            max_bytes: None,
+        })
+        .collect();
     Metadata {
         protocol_version: PROTOCOL_VERSION,
         server: format!("inferd {}", env!("CARGO_PKG_VERSION")),
@@ -115,13 +146,14 @@ fn metadata(config: &Config, meta: &ModelMetadata, safety: &SafetyFilter) -> Met
             backend: meta.backend.clone(),
             device: meta.device.clone(),
         },
-        inputs: vec![spec(&meta.input_name, meta.input_size)],
-        outputs: vec![spec(&meta.output_name, meta.output_size)],
+        inputs,
+        outputs,
+        action_output: meta.signature.action().name.clone(),
         action_limits: safety.limits().map(|l| ActionLimits {
             low: l.low().to_vec(),
             high: l.high().to_vec(),
         }),
-        max_frame_bytes: config.max_frame_bytes as u64,
+        max_frame_bytes: config.frame_limit(&meta.signature) as u64,
         max_in_flight: config.max_in_flight as u64,
         max_batch_size: config.max_batch_size as u64,
     }
@@ -154,23 +186,13 @@ impl ModelStore {
     pub fn reload(&self, config: &Config, metrics: &Metrics) -> Result<()> {
         let outcome = LoadedModel::load(config, metrics).and_then(|new| {
             let old = self.current();
-            let (a, b) = (old.metadata(), new.metadata());
-            if (&a.input_name, a.input_size, &a.output_name, a.output_size)
-                != (&b.input_name, b.input_size, &b.output_name, b.output_size)
-            {
+            let (a, b) = (&old.metadata().signature, &new.metadata().signature);
+            if a != b {
                 return Err(Error::Model {
                     path: source_path(&config.model_source()),
                     reason: format!(
-                        "signature changed from {}[{}] -> {}[{}] to {}[{}] -> {}[{}]; restart \
-                         inferd to serve a different signature",
-                        a.input_name,
-                        a.input_size,
-                        a.output_name,
-                        a.output_size,
-                        b.input_name,
-                        b.input_size,
-                        b.output_name,
-                        b.output_size
+                        "signature changed from {a} to {b}; restart inferd to serve a \
+                         different signature"
                     ),
                 });
             }
@@ -203,16 +225,14 @@ fn log_loaded(model: &LoadedModel, config: &Config) {
     let m = model.metadata();
     // Names come from the model file, which may come from anywhere: quoted and escaped.
     log::info!(
-        "serving model {:?} version {:?} from {} on {}/{}: {:?}[{}] -> {:?}[{}], action limits {}",
+        "serving model {:?} version {:?} from {} on {}/{}: {}, action {:?}, action limits {}",
         m.name,
         m.version,
         config.model_source(),
         m.backend,
         m.device,
-        m.input_name,
-        m.input_size,
-        m.output_name,
-        m.output_size,
+        m.signature,
+        m.signature.action().name,
         if model.safety.limits().is_some() {
             "on"
         } else {

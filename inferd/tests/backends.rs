@@ -32,7 +32,7 @@ pub fn actions(d: &Daemon, obs: &[f32], rows: usize) -> Vec<f32> {
                 tensor.shape[0], rows,
                 "the answer keeps the batch dimension"
             );
-            tensor.data
+            tensor.to_f32()
         }
         other => panic!("expected a result, got {other:?}\n{}", d.log()),
     }

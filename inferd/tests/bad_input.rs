@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::net::Shutdown;
 use std::time::Duration;
 
-use inferd::protocol::{ClientMessage, ErrorCode, InferRequest, ServerMessage, Tensor};
+use inferd::protocol::{ClientMessage, ErrorCode, InferRequest, Input, ServerMessage, Tensor};
 use rmpv::ValueRef;
 use shm_layout::{State, Status};
 
@@ -42,7 +42,7 @@ fn named_input(id: u64, name: &str) -> Vec<u8> {
     let input = Tensor::new(vec![48], vec![0.0; 48]).unwrap();
     ClientMessage::Infer(InferRequest {
         id,
-        inputs: vec![(name.into(), input)],
+        inputs: vec![(name.into(), Input::Tensor(input))],
         deadline_us: None,
     })
     .encode()
@@ -72,7 +72,7 @@ fn serves(raw: &mut Raw, id: u64, what: &str) {
     raw.infer(id, obs.clone(), None);
     match raw.recv() {
         Some(ServerMessage::Result(r)) if r.id == id => {
-            assert_close(&r.outputs[0].1.data, &demo_actions(&obs), what)
+            assert_close(&r.outputs[0].1.to_f32(), &demo_actions(&obs), what)
         }
         other => panic!("{what}: expected a result for {id}, got {other:?}"),
     }
@@ -262,7 +262,7 @@ fn deadline_us_zero_means_no_deadline_not_one_already_passed() {
     match raw.recv() {
         Some(ServerMessage::Result(r)) => {
             assert_eq!(r.id, 1);
-            assert_close(&r.outputs[0].1.data, &demo_actions(&obs), "deadline_us 0");
+            assert_close(&r.outputs[0].1.to_f32(), &demo_actions(&obs), "deadline_us 0");
         }
         other => panic!("expected a result, got {other:?}"),
     }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use inferd::protocol::{ClientMessage, InferRequest, ServerMessage, Tensor};
+use inferd::protocol::{ClientMessage, InferRequest, Input, ServerMessage, Tensor};
 use inferd::{Activation, Linear, MlpPolicy};
 use shm_layout::{SegmentReader, Snapshot, State, Status};
 
@@ -220,7 +220,7 @@ pub fn frame(fields: Vec<(&str, rmpv::ValueRef<'_>)>) -> Vec<u8> {
 pub fn infer(id: u64, input: Tensor, deadline_us: Option<u64>) -> ClientMessage {
     ClientMessage::Infer(InferRequest {
         id,
-        inputs: vec![("obs".into(), input)],
+        inputs: vec![("obs".into(), Input::Tensor(input))],
         deadline_us,
     })
 }

@@ -7,7 +7,7 @@
 use std::thread;
 
 use inferd::{
-    Activation, Backend, BackendOptions, Batch, CpuBackend, CudaBackend, Device, Linear, MlpPolicy,
+    Activation, Backend, BackendOptions, Batch, BatchInputs, CpuBackend, CudaBackend, Device, Linear, MlpPolicy,
     ObsNormalization,
 };
 
@@ -76,12 +76,12 @@ fn run(backend: &dyn Backend, rows: usize, input: &[f32], worker: usize) -> Vec<
     let out = backend
         .infer(Batch {
             rows,
-            input,
+            inputs: &BatchInputs::Features(input.to_vec()),
             worker,
         })
         .unwrap();
     assert!(out.compute_ns > 0, "the batch of {rows} was timed");
-    out.output
+    out.to_f32(0)
 }
 
 #[test]
@@ -90,7 +90,7 @@ fn cuda_equals_cpu_on_the_same_weights() {
     let mut policies = vec![MlpPolicy::demo()];
     policies.extend(Activation::ALL.map(|a| policy(&[235, 512, 256, 128, 12], a)));
     for p in &policies {
-        let cpu = CpuBackend::new(p.clone());
+        let cpu = CpuBackend::new(p.clone()).unwrap();
         // With graphs for the small batches, and without any.
         for graphs in [16, 0] {
             let cuda = CudaBackend::new(p, 0, &options(graphs)).unwrap();
@@ -116,7 +116,7 @@ fn cuda_equals_cpu_on_the_same_weights() {
 #[ignore = "needs a CUDA GPU (scripts/gpu/check.sh)"]
 fn workers_batching_at_once_each_get_their_own_answers() {
     let p = policy(&[235, 512, 256, 128, 12], Activation::Elu);
-    let cpu = CpuBackend::new(p.clone());
+    let cpu = CpuBackend::new(p.clone()).unwrap();
     let cuda = CudaBackend::new(&p, 0, &options(16)).unwrap();
     thread::scope(|s| {
         for worker in 0..2 {
@@ -143,14 +143,14 @@ fn a_batch_over_the_capacity_is_an_error_not_a_crash() {
     let err = cuda
         .infer(Batch {
             rows: 257,
-            input: &obs,
+            inputs: &BatchInputs::Features(obs),
             worker: 0,
         })
         .unwrap_err();
     assert!(err.to_string().contains("over the 256"), "{err}");
     // And the lane still serves.
     let obs = observations(2, 48, 1);
-    let want = run(&CpuBackend::new(p), 2, &obs, 0);
+    let want = run(&CpuBackend::new(p).unwrap(), 2, &obs, 0);
     assert_within(
         &run(&cuda, 2, &obs, 0),
         &want,

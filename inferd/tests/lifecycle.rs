@@ -111,7 +111,7 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) {
 fn actions(raw: &mut Raw, id: u64, obs: &[f32]) -> Vec<f32> {
     raw.infer(id, obs.to_vec(), None);
     match raw.recv() {
-        Some(ServerMessage::Result(r)) => r.outputs[0].1.data.clone(),
+        Some(ServerMessage::Result(r)) => r.outputs[0].1.to_f32(),
         other => panic!("expected a result, got {other:?}"),
     }
 }

@@ -35,7 +35,7 @@ async fn robot(socket: std::path::PathBuf, n: usize) -> usize {
                     panic!("robot {n} got an answer for id {} it does not have", r.id)
                 });
                 assert_close(
-                    &r.outputs[0].1.data,
+                    &r.outputs[0].1.to_f32(),
                     &demo_actions(&obs),
                     &format!("robot {n} id {}", r.id),
                 );

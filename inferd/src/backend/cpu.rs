@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use crate::backend::{
-    Backend, BackendOptions, Batch, BatchOutput, Device, ModelMetadata, ModelSource,
+    Backend, BackendOptions, Batch, BatchOutput, Device, Layout, ModelMetadata, ModelSource,
 };
 use crate::policy::MlpPolicy;
 use crate::{Error, Result};
@@ -16,20 +16,13 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
-    /// Wraps an already loaded policy.
-    pub fn new(policy: MlpPolicy) -> CpuBackend {
-        let metadata = ModelMetadata {
-            name: policy.name.clone(),
-            version: policy.version.clone(),
-            backend: "cpu".into(),
-            device: "cpu".into(),
-            input_name: policy.input_name.clone(),
-            input_size: policy.input_size(),
-            output_name: policy.output_name.clone(),
-            output_size: policy.output_size(),
-            action_limits: policy.action_limits.clone(),
-        };
-        CpuBackend { policy, metadata }
+    /// Wraps an already loaded policy; refuses one that [`MlpPolicy::validate`] refuses.
+    pub fn new(policy: MlpPolicy) -> Result<CpuBackend> {
+        policy
+            .validate()
+            .map_err(|e| Error::Backend(format!("invalid policy: {e}")))?;
+        let metadata = policy_metadata(&policy, "cpu", "cpu".into())?;
+        Ok(CpuBackend { policy, metadata })
     }
 }
 
@@ -45,34 +38,57 @@ impl Backend for CpuBackend {
             ModelSource::Demo => MlpPolicy::demo(),
             ModelSource::File(path) => MlpPolicy::load(path)?,
         };
-        Ok(CpuBackend::new(policy))
+        CpuBackend::new(policy)
     }
 
     fn metadata(&self) -> &ModelMetadata {
         &self.metadata
     }
 
+    fn layout(&self) -> Layout {
+        Layout::Features
+    }
+
     fn infer(&self, batch: Batch<'_>) -> Result<BatchOutput> {
         let start = Instant::now();
-        let output = self
-            .policy
-            .forward(batch.input, batch.rows)
-            .ok_or_else(|| {
-                Error::Backend(format!(
-                    "batch of {} rows has {} values, expected {}",
-                    batch.rows,
-                    batch.input.len(),
-                    batch.rows.saturating_mul(self.metadata.input_size)
-                ))
-            })?;
+        let width = self.metadata.signature.feature_width();
+        let input = batch.features().unwrap_or_default();
+        let output = self.policy.forward(input, batch.rows).ok_or_else(|| {
+            Error::Backend(format!(
+                "batch of {} rows has {} values, expected {}",
+                batch.rows,
+                input.len(),
+                batch.rows.saturating_mul(width)
+            ))
+        })?;
         let compute_ns = shm_layout::duration_ns(start.elapsed());
-        Ok(BatchOutput { output, compute_ns })
+        Ok(BatchOutput::from_f32(&output, compute_ns))
     }
+}
+
+/// The metadata of a built-in policy served by `backend` on `device`.
+pub(crate) fn policy_metadata(
+    policy: &MlpPolicy,
+    backend: &str,
+    device: String,
+) -> Result<ModelMetadata> {
+    let signature = policy
+        .signature()
+        .map_err(|e| Error::Backend(format!("invalid policy: {e}")))?;
+    Ok(ModelMetadata {
+        name: policy.name.clone(),
+        version: policy.version.clone(),
+        backend: backend.into(),
+        device,
+        signature,
+        action_limits: policy.action_limits.clone(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::BatchInputs;
 
     #[test]
     fn infers_a_batch_and_times_it() {
@@ -81,14 +97,14 @@ mod tests {
         let out = backend
             .infer(Batch {
                 rows: 3,
-                input: &input,
+                inputs: &BatchInputs::Features(input.clone()),
                 worker: 0,
             })
             .unwrap();
-        assert_eq!(out.output.len(), 36);
-        assert_eq!(out.output, MlpPolicy::demo().forward(&input, 3).unwrap());
+        let want = MlpPolicy::demo().forward(&input, 3).unwrap();
+        assert_eq!(out, BatchOutput::from_f32(&want, out.compute_ns));
         // Identical rows give identical actions.
-        assert_eq!(out.output[..12], out.output[12..24]);
+        assert_eq!(out.outputs[0][..48], out.outputs[0][48..96]);
         assert!(out.compute_ns > 0);
     }
 
@@ -98,7 +114,7 @@ mod tests {
         let err = backend
             .infer(Batch {
                 rows: 2,
-                input: &[0.0; 48],
+                inputs: &BatchInputs::Features(vec![0.0; 48]),
                 worker: 1,
             })
             .unwrap_err();

@@ -1,8 +1,9 @@
 //! Backends run batches of observations through a model.
 //!
-//! A batch is a contiguous row-major `[rows, input_size]` f32 buffer in host memory, and a
-//! backend returns `[rows, output_size]` plus the compute time it measured itself. Three
-//! backends implement [`Backend`]:
+//! A batch holds `rows` observations in host memory, laid out as the backend asks (`batch.rs`:
+//! one float32 feature matrix for the built-in format, one buffer per input for TorchScript),
+//! and a backend returns one `[rows, ...]` buffer per output plus the compute time it measured
+//! itself. Three backends implement [`Backend`]:
 //!
 //! - [`CpuBackend`] runs the built-in MLP format on the calling thread;
 //! - [`CudaBackend`] runs the same format on a GPU through cudarc: weights resident on the
@@ -29,7 +30,9 @@ pub use self::cuda::{cuda_device_count, CudaBackend};
 pub use self::options::{BackendOptions, Device, UnknownDevice};
 #[cfg(feature = "torch")]
 pub use self::torch::TorchBackend;
+pub use crate::batch::{Batch, BatchInputs, BatchOutput, Layout, StackedInput};
 use crate::safety::ActionBounds;
+use crate::signature::Signature;
 use crate::Result;
 
 /// Where a model comes from.
@@ -61,37 +64,10 @@ pub struct ModelMetadata {
     pub backend: String,
     /// Device name, e.g. `cpu` or `cuda:0`.
     pub device: String,
-    /// Name of the input tensor.
-    pub input_name: String,
-    /// Values per observation.
-    pub input_size: usize,
-    /// Name of the output tensor.
-    pub output_name: String,
-    /// Values per action.
-    pub output_size: usize,
-    /// Action bounds stored with the model.
+    /// The inputs it takes, the outputs it gives, and which output is the action.
+    pub signature: Signature,
+    /// Action bounds stored with the model, one pair per action value (`A` of `[H, A]`).
     pub action_limits: Option<ActionBounds>,
-}
-
-/// A batch of observations, `rows × input_size` values, row-major, in host memory.
-#[derive(Clone, Copy, Debug)]
-pub struct Batch<'a> {
-    /// Number of observations.
-    pub rows: usize,
-    /// The values.
-    pub input: &'a [f32],
-    /// Which compute worker runs it: a GPU backend runs each worker's batches on that
-    /// worker's own stream.
-    pub worker: usize,
-}
-
-/// What a backend returns for a batch.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BatchOutput {
-    /// `rows × output_size` values, row-major.
-    pub output: Vec<f32>,
-    /// Compute time as the backend measured it: wall time on the CPU, device time on a GPU.
-    pub compute_ns: u64,
 }
 
 /// A model loaded on a device, ready to run batches from several worker threads.
@@ -104,7 +80,11 @@ pub trait Backend: Send + Sync {
     /// The model's identity and signature.
     fn metadata(&self) -> &ModelMetadata;
 
-    /// Runs one batch. The input must be `batch.rows × input_size` values.
+    /// How it wants its batches laid out.
+    fn layout(&self) -> Layout;
+
+    /// Runs one batch, laid out as [`Backend::layout`] says, and returns one buffer per
+    /// signature output.
     fn infer(&self, batch: Batch<'_>) -> Result<BatchOutput>;
 
     /// Device memory the model holds on its GPU, bytes, for the segment's gauge; `None` when
@@ -192,16 +172,8 @@ mod tests {
         let demo = crate::MlpPolicy::demo();
         let meta = backend.metadata();
         assert_eq!(
-            (
-                meta.input_size,
-                meta.output_size,
-                meta.action_limits.as_ref()
-            ),
-            (
-                demo.input_size(),
-                demo.output_size(),
-                demo.action_limits.as_ref()
-            )
+            (&meta.signature, meta.action_limits.as_ref()),
+            (&demo.signature().unwrap(), demo.action_limits.as_ref())
         );
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::backend::{BackendKind, BackendOptions, Device, ModelSource};
-use crate::protocol::DEFAULT_MAX_FRAME_BYTES;
+use crate::signature::Signature;
 use crate::socket_path::default_socket_path;
 use crate::{Error, Result};
 
@@ -138,14 +138,14 @@ pub struct Config {
     pub idle_timeout_seconds: f64,
 
     /// Largest frame body accepted, bytes; a larger one is answered `frame_too_large` and
-    /// the connection closed.
+    /// the connection closed. Default: what --max-batch-size observations of the model's
+    /// inputs need, plus overhead (announced in the metadata frame).
     #[arg(
         long,
         value_name = "BYTES",
-        default_value_t = DEFAULT_MAX_FRAME_BYTES,
         value_parser = range::MAX_FRAME_BYTES.parser(),
     )]
-    pub max_frame_bytes: usize,
+    pub max_frame_bytes: Option<usize>,
 
     /// On SIGTERM/SIGINT, how long queued work may take to finish before what is left is
     /// answered `shutting_down`, seconds.
@@ -274,6 +274,14 @@ impl Config {
         (!self.action_low.is_empty()).then(|| (self.action_low.clone(), self.action_high.clone()))
     }
 
+    /// `--max-frame-bytes`, or by default what `--max-batch-size` observations of
+    /// `signature`'s inputs need plus overhead ([`Signature::default_max_frame_bytes`]).
+    pub fn frame_limit(&self, signature: &Signature) -> usize {
+        self.max_frame_bytes
+            .unwrap_or_else(|| signature.default_max_frame_bytes(self.max_batch_size))
+            .min(u32::MAX as usize)
+    }
+
     /// `--idle-timeout-seconds`, or `None` for never.
     pub fn idle_timeout(&self) -> Option<Duration> {
         (self.idle_timeout_seconds > 0.0)
@@ -311,7 +319,14 @@ mod tests {
             (c.workers, c.max_batch_size, c.max_queue_delay_us),
             (2, 32, 0)
         );
-        assert_eq!(c.max_frame_bytes, 1 << 20);
+        assert_eq!(c.max_frame_bytes, None);
+        let demo = crate::MlpPolicy::demo().signature().unwrap();
+        assert_eq!(
+            c.frame_limit(&demo),
+            crate::signature::FRAME_OVERHEAD_BYTES
+                + crate::signature::INPUT_OVERHEAD_BYTES
+                + 32 * 48 * 4
+        );
         assert_eq!(c.action_limits(12), None);
         assert_eq!(c.drain_timeout(), Duration::from_secs(10));
         assert_eq!(

@@ -20,6 +20,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::safety::{ActionBounds, LimitsError};
+use crate::signature::{Signature, SignatureError};
 
 /// The nonlinearity between hidden layers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,6 +161,9 @@ pub enum InvalidPolicy {
     /// The action limits are not for this policy's action width.
     #[error(transparent)]
     Limits(#[from] LimitsError),
+    /// The names or shapes do not make a signature.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
 }
 
 impl MlpPolicy {
@@ -171,6 +175,17 @@ impl MlpPolicy {
     /// Action width.
     pub fn output_size(&self) -> usize {
         self.layers.last().map_or(0, |l| l.outputs)
+    }
+
+    /// What the policy takes and gives: its input as one float32 vector, its output as the
+    /// action.
+    pub fn signature(&self) -> Result<Signature, SignatureError> {
+        Signature::vector(
+            &self.input_name,
+            self.input_size(),
+            &self.output_name,
+            self.output_size(),
+        )
     }
 
     /// Checks that every size agrees, so that [`MlpPolicy::forward`] cannot go out of bounds.
@@ -210,6 +225,7 @@ impl MlpPolicy {
         if let Some(limits) = &self.action_limits {
             limits.check_width(n_out)?;
         }
+        self.signature()?;
         Ok(())
     }
 }

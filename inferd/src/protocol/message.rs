@@ -10,8 +10,9 @@ use crate::protocol::msgpack::{key_bytes, obj, FieldError, MapRef};
 use crate::protocol::{ErrorCode, Tensor, TensorError};
 use crate::{Error, Result};
 
-/// The protocol version in the metadata frame; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version in the metadata frame; bumped on any incompatible change. Version 2
+/// added inputs of many dtypes and text, outputs of any shape, and `action_output`.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The longest robot type accepted in a hello: the segment's label width.
 pub const MAX_ROBOT_TYPE_BYTES: usize = shm_layout::layout::ROBOT_TYPE_BYTES;
@@ -198,10 +199,13 @@ pub struct ModelDescription {
 pub struct TensorSpec {
     /// Name used as the key in `inputs` or `outputs`.
     pub name: String,
-    /// numpy dtype string; always `<f4`.
+    /// numpy dtype string (`<f4`, `|u1`, ...), or `str` for a text input.
     pub dtype: String,
-    /// Shape of one observation's tensor. A request may add a leading batch dimension.
+    /// Shape of one observation's tensor (`[]` for text). A request may add a leading batch
+    /// dimension.
     pub shape: Vec<u64>,
+    /// A text input's longest string, bytes; `None` for arrays.
+    pub max_bytes: Option<u64>,
 }
 
 /// Per-dimension bounds that actions are clamped to.
@@ -226,7 +230,10 @@ pub struct Metadata {
     pub inputs: Vec<TensorSpec>,
     /// The outputs a result carries.
     pub outputs: Vec<TensorSpec>,
-    /// The bounds actions are clamped to, if any.
+    /// The name of the output the safety filter acts on (`[A]` or an `[H, A]` chunk).
+    pub action_output: String,
+    /// The bounds actions are clamped to, if any: one pair per action value (`A`), applied
+    /// to every step of a chunk.
     pub action_limits: Option<ActionLimits>,
     /// The largest frame body the server accepts, bytes.
     pub max_frame_bytes: u64,
@@ -248,13 +255,56 @@ pub struct Hello {
     pub robot_id: Option<String>,
 }
 
+/// One input's value in a request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// An array: one observation, or a batch with a leading `n`.
+    Tensor(Tensor),
+    /// One observation's text, a msgpack str.
+    Text(String),
+    /// A batch's text: a list of `n` str.
+    Texts(Vec<String>),
+}
+
+impl Input {
+    /// Its msgpack value, borrowing its bytes.
+    pub fn to_value(&self) -> ValueRef<'_> {
+        match self {
+            Input::Tensor(t) => t.to_value(),
+            Input::Text(s) => ValueRef::from(s.as_str()),
+            Input::Texts(list) => {
+                ValueRef::Array(list.iter().map(|s| ValueRef::from(s.as_str())).collect())
+            }
+        }
+    }
+
+    /// Decodes a request's input value: a str is text, an array of str a batch's text, and
+    /// anything else must be a msgpack-numpy array.
+    pub fn from_value(value: &ValueRef<'_>) -> Result<Input, TensorError> {
+        let text = |v: &ValueRef<'_>| match v {
+            ValueRef::String(s) => s.as_str().map(str::to_owned),
+            _ => None,
+        };
+        match value {
+            ValueRef::String(_) => text(value).map(Input::Text).ok_or(TensorError::NotAMap),
+            ValueRef::Array(list) => list
+                .iter()
+                .map(text)
+                .collect::<Option<Vec<_>>>()
+                .map(Input::Texts)
+                .ok_or(TensorError::NotAMap),
+            other => Tensor::from_value(other).map(Input::Tensor),
+        }
+    }
+}
+
 /// One inference request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InferRequest {
     /// Chosen by the client; its answer carries it back.
     pub id: u64,
-    /// Input tensors by name.
-    pub inputs: Vec<(String, Tensor)>,
+    /// Inputs by name: one per model input.
+    pub inputs: Vec<(String, Input)>,
     /// Budget in microseconds from the server's receipt of the frame; past it, the request
     /// is answered `deadline_exceeded` instead of being computed. `None` for no deadline; a
     /// `deadline_us` of 0 on the wire decodes as `None` too.
@@ -328,11 +378,11 @@ pub enum Rejection {
     },
 }
 
-/// Decodes `{"name": <ndarray>, ...}`.
-fn decode_tensors(
-    value: &ValueRef<'_>,
+/// `{"name": <value>, ...}` as borrowed pairs, in the order sent.
+fn named_values<'v, 'a>(
+    value: &'v ValueRef<'a>,
     what: &'static str,
-) -> Result<Vec<(String, Tensor)>, TensorsError> {
+) -> Result<Vec<(&'v str, &'v ValueRef<'a>)>, TensorsError> {
     let map = MapRef::new(value).ok_or(TensorsError::NotAMap(what))?;
     map.entries()
         .iter()
@@ -340,6 +390,19 @@ fn decode_tensors(
             let name = key_bytes(k)
                 .and_then(|b| std::str::from_utf8(b).ok())
                 .ok_or(TensorsError::KeyNotText(what))?;
+            Ok((name, v))
+        })
+        .collect()
+}
+
+/// Decodes `{"name": <ndarray>, ...}`.
+fn decode_tensors(
+    value: &ValueRef<'_>,
+    what: &'static str,
+) -> Result<Vec<(String, Tensor)>, TensorsError> {
+    named_values(value, what)?
+        .into_iter()
+        .map(|(name, v)| {
             let tensor = Tensor::from_value(v).map_err(|source| TensorsError::Tensor {
                 what,
                 name: name.to_owned(),
@@ -350,18 +413,56 @@ fn decode_tensors(
         .collect()
 }
 
-fn encode_tensors<'a>(tensors: &'a [(String, Tensor)], bytes: &'a [Vec<u8>]) -> ValueRef<'a> {
+fn encode_tensors(tensors: &[(String, Tensor)]) -> ValueRef<'_> {
     ValueRef::Map(
         tensors
             .iter()
-            .zip(bytes)
-            .map(|((name, t), b)| (ValueRef::from(name.as_str()), t.to_value(b)))
+            .map(|(name, t)| (ValueRef::from(name.as_str()), t.to_value()))
             .collect(),
     )
 }
 
-fn tensor_bytes(tensors: &[(String, Tensor)]) -> Vec<Vec<u8>> {
-    tensors.iter().map(|(_, t)| t.data_bytes()).collect()
+/// A client message as the server reads it: an infer's inputs stay borrowed from the frame,
+/// to be checked against the model's signature and copied once, into their batch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request<'v, 'a> {
+    /// A hello.
+    Hello(Hello),
+    /// An infer.
+    Infer(InferRef<'v, 'a>),
+}
+
+/// An infer request whose inputs are borrowed from its frame.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InferRef<'v, 'a> {
+    /// Chosen by the client.
+    pub id: u64,
+    /// `(name, value)` of each input, in the order sent.
+    pub inputs: Vec<(&'v str, &'v ValueRef<'a>)>,
+    /// As [`InferRequest::deadline_us`].
+    pub deadline_us: Option<u64>,
+}
+
+impl<'v, 'a> Request<'v, 'a> {
+    /// Decodes a frame body's value. Anything but a well-formed hello or infer is rejected,
+    /// keeping the id when it can be read so that the answer reaches the right request.
+    pub fn decode(value: &'v ValueRef<'a>) -> Result<Request<'v, 'a>, Rejection> {
+        let map = MapRef::new(value).ok_or(Rejection::NotAMap)?;
+        let id = map.get("id").and_then(ValueRef::as_u64);
+        let invalid = |e: InvalidMessage| Rejection::Invalid {
+            id,
+            message: e.to_string(),
+        };
+        let kind = match map.field("type").map_err(|e| invalid(e.into()))? {
+            ValueRef::String(s) => s.as_str().unwrap_or("<not utf-8>"),
+            _ => return Err(invalid(InvalidMessage::TypeNotText)),
+        };
+        match kind {
+            "hello" => decode_hello(&map).map(Request::Hello).map_err(invalid),
+            "infer" => decode_infer(&map).map(Request::Infer).map_err(invalid),
+            other => Err(invalid(InvalidMessage::UnknownType(other.to_owned()))),
+        }
+    }
 }
 
 impl ClientMessage {
@@ -377,11 +478,15 @@ impl ClientMessage {
                 encode_frame(&obj(fields))
             }
             ClientMessage::Infer(r) => {
-                let bytes = tensor_bytes(&r.inputs);
+                let inputs = r
+                    .inputs
+                    .iter()
+                    .map(|(name, v)| (ValueRef::from(name.as_str()), v.to_value()))
+                    .collect();
                 let mut fields = vec![
                     ("type", ValueRef::from("infer")),
                     ("id", ValueRef::from(r.id)),
-                    ("inputs", encode_tensors(&r.inputs, &bytes)),
+                    ("inputs", ValueRef::Map(inputs)),
                 ];
                 if let Some(d) = r.deadline_us {
                     fields.push(("deadline_us", ValueRef::from(d)));
@@ -391,27 +496,19 @@ impl ClientMessage {
         }
     }
 
-    /// Decodes a frame body's value. Anything but a well-formed hello or infer is rejected,
-    /// keeping the id when it can be read so that the answer reaches the right request.
+    /// Decodes a frame body's value, as [`Request::decode`] does, into owned values.
     pub fn decode(value: &ValueRef<'_>) -> Result<ClientMessage, Rejection> {
-        let map = MapRef::new(value).ok_or(Rejection::NotAMap)?;
-        let id = map.get("id").and_then(ValueRef::as_u64);
-        let invalid = |e: InvalidMessage| Rejection::Invalid {
-            id,
-            message: e.to_string(),
-        };
-        let kind = match map.field("type").map_err(|e| invalid(e.into()))? {
-            ValueRef::String(s) => s.as_str().unwrap_or("<not utf-8>"),
-            _ => return Err(invalid(InvalidMessage::TypeNotText)),
-        };
-        match kind {
-            "hello" => decode_hello(&map)
-                .map(ClientMessage::Hello)
-                .map_err(invalid),
-            "infer" => decode_infer(&map)
-                .map(ClientMessage::Infer)
-                .map_err(invalid),
-            other => Err(invalid(InvalidMessage::UnknownType(other.to_owned()))),
+        match Request::decode(value)? {
+            Request::Hello(h) => Ok(ClientMessage::Hello(h)),
+            Request::Infer(r) => {
+                let id = Some(r.id);
+                owned_infer(r)
+                    .map(ClientMessage::Infer)
+                    .map_err(|e| Rejection::Invalid {
+                        id,
+                        message: e.to_string(),
+                    })
+            }
         }
     }
 }
@@ -444,19 +541,40 @@ pub(crate) fn reserved_list() -> String {
     quoted.join(" and ")
 }
 
-fn decode_infer(map: &MapRef<'_, '_>) -> Result<InferRequest, InvalidMessage> {
+fn decode_infer<'v, 'a>(map: &MapRef<'v, 'a>) -> Result<InferRef<'v, 'a>, InvalidMessage> {
     let id = map.uint("id")?;
-    let inputs = decode_tensors(map.field("inputs")?, "input")?;
+    let inputs = named_values(map.field("inputs")?, "input")?;
     // 0 is no deadline, as nil is: clients whose structs default every field to 0 (protobuf
     // style) would otherwise have every request refused as already late.
     let deadline_us = match map.optional("deadline_us") {
         None => None,
         Some(v) => Some(v.as_u64().ok_or(InvalidMessage::Deadline)?).filter(|&us| us != 0),
     };
-    Ok(InferRequest {
+    Ok(InferRef {
         id,
         inputs,
         deadline_us,
+    })
+}
+
+/// The owned request of a borrowed one.
+fn owned_infer(r: InferRef<'_, '_>) -> Result<InferRequest, InvalidMessage> {
+    let inputs = r
+        .inputs
+        .into_iter()
+        .map(|(name, v)| {
+            let input = Input::from_value(v).map_err(|source| TensorsError::Tensor {
+                what: "input",
+                name: name.to_owned(),
+                source,
+            })?;
+            Ok((name.to_owned(), input))
+        })
+        .collect::<Result<_, TensorsError>>()?;
+    Ok(InferRequest {
+        id: r.id,
+        inputs,
+        deadline_us: r.deadline_us,
     })
 }
 
@@ -466,11 +584,10 @@ impl ServerMessage {
         match self {
             ServerMessage::Metadata(m) => encode_metadata(m),
             ServerMessage::Result(r) => {
-                let bytes = tensor_bytes(&r.outputs);
                 encode_frame(&obj(vec![
                     ("type", ValueRef::from("result")),
                     ("id", ValueRef::from(r.id)),
-                    ("outputs", encode_tensors(&r.outputs, &bytes)),
+                    ("outputs", encode_tensors(&r.outputs)),
                     (
                         "timing",
                         obj(vec![
@@ -504,14 +621,18 @@ impl ServerMessage {
 }
 
 fn encode_spec(s: &TensorSpec) -> ValueRef<'_> {
-    obj(vec![
+    let mut fields = vec![
         ("name", ValueRef::from(s.name.as_str())),
         ("dtype", ValueRef::from(s.dtype.as_str())),
         (
             "shape",
             ValueRef::Array(s.shape.iter().map(|&d| ValueRef::from(d)).collect()),
         ),
-    ])
+    ];
+    if let Some(n) = s.max_bytes {
+        fields.push(("max_bytes", ValueRef::from(n)));
+    }
+    obj(fields)
 }
 
 fn encode_specs(list: &[TensorSpec]) -> ValueRef<'_> {
@@ -540,6 +661,7 @@ fn encode_metadata(m: &Metadata) -> Vec<u8> {
         ),
         ("inputs", specs(&m.inputs)),
         ("outputs", specs(&m.outputs)),
+        ("action_output", ValueRef::from(m.action_output.as_str())),
         ("action_limits", limits),
         ("max_frame_bytes", ValueRef::from(m.max_frame_bytes)),
         ("max_in_flight", ValueRef::from(m.max_in_flight)),
@@ -613,6 +735,10 @@ fn decode_specs(map: &MapRef<'_, '_>, key: &str) -> Result<Vec<TensorSpec>, BadS
                     .map(ValueRef::as_u64)
                     .collect::<Option<_>>()
                     .ok_or(BadServerMessage::ShapeValues)?,
+                max_bytes: match s.optional("max_bytes") {
+                    None => None,
+                    Some(_) => Some(s.uint("max_bytes")?),
+                },
             })
         })
         .collect()
@@ -631,6 +757,7 @@ fn decode_bounds(limits: &MapRef<'_, '_>, key: &'static str) -> Result<Vec<f32>,
 }
 
 fn decode_metadata(map: &MapRef<'_, '_>) -> Result<Metadata, BadServerMessage> {
+    let outputs = decode_specs(map, "outputs")?;
     let action_limits = match map.optional("action_limits") {
         None => None,
         Some(v) => {
@@ -656,7 +783,12 @@ fn decode_metadata(map: &MapRef<'_, '_>) -> Result<Metadata, BadServerMessage> {
             device: model.text("device")?.to_owned(),
         },
         inputs: decode_specs(map, "inputs")?,
-        outputs: decode_specs(map, "outputs")?,
+        // A version-1 server sends no action_output: its one output is the action.
+        action_output: match map.optional("action_output") {
+            Some(_) => map.text("action_output")?.to_owned(),
+            None => outputs.first().map(|o| o.name.clone()).unwrap_or_default(),
+        },
+        outputs,
         action_limits,
         max_frame_bytes: map.uint("max_frame_bytes")?,
         max_in_flight: map.uint("max_in_flight")?,
@@ -691,7 +823,11 @@ mod tests {
         assert_eq!(client_round_trip(&hello), hello);
         let infer = ClientMessage::Infer(InferRequest {
             id: u64::MAX,
-            inputs: vec![("obs".into(), obs(48))],
+            inputs: vec![
+                ("obs".into(), Input::Tensor(obs(48))),
+                ("prompt".into(), Input::Text("pick up the cup".into())),
+                ("prompts".into(), Input::Texts(vec!["a".into(), "b".into()])),
+            ],
             deadline_us: Some(2_000),
         });
         assert_eq!(client_round_trip(&infer), infer);
@@ -708,16 +844,27 @@ mod tests {
                 backend: "cpu".into(),
                 device: "cpu".into(),
             },
-            inputs: vec![TensorSpec {
-                name: "obs".into(),
-                dtype: "<f4".into(),
-                shape: vec![48],
-            }],
+            inputs: vec![
+                TensorSpec {
+                    name: "image".into(),
+                    dtype: "|u1".into(),
+                    shape: vec![224, 224, 3],
+                    max_bytes: None,
+                },
+                TensorSpec {
+                    name: "prompt".into(),
+                    dtype: "str".into(),
+                    shape: vec![],
+                    max_bytes: Some(1024),
+                },
+            ],
             outputs: vec![TensorSpec {
                 name: "actions".into(),
                 dtype: "<f4".into(),
-                shape: vec![12],
+                shape: vec![10, 12],
+                max_bytes: None,
             }],
+            action_output: "actions".into(),
             action_limits: Some(ActionLimits {
                 low: vec![-1.0; 12],
                 high: vec![1.0; 12],
@@ -829,12 +976,11 @@ mod tests {
                 robot_id: Some("42".into())
             })
         );
-        let bytes = obs(2).data_bytes();
         let t = obs(2);
         let m = ClientMessage::decode(&obj(vec![
             ("type", "infer".into()),
             ("id", 1u64.into()),
-            ("inputs", obj(vec![("obs", t.to_value(&bytes))])),
+            ("inputs", obj(vec![("obs", t.to_value())])),
             ("deadline_us", ValueRef::Nil),
         ]))
         .unwrap();
@@ -919,13 +1065,12 @@ mod tests {
 
     #[test]
     fn deadline_us_zero_decodes_as_no_deadline() {
-        let bytes = obs(2).data_bytes();
         let t = obs(2);
         for (deadline, want) in [(0u64, None), (1, Some(1)), (5_000, Some(5_000))] {
             let m = ClientMessage::decode(&obj(vec![
                 ("type", "infer".into()),
                 ("id", 1u64.into()),
-                ("inputs", obj(vec![("obs", t.to_value(&bytes))])),
+                ("inputs", obj(vec![("obs", t.to_value())])),
                 ("deadline_us", deadline.into()),
             ]))
             .unwrap();

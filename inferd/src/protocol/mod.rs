@@ -2,12 +2,14 @@
 //! `docs/protocol.md`.
 
 mod code;
+mod dtype;
 mod frame;
 mod message;
 mod msgpack;
 mod ndarray;
 
 pub use self::code::ErrorCode;
+pub use self::dtype::DType;
 pub use self::frame::{
     decode_body, encode_frame, BodyError, FrameCodec, FrameError, DEFAULT_MAX_FRAME_BYTES,
     HEADER_BYTES,
@@ -15,11 +17,11 @@ pub use self::frame::{
 pub(crate) use self::message::reserved_list;
 pub use self::message::{
     is_reserved_label, ActionLimits, BadServerMessage, ClientMessage, ErrorReply, Hello,
-    InferRequest, InferResult, InvalidMessage, Metadata, ModelDescription, Rejection,
-    ServerMessage, TensorSpec, TensorsError, Timing, MAX_ROBOT_ID_BYTES, MAX_ROBOT_TYPE_BYTES,
-    PROTOCOL_VERSION, RESERVED_LABELS,
+    InferRef, InferRequest, InferResult, Input, InvalidMessage, Metadata, ModelDescription,
+    Rejection, Request, ServerMessage, TensorSpec, TensorsError, Timing, MAX_ROBOT_ID_BYTES,
+    MAX_ROBOT_TYPE_BYTES, PROTOCOL_VERSION, RESERVED_LABELS,
 };
 pub use self::msgpack::FieldError;
 pub(crate) use self::msgpack::{as_str, MapRef};
-pub(crate) use self::ndarray::f32s_from_le;
-pub use self::ndarray::{Tensor, TensorError, DTYPE_F32, MAX_RANK};
+pub(crate) use self::ndarray::{element_count, f32s_from_le};
+pub use self::ndarray::{ArrayRef, Tensor, TensorError, DTYPE_F32, MAX_RANK};

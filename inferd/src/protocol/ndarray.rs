@@ -3,18 +3,23 @@
 //!
 //! openpi packs the four keys as msgpack bin (Python `bytes`) and its unpacker looks them up as
 //! bytes, so arrays are written with bin keys; keys are accepted as bin or str.
+//!
+//! [`ArrayRef`] borrows an array's bytes from the frame that carried it, so that the server
+//! checks a request without copying it; [`Tensor`] owns them.
 
 use rmpv::ValueRef;
 
 use crate::protocol::msgpack::{FieldError, MapRef};
+use crate::protocol::DType;
 
-/// The only dtype on the wire: little-endian float32, as numpy spells it.
+/// The dtype of the protocol's first version, and of every action output: little-endian
+/// float32, as numpy spells it.
 pub const DTYPE_F32: &str = "<f4";
 
 /// The most dimensions an array may have.
 pub const MAX_RANK: usize = 8;
 
-/// Why a msgpack value is not a float32 msgpack-numpy array.
+/// Why a msgpack value is not a msgpack-numpy array.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TensorError {
@@ -30,8 +35,8 @@ pub enum TensorError {
     /// `dtype` is missing or not a string.
     #[error("array field \"dtype\" must be a string")]
     DtypeNotText,
-    /// A dtype other than [`DTYPE_F32`]; holds it.
-    #[error("array dtype {0:?} is not supported; send {DTYPE_F32:?} (float32)")]
+    /// A dtype that is none of [`DType::ALL`]; holds it.
+    #[error("array dtype {0:?} is not supported; the dtypes are {list}", list = DType::list())]
     Dtype(String),
     /// `shape` is not an array.
     #[error("array field \"shape\" must be an array")]
@@ -48,7 +53,7 @@ pub enum TensorError {
     /// `data` is not bin.
     #[error("array field \"data\" must be bin")]
     DataNotBin,
-    /// `data` does not hold 4 bytes per element.
+    /// `data` does not hold the dtype's bytes for every element.
     #[error("array of shape {shape:?} needs {want} data bytes, got {got}")]
     DataBytes {
         /// The array's shape.
@@ -60,55 +65,31 @@ pub enum TensorError {
     },
 }
 
-/// A float32 array: its shape and its values in row-major order.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Tensor {
+/// An array borrowed from a decoded frame: its dtype, shape and little-endian element bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArrayRef<'a> {
+    /// Element type.
+    pub dtype: DType,
     /// Dimensions, outermost first.
     pub shape: Vec<usize>,
-    /// `shape.iter().product()` values, row-major.
-    pub data: Vec<f32>,
+    /// `shape.iter().product()` elements of `dtype`, row-major, little-endian.
+    pub data: &'a [u8],
 }
 
-impl Tensor {
-    /// A tensor of `shape` holding `data`; `None` if the sizes disagree.
-    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Option<Tensor> {
-        (element_count(&shape) == Some(data.len())).then_some(Tensor { shape, data })
-    }
-
-    /// The little-endian bytes of the values, as the `data` field carries them.
-    pub fn data_bytes(&self) -> Vec<u8> {
-        self.data.iter().flat_map(|v| v.to_le_bytes()).collect()
-    }
-
-    /// The msgpack-numpy map of this tensor, borrowing `data_bytes` (from [`Tensor::data_bytes`]).
-    pub fn to_value<'a>(&'a self, data_bytes: &'a [u8]) -> ValueRef<'a> {
-        let shape = self
-            .shape
-            .iter()
-            .map(|&d| ValueRef::from(d as u64))
-            .collect();
-        ValueRef::Map(vec![
-            (ValueRef::Binary(b"__ndarray__"), ValueRef::Boolean(true)),
-            (ValueRef::Binary(b"data"), ValueRef::Binary(data_bytes)),
-            (ValueRef::Binary(b"dtype"), ValueRef::from(DTYPE_F32)),
-            (ValueRef::Binary(b"shape"), ValueRef::Array(shape)),
-        ])
-    }
-
-    /// Decodes a msgpack-numpy map, checking the marker, dtype, shape and byte count.
-    pub fn from_value(value: &ValueRef<'_>) -> Result<Tensor, TensorError> {
+impl<'a> ArrayRef<'a> {
+    /// Decodes a msgpack-numpy map, checking the marker, dtype, shape and byte count. The
+    /// bytes are not copied.
+    pub fn from_value(value: &ValueRef<'a>) -> Result<ArrayRef<'a>, TensorError> {
         let map = MapRef::new(value).ok_or(TensorError::NotAMap)?;
         if map.get("__ndarray__") != Some(&ValueRef::Boolean(true)) {
             return Err(TensorError::NoMarker);
         }
-        let dtype = match map.get("dtype") {
+        let name = match map.get("dtype") {
             Some(ValueRef::String(s)) => s.as_str().unwrap_or("<not utf-8>"),
             Some(ValueRef::Binary(b)) => std::str::from_utf8(b).unwrap_or("<not utf-8>"),
             _ => return Err(TensorError::DtypeNotText),
         };
-        if dtype != DTYPE_F32 {
-            return Err(TensorError::Dtype(dtype.to_owned()));
-        }
+        let dtype = DType::from_name(name).ok_or_else(|| TensorError::Dtype(name.to_owned()))?;
         let shape = match map.field("shape")? {
             ValueRef::Array(dims) if dims.len() <= MAX_RANK => dims
                 .iter()
@@ -118,22 +99,85 @@ impl Tensor {
             ValueRef::Array(dims) => return Err(TensorError::Rank(dims.len())),
             _ => return Err(TensorError::ShapeNotArray),
         };
-        let bytes = match map.field("data")? {
-            ValueRef::Binary(b) => *b,
+        let data: &'a [u8] = match map.field("data")? {
+            ValueRef::Binary(b) => b,
             _ => return Err(TensorError::DataNotBin),
         };
         let count = element_count(&shape).ok_or(TensorError::Overflow)?;
-        if count.checked_mul(4) != Some(bytes.len()) {
+        let want = count.checked_mul(dtype.size_bytes());
+        if want != Some(data.len()) {
             return Err(TensorError::DataBytes {
-                want: count.saturating_mul(4),
-                got: bytes.len(),
+                want: want.unwrap_or(usize::MAX),
+                got: data.len(),
                 shape,
             });
         }
-        Ok(Tensor {
+        Ok(ArrayRef { dtype, shape, data })
+    }
+
+    /// An owned copy.
+    pub fn to_tensor(&self) -> Tensor {
+        Tensor {
+            dtype: self.dtype,
+            shape: self.shape.clone(),
+            data: self.data.to_vec(),
+        }
+    }
+}
+
+/// An owned array: its dtype, shape and little-endian element bytes in row-major order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tensor {
+    /// Element type.
+    pub dtype: DType,
+    /// Dimensions, outermost first.
+    pub shape: Vec<usize>,
+    /// `shape.iter().product()` elements of `dtype`, row-major, little-endian.
+    pub data: Vec<u8>,
+}
+
+impl Tensor {
+    /// A float32 tensor of `shape` holding `values`; `None` if the sizes disagree.
+    pub fn new(shape: Vec<usize>, values: Vec<f32>) -> Option<Tensor> {
+        (element_count(&shape) == Some(values.len())).then(|| Tensor {
+            dtype: DType::F32,
             shape,
-            data: f32s_from_le(bytes),
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         })
+    }
+
+    /// A tensor of `dtype` and `shape` holding `data` (little-endian elements); `None` if
+    /// the byte count is not the shape's.
+    pub fn from_bytes(dtype: DType, shape: Vec<usize>, data: Vec<u8>) -> Option<Tensor> {
+        let want = element_count(&shape).and_then(|n| n.checked_mul(dtype.size_bytes()));
+        (want == Some(data.len())).then_some(Tensor { dtype, shape, data })
+    }
+
+    /// Every element as float32 (float16 and integers converted, bools as 0 and 1).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.data.len() / self.dtype.size_bytes());
+        self.dtype.extend_f32(&self.data, 1.0, &mut out);
+        out
+    }
+
+    /// The msgpack-numpy map of this tensor, borrowing its bytes.
+    pub fn to_value(&self) -> ValueRef<'_> {
+        let shape = self
+            .shape
+            .iter()
+            .map(|&d| ValueRef::from(d as u64))
+            .collect();
+        ValueRef::Map(vec![
+            (ValueRef::Binary(b"__ndarray__"), ValueRef::Boolean(true)),
+            (ValueRef::Binary(b"data"), ValueRef::Binary(&self.data)),
+            (ValueRef::Binary(b"dtype"), ValueRef::from(self.dtype.as_str())),
+            (ValueRef::Binary(b"shape"), ValueRef::Array(shape)),
+        ])
+    }
+
+    /// Decodes a msgpack-numpy map into an owned tensor.
+    pub fn from_value(value: &ValueRef<'_>) -> Result<Tensor, TensorError> {
+        ArrayRef::from_value(value).map(|a| a.to_tensor())
     }
 }
 
@@ -147,7 +191,8 @@ pub(crate) fn f32s_from_le(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-fn element_count(shape: &[usize]) -> Option<usize> {
+/// The number of elements of `shape`; `None` if it overflows.
+pub(crate) fn element_count(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
 
@@ -156,9 +201,8 @@ mod tests {
     use super::*;
 
     fn encoded(t: &Tensor) -> Vec<u8> {
-        let bytes = t.data_bytes();
         let mut out = Vec::new();
-        rmpv::encode::write_value_ref(&mut out, &t.to_value(&bytes)).unwrap();
+        rmpv::encode::write_value_ref(&mut out, &t.to_value()).unwrap();
         out
     }
 
@@ -198,7 +242,7 @@ mod tests {
                 ValueRef::Array(vec![ValueRef::from(1u64)]),
             ),
         ]);
-        assert_eq!(Tensor::from_value(&v).unwrap().data, vec![1.0]);
+        assert_eq!(Tensor::from_value(&v).unwrap().to_f32(), vec![1.0]);
     }
 
     fn with(key: &'static str, value: ValueRef<'static>) -> ValueRef<'static> {
@@ -226,7 +270,7 @@ mod tests {
             (with("__ndarray__", ValueRef::Boolean(false)), "__ndarray__"),
             (
                 with("dtype", ValueRef::from("<f8")),
-                "\"<f8\" is not supported",
+                "\"<f8\" is not supported; the dtypes are \"<f4\", \"<f2\"",
             ),
             (with("dtype", ValueRef::from(1u64)), "must be a string"),
             (with("shape", ValueRef::from(2u64)), "must be an array"),

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use shm_layout::Gauge;
 
+use bytes::Bytes;
+
 use crate::ledger::Ticket;
+use crate::signature::Staged;
 use crate::metrics::Metrics;
 use crate::model::ModelStore;
 use crate::protocol::ErrorCode;
@@ -27,12 +30,10 @@ use crate::{Error, Result};
 pub struct Job {
     /// Its ledger entry: who asked, and where the answer goes.
     pub ticket: Ticket,
-    /// Observations in `input`.
-    pub rows: usize,
-    /// Whether the request had a leading batch dimension, which the answer repeats.
-    pub batched: bool,
-    /// `rows × input_size` values.
-    pub input: Vec<f32>,
+    /// The frame body the request came in; its tensor inputs are still there.
+    pub frame: Bytes,
+    /// Its inputs, checked against the model's signature: ranges of `frame`, and text.
+    pub staged: Staged,
     /// When it must have started computing; `None` for no deadline.
     pub deadline: Option<Instant>,
 }

@@ -15,11 +15,14 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use shm_layout::{duration_ns, Gauge, ShardWriter, Status};
 
 use crate::backend::Batch;
+use crate::batch::{BatchInputs, Part};
 use crate::ledger::{Outcome, Shard};
 use crate::metrics::Metrics;
 use crate::model::{LoadedModel, ModelStore};
-use crate::protocol::{ErrorCode, ErrorReply, InferResult, ServerMessage, Tensor, Timing};
-use crate::safety::Verdict;
+use crate::protocol::{
+    f32s_from_le, ErrorCode, ErrorReply, InferResult, ServerMessage, Tensor, Timing,
+};
+use crate::safety::{Clamps, Verdict};
 use crate::scheduler::{BatchPolicy, Job, JobReceiver};
 
 /// What every worker shares.
@@ -108,7 +111,7 @@ impl Worker {
             Some(at) if wait => crossbeam_channel::at(at),
             _ => crossbeam_channel::never(),
         };
-        let mut rows = first.rows;
+        let mut rows = first.staged.rows;
         let mut batch = vec![first];
         while rows < policy.max_batch_size {
             // What is queued joins at once; only an empty queue waits, until the timer fires.
@@ -127,12 +130,12 @@ impl Worker {
             });
             let Some(mut job) = next else { break };
             job.ticket.dequeue();
-            if rows + job.rows > policy.max_batch_size {
+            if rows + job.staged.rows > policy.max_batch_size {
                 // It opens the next batch rather than overfilling this one.
                 self.carry = Some(job);
                 break;
             }
-            rows += job.rows;
+            rows += job.staged.rows;
             batch.push(job);
         }
         Some(batch)
@@ -163,48 +166,62 @@ impl Worker {
         if live.is_empty() {
             return;
         }
-        let rows: usize = live.iter().map(|j| j.rows).sum();
-        let joined: Vec<f32>;
-        let input = match &live[..] {
-            [one] => &one.input[..],
-            many => {
-                joined = many.iter().flat_map(|j| j.input.iter().copied()).collect();
-                &joined[..]
-            }
+        let rows: usize = live.iter().map(|j| j.staged.rows).sum();
+        let signature = &model.metadata().signature;
+        let inputs = {
+            let mut parts: Vec<Part<'_>> = live
+                .iter_mut()
+                .map(|j| Part {
+                    frame: &j.frame,
+                    staged: &mut j.staged,
+                })
+                .collect();
+            BatchInputs::gather(model.backend.layout(), signature, &mut parts)
         };
         let result = model.backend.infer(Batch {
             rows,
-            input,
+            inputs: &inputs,
             worker: self.index,
         });
+        drop(inputs);
         self.shard
             .record_batch(model.segment_id, rows, duration_ns(start.elapsed()));
         self.sample_device_memory(&model);
-        let width = model.metadata().output_size;
-        let mut out = match result {
-            Ok(out) if out.output.len() == rows * width => out,
-            Ok(out) => {
-                let msg = format!(
-                    "backend returned {} values for {rows} rows of {width}",
-                    out.output.len()
-                );
-                return self.fail_all(&model, live, start, &msg);
-            }
+        let out = match result {
+            Ok(out) => out,
             Err(e) => return self.fail_all(&model, live, start, &e.to_string()),
         };
-        // The total was checked above and the jobs' rows sum to it, so every split succeeds.
-        let mut rest = &mut out.output[..];
+        let specs = signature.outputs();
+        let mis_sized = out.outputs.len() != specs.len()
+            || out
+                .outputs
+                .iter()
+                .zip(specs)
+                .any(|(o, spec)| o.len() != rows * spec.row_bytes());
+        if mis_sized {
+            let got: Vec<usize> = out.outputs.iter().map(Vec::len).collect();
+            let want: Vec<usize> = specs.iter().map(|s| rows * s.row_bytes()).collect();
+            let msg = format!(
+                "backend returned outputs of {got:?} bytes for {rows} rows; expected {want:?}"
+            );
+            return self.fail_all(&model, live, start, &msg);
+        }
+        // The sizes were checked above and the jobs' rows sum to `rows`, so every range is in
+        // bounds.
+        let mut first_row = 0;
         for job in live {
-            match std::mem::take(&mut rest).split_at_mut_checked(job.rows * width) {
-                Some((actions, tail)) => {
-                    rest = tail;
-                    self.answer_computed(&model, job, actions, start, out.compute_ns);
-                }
-                None => {
-                    let msg = "backend output is shorter than its batch".to_owned();
-                    self.answer_error(&model, job, ErrorCode::ModelError, msg, None);
-                }
-            }
+            let (from, to) = (first_row, first_row + job.staged.rows);
+            first_row = to;
+            let parts: Vec<&[u8]> = out
+                .outputs
+                .iter()
+                .zip(specs)
+                .map(|(o, spec)| {
+                    o.get(from * spec.row_bytes()..to * spec.row_bytes())
+                        .unwrap_or_default()
+                })
+                .collect();
+            self.answer_computed(&model, job, &parts, start, out.compute_ns);
         }
     }
 
@@ -242,7 +259,7 @@ impl Worker {
         &self,
         model: &LoadedModel,
         job: Job,
-        actions: &mut [f32],
+        outputs: &[&[u8]],
         start: Instant,
         compute_ns: u64,
     ) {
@@ -254,7 +271,29 @@ impl Worker {
             compute_ns: Some(compute_ns),
         };
         let id = job.ticket.id().unwrap_or_default();
-        let (outcome, answer) = match model.safety.apply(actions) {
+        let signature = &model.metadata().signature;
+        let action = signature.action_index();
+        let mut actions = f32s_from_le(outputs.get(action).copied().unwrap_or_default());
+        let (rows, batched) = (job.staged.rows, job.staged.batched);
+        // Only an unbatched request continues its connection's last step: a batch's rows are
+        // separate observations.
+        let follows = model.safety.max_step_delta().is_some() && !batched;
+        let verdict = if follows {
+            let mut last = job.ticket.last_step();
+            let previous = (!last.is_empty()).then_some(&last[..]);
+            let verdict = model.safety.apply(&mut actions, rows, previous);
+            if let Verdict::Pass(_) = verdict {
+                let width = signature.action_width();
+                if let Some(step) = actions.len().checked_sub(width).and_then(|i| actions.get(i..)) {
+                    last.clear();
+                    last.extend_from_slice(step);
+                }
+            }
+            verdict
+        } else {
+            model.safety.apply(&mut actions, rows, None)
+        };
+        let (outcome, answer) = match verdict {
             Verdict::Reject(reason) => {
                 self.shard.record_safety(model.segment_id, 0, Some(reason));
                 let message = format!(
@@ -268,25 +307,38 @@ impl Worker {
                 };
                 (outcome(Status::SafetyRejected), ServerMessage::Error(error))
             }
-            Verdict::Pass { clamped } => {
-                if clamped > 0 {
-                    self.shard.record_safety(model.segment_id, clamped, None);
+            Verdict::Pass(clamps) => {
+                if clamps != Clamps::default() {
+                    self.shard.record_safety(model.segment_id, clamps.range, None);
                 }
-                let width = model.metadata().output_size;
-                let shape = if job.batched {
-                    vec![job.rows, width]
-                } else {
-                    vec![width]
-                };
+                let tensors = signature
+                    .outputs()
+                    .iter()
+                    .zip(outputs)
+                    .enumerate()
+                    .map(|(i, (spec, bytes))| {
+                        let mut shape = spec.shape.clone();
+                        if batched {
+                            shape.insert(0, rows);
+                        }
+                        let data = if i == action {
+                            actions.iter().flat_map(|v| v.to_le_bytes()).collect()
+                        } else {
+                            bytes.to_vec()
+                        };
+                        (
+                            spec.name.clone(),
+                            Tensor {
+                                dtype: spec.dtype,
+                                shape,
+                                data,
+                            },
+                        )
+                    })
+                    .collect();
                 let result = InferResult {
                     id,
-                    outputs: vec![(
-                        model.metadata().output_name.clone(),
-                        Tensor {
-                            shape,
-                            data: actions.to_vec(),
-                        },
-                    )],
+                    outputs: tensors,
                     timing: Timing {
                         queue_us: queue_ns / 1_000,
                         compute_us: compute_ns / 1_000,

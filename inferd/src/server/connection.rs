@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use shm_layout::{Counter, RobotTypeId};
 use tokio::net::unix::OwnedReadHalf;
@@ -13,14 +13,14 @@ use tokio::sync::watch;
 use tokio_util::codec::FramedRead;
 
 use crate::ledger::{Account, Received, Ticket, TooManyInFlight};
-use crate::model::LoadedModel;
 use crate::outbox::outbox;
 use crate::protocol::{
-    decode_body, ClientMessage, ErrorCode, ErrorReply, FrameCodec, FrameError, InferRequest,
-    Rejection, ServerMessage, Tensor, HEADER_BYTES,
+    decode_body, ErrorCode, ErrorReply, FrameCodec, FrameError, Rejection, Request,
+    ServerMessage, HEADER_BYTES,
 };
 use crate::scheduler::Job;
 use crate::server::Context;
+use crate::signature::Staged;
 
 /// Frames a connection may have waiting to be written beyond its requests in flight before
 /// its reader stops reading: a client that does not read its answers is slowed down, not
@@ -67,7 +67,8 @@ struct Connection {
 
 impl Connection {
     async fn read(&mut self, reader: OwnedReadHalf, mut closing: watch::Receiver<bool>) {
-        let mut frames = FramedRead::new(reader, FrameCodec::new(self.ctx.config.max_frame_bytes));
+        let limit = self.ctx.models.current().max_frame_bytes;
+        let mut frames = FramedRead::new(reader, FrameCodec::new(limit));
         let idle = self.ctx.config.idle_timeout();
         let backlog = self.ctx.config.max_in_flight + EXTRA_BACKLOG_FRAMES;
         loop {
@@ -86,7 +87,7 @@ impl Connection {
                 next = next_frame(&mut frames, idle) => next,
             };
             let flow = match next {
-                Next::Frame(body) => self.handle(&body),
+                Next::Frame(body) => self.handle(body.freeze()),
                 Next::Idle if self.account.in_flight() > 0 => Flow::Continue,
                 Next::Idle => {
                     log::info!(
@@ -115,10 +116,10 @@ impl Connection {
     }
 
     /// Handles one frame; `Close` when the stream can no longer be trusted.
-    fn handle(&mut self, body: &[u8]) -> Flow {
+    fn handle(&mut self, body: Bytes) -> Flow {
         let arrived = Instant::now();
         let request_bytes = (body.len() + HEADER_BYTES) as u64;
-        let value = match decode_body(body) {
+        let value = match decode_body(&body) {
             Ok(v) => v,
             Err(e) => return self.fatal(ErrorCode::ProtocolError, format!("frame body is {e}")),
         };
@@ -132,7 +133,7 @@ impl Connection {
                 request_bytes,
             })
         };
-        match ClientMessage::decode(&value) {
+        match Request::decode(&value) {
             Err(Rejection::NotAMap) => self.fatal(
                 ErrorCode::ProtocolError,
                 "a frame must hold a msgpack map".into(),
@@ -141,7 +142,7 @@ impl Connection {
                 self.refuse(open(id), ErrorCode::InvalidInput, message);
                 Flow::Continue
             }
-            Ok(ClientMessage::Hello(hello)) => {
+            Ok(Request::Hello(hello)) => {
                 self.robot_type = self.ctx.metrics.writer().robot_type(&hello.robot_type);
                 // Quoted and escaped: both strings are the client's.
                 log::debug!(
@@ -152,21 +153,23 @@ impl Connection {
                 );
                 Flow::Continue
             }
-            Ok(ClientMessage::Infer(request)) => {
+            Ok(Request::Infer(request)) => {
                 let ticket = open(Some(request.id));
-                self.submit(&model, ticket, request);
+                let staged = model.metadata().signature.stage(
+                    &body,
+                    &request.inputs,
+                    self.ctx.config.max_batch_size,
+                );
+                match staged {
+                    Ok(staged) => self.submit(ticket, body.clone(), staged, request.deadline_us),
+                    Err(e) => self.refuse(ticket, ErrorCode::InvalidInput, e.to_string()),
+                }
                 Flow::Continue
             }
         }
     }
 
-    fn submit(&self, model: &LoadedModel, mut ticket: Ticket, request: InferRequest) {
-        let deadline_us = request.deadline_us;
-        let (rows, batched, input) = match job_input(model, request, self.ctx.config.max_batch_size)
-        {
-            Ok(v) => v,
-            Err(msg) => return self.refuse(ticket, ErrorCode::InvalidInput, msg),
-        };
+    fn submit(&self, mut ticket: Ticket, frame: Bytes, staged: Staged, deadline_us: Option<u64>) {
         if self.ctx.is_draining() {
             let msg = "inferd is draining and takes no new requests".to_owned();
             return self.refuse(ticket, ErrorCode::ShuttingDown, msg);
@@ -180,9 +183,8 @@ impl Connection {
             deadline_us.and_then(|us| ticket.arrived().checked_add(Duration::from_micros(us)));
         let job = Job {
             ticket,
-            rows,
-            batched,
-            input,
+            frame,
+            staged,
             deadline,
         };
         self.ctx.scheduler.submit(job);
@@ -244,39 +246,4 @@ async fn next_frame(
         Some(Err(e)) => Next::Error(e),
         None => Next::End,
     }
-}
-
-/// Checks a request's inputs against the model: `(rows, batched, values)`.
-fn job_input(
-    model: &LoadedModel,
-    request: InferRequest,
-    max_batch: usize,
-) -> Result<(usize, bool, Vec<f32>), String> {
-    let meta = model.metadata();
-    let want = &meta.input_name;
-    let count = request.inputs.len();
-    let mut inputs = request.inputs.into_iter();
-    let (name, Tensor { shape, data }) = match (inputs.next(), count) {
-        (Some(one), 1) => one,
-        _ => return Err(format!("expected exactly one input, {want:?}; got {count}")),
-    };
-    if &name != want {
-        return Err(format!("unknown input {name:?}; the model takes {want:?}"));
-    }
-    let width = meta.input_size;
-    let (rows, batched) = match shape[..] {
-        [n] if n == width => (1, false),
-        [rows, n] if n == width && (1..=max_batch).contains(&rows) => (rows, true),
-        _ => {
-            return Err(format!(
-                "input {name:?} has shape {shape:?}; expected [{width}] or [n, {width}] with 1 <= n <= {max_batch}"
-            ))
-        }
-    };
-    if let Some((i, v)) = data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(format!(
-            "input {name:?} value {i} is {v}; inputs must be finite"
-        ));
-    }
-    Ok((rows, batched, data))
 }

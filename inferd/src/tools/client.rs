@@ -21,7 +21,7 @@ use tokio_util::codec::FramedRead;
 
 use crate::protocol::{
     ClientMessage, FrameCodec, FrameError, Hello, InferRequest, InferResult, Metadata,
-    ServerMessage, Tensor,
+    Input, ServerMessage, Tensor,
 };
 use crate::{Error, Result};
 
@@ -155,10 +155,8 @@ impl RequestSender {
     /// Sends one observation (or a `[n, width]` batch as `Tensor`) without waiting; returns
     /// the id its answer will carry. Ids count up from 0 on each connection.
     pub async fn send_infer(&mut self, obs: &[f32], deadline_us: Option<u64>) -> Result<u64> {
-        let tensor = Tensor {
-            shape: vec![obs.len()],
-            data: obs.to_vec(),
-        };
+        let tensor = Tensor::new(vec![obs.len()], obs.to_vec())
+            .ok_or_else(|| Error::Protocol("observation too large".into()))?;
         self.send_tensor(tensor, deadline_us).await
     }
 
@@ -173,7 +171,7 @@ impl RequestSender {
         self.next_id += 1;
         let request = InferRequest {
             id,
-            inputs: vec![(self.input_name.clone(), input)],
+            inputs: vec![(self.input_name.clone(), Input::Tensor(input))],
             deadline_us,
         };
         self.send_frame(&ClientMessage::Infer(request).encode())

@@ -21,7 +21,7 @@ pub fn demo_metadata_frame() -> Result<Vec<u8>> {
     let config = Config::parse_from_args(["inferd"])?;
     let backend = BackendKind::Cpu.load(&ModelSource::Demo)?;
     let meta = backend.metadata();
-    let safety = SafetyFilter::new(meta.action_limits.clone(), meta.output_size)
+    let safety = SafetyFilter::new(meta.action_limits.clone(), meta.signature.action_width())
         .map_err(|e| Error::Config(e.to_string()))?;
     Ok(metadata_frame(&config, meta, &safety))
 }

@@ -24,8 +24,9 @@ use self::kernels::Kernels;
 use self::lane::Lane;
 use self::weights::DeviceWeights;
 use crate::backend::{
-    Backend, BackendOptions, Batch, BatchOutput, Device, ModelMetadata, ModelSource,
+    Backend, BackendOptions, Batch, BatchOutput, Device, Layout, ModelMetadata, ModelSource,
 };
+use crate::backend::cpu::policy_metadata;
 use crate::policy::MlpPolicy;
 use crate::{Error, Result};
 
@@ -142,17 +143,7 @@ impl CudaBackend {
             lanes.len(),
             options.cuda_graph_max_batch.min(rows)
         );
-        let metadata = ModelMetadata {
-            name: policy.name.clone(),
-            version: policy.version.clone(),
-            backend: "cuda".into(),
-            device: format!("cuda:{ordinal}"),
-            input_name: policy.input_name.clone(),
-            input_size: policy.input_size(),
-            output_name: policy.output_name.clone(),
-            output_size: policy.output_size(),
-            action_limits: policy.action_limits.clone(),
-        };
+        let metadata = policy_metadata(&policy, "cuda", format!("cuda:{ordinal}"))?;
         Ok(CudaBackend {
             lanes,
             kernels,
@@ -293,21 +284,23 @@ impl Backend for CudaBackend {
         &self.metadata
     }
 
+    fn layout(&self) -> Layout {
+        Layout::Features
+    }
+
     fn infer(&self, batch: Batch<'_>) -> Result<BatchOutput> {
-        let expected = batch.rows.checked_mul(self.metadata.input_size);
-        if expected != Some(batch.input.len()) {
+        let width = self.metadata.signature.feature_width();
+        let input = batch.features().unwrap_or_default();
+        if batch.rows.checked_mul(width) != Some(input.len()) {
             return Err(Error::Backend(format!(
                 "batch of {} rows has {} values, expected {}",
                 batch.rows,
-                batch.input.len(),
-                batch.rows.saturating_mul(self.metadata.input_size)
+                input.len(),
+                batch.rows.saturating_mul(width)
             )));
         }
         if batch.rows == 0 {
-            return Ok(BatchOutput {
-                output: Vec::new(),
-                compute_ns: 0,
-            });
+            return Ok(BatchOutput::from_f32(&[], 0));
         }
         // One lane per worker, so the lock is normally free; a mismatch only shares a lane.
         let lane = self
@@ -315,9 +308,8 @@ impl Backend for CudaBackend {
             .get(batch.worker % self.lanes.len().max(1))
             .ok_or_else(|| Error::Backend("cuda: no lanes".into()))?;
         let mut lane = lane.lock().unwrap_or_else(PoisonError::into_inner);
-        let (output, compute_ns) =
-            lane.run(&self.weights, &self.kernels, batch.input, batch.rows)?;
-        Ok(BatchOutput { output, compute_ns })
+        let (output, compute_ns) = lane.run(&self.weights, &self.kernels, input, batch.rows)?;
+        Ok(BatchOutput::from_f32(&output, compute_ns))
     }
 
     fn device_memory_used_bytes(&self) -> Option<u64> {
