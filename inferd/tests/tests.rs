@@ -20,10 +20,16 @@ mod counts;
 mod gpu;
 /// Drain on SIGTERM, reload on SIGHUP, generations, connection limit and idle timeout.
 mod lifecycle;
+/// The built-in format with several named inputs and a chunked output, over the socket: its
+/// answers against a reference, and every bad input of the signature refused by name.
+mod multi_input;
 /// The examples in docs/protocol.md are real frames of the real codec.
 mod protocol_doc;
 /// Many robots at once, each receiving exactly its own answers, with the right numbers.
 mod robots;
+/// The safety filter on action chunks: every step clamped, the step-delta limit, and both
+/// counted by kind in the segment.
+mod safety;
 /// A segment name has one live inferd, a failed start leaves nothing, a full tmpfs kills nothing.
 mod startup;
 /// Socket activation and sd_notify (READY, WATCHDOG, STOPPING) with systemd's own tools.
