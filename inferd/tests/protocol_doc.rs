@@ -325,3 +325,41 @@ fn the_reserved_label_values_are_the_documented_ones() {
     }
     assert!(inferd::protocol::RESERVED_LABELS.contains(&shm_layout::OTHER_LABEL));
 }
+
+
+#[test]
+fn the_documented_default_frame_limits_are_what_the_signature_gives() {
+    use inferd::protocol::DType;
+    use inferd::signature::{InputSpec, OutputSpec, Signature};
+    let demo = MlpPolicy::demo().signature().unwrap();
+    let image = |name: &str| InputSpec::tensor(name, DType::U8, vec![224, 224, 3]);
+    let droid = Signature::new(
+        vec![
+            image("observation/exterior_image_1_left"),
+            image("observation/wrist_image_left"),
+            InputSpec::vector("observation/state", 8),
+            InputSpec::text("prompt", 256),
+        ],
+        vec![OutputSpec {
+            name: "actions".into(),
+            dtype: DType::F32,
+            shape: vec![15, 8],
+        }],
+        "actions",
+    )
+    .unwrap();
+    for (what, signature) in [("demo", demo), ("DROID", droid)] {
+        let bytes = signature.default_max_frame_bytes(32);
+        assert!(
+            DOC.contains(&format!("= {bytes} bytes")),
+            "docs/protocol.md does not give the {what} limit as {bytes} bytes"
+        );
+    }
+    // The examples' model: the metadata example's max_frame_bytes.
+    let examples = examples_policy().signature().unwrap();
+    let documented = frame_json(&hex_bytes(&example("server metadata").hex)[4..]);
+    assert_eq!(
+        documented["max_frame_bytes"].as_u64(),
+        Some(examples.default_max_frame_bytes(32) as u64)
+    );
+}
