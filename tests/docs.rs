@@ -179,6 +179,17 @@ fn design_doc_names_only_code_that_exists() {
         ),
         ("Backend::infer", "inferd/src/backend/mod.rs", "fn infer("),
         (
+            "Signature::stage",
+            "inferd/src/signature.rs",
+            "pub fn stage(",
+        ),
+        (
+            "BatchInputs::gather",
+            "inferd/src/batch.rs",
+            "pub fn gather(",
+        ),
+        ("Request::decode", "inferd/src/protocol/message.rs", "pub fn decode("),
+        (
             "SafetyFilter::apply",
             "inferd/src/safety.rs",
             "pub fn apply(",
