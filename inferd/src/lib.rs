@@ -12,12 +12,18 @@
 //!   small batches), and `TorchBackend` (feature `torch`) runs TorchScript policies through
 //!   libtorch. [`BackendKind`] and [`Device`] choose among them.
 //! - Connections speak the [`protocol`] of `docs/protocol.md`: frames of msgpack maps with
-//!   openpi's msgpack-numpy arrays. Answers go back by id, so requests may be pipelined.
+//!   openpi's msgpack-numpy arrays (float32, float16, uint8, int8, int32, int64, bool) and
+//!   text. Answers go back by id, so requests may be pipelined.
+//! - A model's [`signature`] names its inputs (arrays of a dtype and shape, or text) and
+//!   outputs, and which output is the action. Each request is checked against it before it
+//!   is queued, and its inputs are copied once, from their frame into the batch buffer, in
+//!   the layout the backend takes ([`Layout`]).
 //! - Every request is counted by one ledger entry, from the frame that carried it to its one
 //!   answer: the ticket owns its in-flight and queue places and its one record into the
 //!   segment (`ledger.rs`; `docs/design.md` draws the whole path).
-//! - Workers batch requests as Triton's dynamic batcher does, refuse expired deadlines before
-//!   compute, and pass every output through the [`SafetyFilter`].
+//! - Workers batch requests from every robot as Triton's dynamic batcher does, refuse expired
+//!   deadlines before compute, and pass every action output (a vector or an `[H, A]` chunk)
+//!   through the [`SafetyFilter`].
 //! - [`Client`] is the Rust client; [`run_bench`] and [`serve_echo`] are the load generator
 //!   and the baseline server behind `inferctl bench` and `inferctl echo-serve`.
 //!
