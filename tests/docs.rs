@@ -188,7 +188,11 @@ fn design_doc_names_only_code_that_exists() {
             "inferd/src/batch.rs",
             "pub fn gather(",
         ),
-        ("Request::decode", "inferd/src/protocol/message.rs", "pub fn decode("),
+        (
+            "Request::decode",
+            "inferd/src/protocol/message.rs",
+            "pub fn decode(",
+        ),
         (
             "SafetyFilter::apply",
             "inferd/src/safety.rs",

@@ -15,7 +15,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use inferd::protocol::{ClientMessage, Hello, InferRequest, Input, Metadata, ServerMessage, Tensor};
+use inferd::protocol::{
+    ClientMessage, Hello, InferRequest, Input, Metadata, ServerMessage, Tensor,
+};
 use shm_layout::{Snapshot, Status};
 
 use crate::util::{http_get, http_get_any, unique, wait_for, Exporter, Inferd, PATIENCE};

@@ -22,8 +22,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use inferd::{
-    cuda_device_count, Activation, Backend, BackendOptions, Batch, BatchInputs, CpuBackend, CudaBackend, Device,
-    Linear, MlpPolicy,
+    cuda_device_count, Activation, Backend, BackendOptions, Batch, BatchInputs, CpuBackend,
+    CudaBackend, Device, Linear, MlpPolicy,
 };
 
 /// legged_gym's rough-terrain actor.

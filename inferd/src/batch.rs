@@ -165,7 +165,11 @@ mod tests {
         let mut image = InputSpec::tensor("image", DType::U8, vec![2]);
         image.scale = 0.5;
         Signature::new(
-            vec![image, InputSpec::vector("state", 1), InputSpec::text("prompt", 8)],
+            vec![
+                image,
+                InputSpec::vector("state", 1),
+                InputSpec::text("prompt", 8),
+            ],
             vec![OutputSpec {
                 name: "actions".into(),
                 dtype: DType::F32,
@@ -204,8 +208,14 @@ mod tests {
         };
         let (mut sa, mut sb) = (staged_a.clone(), staged_b.clone());
         let mut parts = [
-            Part { frame: &a, staged: &mut sa },
-            Part { frame: &b, staged: &mut sb },
+            Part {
+                frame: &a,
+                staged: &mut sa,
+            },
+            Part {
+                frame: &b,
+                staged: &mut sb,
+            },
         ];
         let features = BatchInputs::gather(Layout::Features, &sig, &mut parts);
         assert_eq!(

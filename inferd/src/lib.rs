@@ -82,9 +82,7 @@ pub use crate::policy::{
     UnknownActivation, DEFAULT_OBS_EPS, DEMO_WIDTHS, MAX_POLICY_FILE_BYTES, MLP_FORMAT,
     MLP_FORMAT_VERSION,
 };
-pub use crate::safety::{
-    ActionBounds, Clamps, LimitsError, SafetyFilter, StepDeltaError, Verdict,
-};
+pub use crate::safety::{ActionBounds, Clamps, LimitsError, SafetyFilter, StepDeltaError, Verdict};
 pub use crate::server::run;
 pub use crate::socket_path::default_socket_path;
 

@@ -66,9 +66,9 @@ impl LoadedModel {
         }
         let width = meta.signature.action_width();
         let limits = match config.action_limits(width) {
-            Some((low, high)) => Some(
-                ActionBounds::new(low, high, width).map_err(|e| model_error(e.to_string()))?,
-            ),
+            Some((low, high)) => {
+                Some(ActionBounds::new(low, high, width).map_err(|e| model_error(e.to_string()))?)
+            }
             None => meta.action_limits.clone(),
         };
         let safety = SafetyFilter::new(limits, width).map_err(|e| model_error(e.to_string()))?;

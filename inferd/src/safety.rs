@@ -317,9 +317,15 @@ mod tests {
     #[test]
     fn rejects_nan_before_inf_and_leaves_values_alone() {
         let mut a = [f32::INFINITY, f32::NAN];
-        assert_eq!(filter().apply(&mut a, 1, None), Verdict::Reject(SafetyReason::Nan));
+        assert_eq!(
+            filter().apply(&mut a, 1, None),
+            Verdict::Reject(SafetyReason::Nan)
+        );
         let mut b = [f32::NEG_INFINITY, 0.0];
-        assert_eq!(filter().apply(&mut b, 1, None), Verdict::Reject(SafetyReason::Inf));
+        assert_eq!(
+            filter().apply(&mut b, 1, None),
+            Verdict::Reject(SafetyReason::Inf)
+        );
         assert_eq!(b[0], f32::NEG_INFINITY);
     }
 

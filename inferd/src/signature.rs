@@ -205,7 +205,9 @@ fn check_name(name: &str) -> Result<(), SignatureError> {
 fn check_shape(name: &str, shape: &[usize]) -> Result<(), SignatureError> {
     let bad = shape.contains(&0)
         || shape.len() > crate::protocol::MAX_RANK
-        || element_count(shape).and_then(|n| n.checked_mul(8)).is_none();
+        || element_count(shape)
+            .and_then(|n| n.checked_mul(8))
+            .is_none();
     if bad {
         return Err(SignatureError::Shape {
             name: name.to_owned(),
@@ -659,9 +661,7 @@ fn stage_one(
             }
             let (rows, batched) = match array.shape.split_first() {
                 _ if array.shape == *shape => (1, false),
-                Some((&n, rest)) if rest == &shape[..] && (1..=max_batch).contains(&n) => {
-                    (n, true)
-                }
+                Some((&n, rest)) if rest == &shape[..] && (1..=max_batch).contains(&n) => (n, true),
                 _ => {
                     return Err(InputError::Shape {
                         name: name(),
@@ -741,10 +741,7 @@ impl SpecJson {
             ))
         };
         let mut spec = if self.dtype == TEXT_DTYPE {
-            InputSpec::text(
-                &self.name,
-                self.max_bytes.unwrap_or(DEFAULT_MAX_TEXT_BYTES),
-            )
+            InputSpec::text(&self.name, self.max_bytes.unwrap_or(DEFAULT_MAX_TEXT_BYTES))
         } else {
             let dtype = DType::from_name(&self.dtype).ok_or_else(unknown)?;
             InputSpec::tensor(&self.name, dtype, self.shape.clone())
@@ -948,7 +945,10 @@ mod tests {
     #[test]
     fn a_batch_stages_every_input_with_its_n() {
         let sig = vla();
-        let (img, state) = (image(Some(3)), Tensor::new(vec![3, 8], vec![1.0; 24]).unwrap());
+        let (img, state) = (
+            image(Some(3)),
+            Tensor::new(vec![3, 8], vec![1.0; 24]).unwrap(),
+        );
         let prompts = ValueRef::Array(vec!["a".into(), "b".into(), "c".into()]);
         let staged = stage(
             &sig,
@@ -989,15 +989,47 @@ mod tests {
             shape,
         };
         let cases = [
-            (vec![InputSpec::vector("x", 0)], vec![out(vec![2], DType::F32)], "a", "dimension"),
-            (vec![InputSpec::vector("x", 1)], vec![out(vec![2], DType::I64)], "a", "must be \"<f4\""),
-            (vec![InputSpec::vector("x", 1)], vec![out(vec![2, 2, 2], DType::F32)], "a", "[H, A]"),
-            (vec![InputSpec::vector("x", 1)], vec![out(vec![2], DType::F32)], "b", "not one of"),
-            (vec![InputSpec::vector("x", 1), InputSpec::text("x", 4)], vec![out(vec![2], DType::F32)], "a", "two inputs"),
-            (vec![], vec![out(vec![2], DType::F32)], "a", "at least one input"),
+            (
+                vec![InputSpec::vector("x", 0)],
+                vec![out(vec![2], DType::F32)],
+                "a",
+                "dimension",
+            ),
+            (
+                vec![InputSpec::vector("x", 1)],
+                vec![out(vec![2], DType::I64)],
+                "a",
+                "must be \"<f4\"",
+            ),
+            (
+                vec![InputSpec::vector("x", 1)],
+                vec![out(vec![2, 2, 2], DType::F32)],
+                "a",
+                "[H, A]",
+            ),
+            (
+                vec![InputSpec::vector("x", 1)],
+                vec![out(vec![2], DType::F32)],
+                "b",
+                "not one of",
+            ),
+            (
+                vec![InputSpec::vector("x", 1), InputSpec::text("x", 4)],
+                vec![out(vec![2], DType::F32)],
+                "a",
+                "two inputs",
+            ),
+            (
+                vec![],
+                vec![out(vec![2], DType::F32)],
+                "a",
+                "at least one input",
+            ),
         ];
         for (inputs, outputs, action, want) in cases {
-            let err = Signature::new(inputs, outputs, action).unwrap_err().to_string();
+            let err = Signature::new(inputs, outputs, action)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{err:?} should say {want:?}");
         }
     }

@@ -262,7 +262,11 @@ fn deadline_us_zero_means_no_deadline_not_one_already_passed() {
     match raw.recv() {
         Some(ServerMessage::Result(r)) => {
             assert_eq!(r.id, 1);
-            assert_close(&r.outputs[0].1.to_f32(), &demo_actions(&obs), "deadline_us 0");
+            assert_close(
+                &r.outputs[0].1.to_f32(),
+                &demo_actions(&obs),
+                "deadline_us 0",
+            );
         }
         other => panic!("expected a result, got {other:?}"),
     }

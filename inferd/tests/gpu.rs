@@ -7,8 +7,8 @@
 use std::thread;
 
 use inferd::{
-    Activation, Backend, BackendOptions, Batch, BatchInputs, CpuBackend, CudaBackend, Device, Linear, MlpPolicy,
-    ObsNormalization,
+    Activation, Backend, BackendOptions, Batch, BatchInputs, CpuBackend, CudaBackend, Device,
+    Linear, MlpPolicy, ObsNormalization,
 };
 
 use crate::backends::assert_within;

@@ -326,7 +326,6 @@ fn the_reserved_label_values_are_the_documented_ones() {
     assert!(inferd::protocol::RESERVED_LABELS.contains(&shm_layout::OTHER_LABEL));
 }
 
-
 #[test]
 fn the_documented_default_frame_limits_are_what_the_signature_gives() {
     use inferd::protocol::DType;

@@ -111,9 +111,8 @@ impl DType {
         match self {
             DType::F32 if scale == 1.0 => out.extend(elements.map(|c| le_f32(c))),
             DType::F32 => out.extend(elements.map(|c| le_f32(c) * scale)),
-            DType::F16 => {
-                out.extend(elements.map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32() * scale))
-            }
+            DType::F16 => out
+                .extend(elements.map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32() * scale)),
             DType::U8 | DType::Bool => out.extend(bytes.iter().map(|&b| f32::from(b) * scale)),
             DType::I8 => out.extend(bytes.iter().map(|&b| f32::from(b as i8) * scale)),
             DType::I32 => out.extend(
@@ -173,7 +172,10 @@ mod tests {
         assert_eq!(DType::F32.check_values(&f), Err((1, "NaN".into())));
         let h = half::f16::INFINITY.to_le_bytes();
         assert_eq!(DType::F16.check_values(&h), Err((0, "inf".into())));
-        assert_eq!(DType::Bool.check_values(&[0, 1, 2]), Err((2, "byte 2".into())));
+        assert_eq!(
+            DType::Bool.check_values(&[0, 1, 2]),
+            Err((2, "byte 2".into()))
+        );
         assert_eq!(DType::U8.check_values(&[255]), Ok(()));
     }
 }

@@ -583,21 +583,19 @@ impl ServerMessage {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             ServerMessage::Metadata(m) => encode_metadata(m),
-            ServerMessage::Result(r) => {
-                encode_frame(&obj(vec![
-                    ("type", ValueRef::from("result")),
-                    ("id", ValueRef::from(r.id)),
-                    ("outputs", encode_tensors(&r.outputs)),
-                    (
-                        "timing",
-                        obj(vec![
-                            ("queue_us", ValueRef::from(r.timing.queue_us)),
-                            ("compute_us", ValueRef::from(r.timing.compute_us)),
-                            ("total_us", ValueRef::from(r.timing.total_us)),
-                        ]),
-                    ),
-                ]))
-            }
+            ServerMessage::Result(r) => encode_frame(&obj(vec![
+                ("type", ValueRef::from("result")),
+                ("id", ValueRef::from(r.id)),
+                ("outputs", encode_tensors(&r.outputs)),
+                (
+                    "timing",
+                    obj(vec![
+                        ("queue_us", ValueRef::from(r.timing.queue_us)),
+                        ("compute_us", ValueRef::from(r.timing.compute_us)),
+                        ("total_us", ValueRef::from(r.timing.total_us)),
+                    ]),
+                ),
+            ])),
             ServerMessage::Error(e) => encode_frame(&obj(vec![
                 ("type", ValueRef::from("error")),
                 ("id", e.id.map_or(ValueRef::Nil, ValueRef::from)),

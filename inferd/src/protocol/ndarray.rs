@@ -170,7 +170,10 @@ impl Tensor {
         ValueRef::Map(vec![
             (ValueRef::Binary(b"__ndarray__"), ValueRef::Boolean(true)),
             (ValueRef::Binary(b"data"), ValueRef::Binary(&self.data)),
-            (ValueRef::Binary(b"dtype"), ValueRef::from(self.dtype.as_str())),
+            (
+                ValueRef::Binary(b"dtype"),
+                ValueRef::from(self.dtype.as_str()),
+            ),
             (ValueRef::Binary(b"shape"), ValueRef::Array(shape)),
         ])
     }

@@ -19,10 +19,10 @@ use shm_layout::Gauge;
 use bytes::Bytes;
 
 use crate::ledger::Ticket;
-use crate::signature::Staged;
 use crate::metrics::Metrics;
 use crate::model::ModelStore;
 use crate::protocol::ErrorCode;
+use crate::signature::Staged;
 use crate::{Error, Result};
 
 /// A request accepted for compute.

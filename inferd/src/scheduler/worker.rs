@@ -284,7 +284,11 @@ impl Worker {
             let verdict = model.safety.apply(&mut actions, rows, previous);
             if let Verdict::Pass(_) = verdict {
                 let width = signature.action_width();
-                if let Some(step) = actions.len().checked_sub(width).and_then(|i| actions.get(i..)) {
+                if let Some(step) = actions
+                    .len()
+                    .checked_sub(width)
+                    .and_then(|i| actions.get(i..))
+                {
                     last.clear();
                     last.extend_from_slice(step);
                 }
@@ -309,7 +313,8 @@ impl Worker {
             }
             Verdict::Pass(clamps) => {
                 if clamps != Clamps::default() {
-                    self.shard.record_safety(model.segment_id, clamps.range, None);
+                    self.shard
+                        .record_safety(model.segment_id, clamps.range, None);
                 }
                 let tensors = signature
                     .outputs()

@@ -15,8 +15,8 @@ use tokio_util::codec::FramedRead;
 use crate::ledger::{Account, Received, Ticket, TooManyInFlight};
 use crate::outbox::outbox;
 use crate::protocol::{
-    decode_body, ErrorCode, ErrorReply, FrameCodec, FrameError, Rejection, Request,
-    ServerMessage, HEADER_BYTES,
+    decode_body, ErrorCode, ErrorReply, FrameCodec, FrameError, Rejection, Request, ServerMessage,
+    HEADER_BYTES,
 };
 use crate::scheduler::Job;
 use crate::server::Context;

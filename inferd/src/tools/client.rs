@@ -20,8 +20,8 @@ use tokio::net::UnixStream;
 use tokio_util::codec::FramedRead;
 
 use crate::protocol::{
-    ClientMessage, FrameCodec, FrameError, Hello, InferRequest, InferResult, Metadata,
-    Input, ServerMessage, Tensor,
+    ClientMessage, FrameCodec, FrameError, Hello, InferRequest, InferResult, Input, Metadata,
+    ServerMessage, Tensor,
 };
 use crate::{Error, Result};
 

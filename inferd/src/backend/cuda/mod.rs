@@ -23,10 +23,10 @@ use cudarc::driver::CudaContext;
 use self::kernels::Kernels;
 use self::lane::Lane;
 use self::weights::DeviceWeights;
+use crate::backend::cpu::policy_metadata;
 use crate::backend::{
     Backend, BackendOptions, Batch, BatchOutput, Device, Layout, ModelMetadata, ModelSource,
 };
-use crate::backend::cpu::policy_metadata;
 use crate::policy::MlpPolicy;
 use crate::{Error, Result};
 
