@@ -172,7 +172,11 @@ impl SafetyFilter {
                 })
             }
         };
-        if let Some((index, &value)) = limit.iter().enumerate().find(|(_, v)| !(**v >= 0.0)) {
+        if let Some((index, &value)) = limit
+            .iter()
+            .enumerate()
+            .find(|(_, v)| v.is_nan() || **v < 0.0)
+        {
             return Err(StepDeltaError::Negative { index, value });
         }
         self.max_step_delta = Some(limit);

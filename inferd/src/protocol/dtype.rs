@@ -109,7 +109,7 @@ impl DType {
         let n = self.size_bytes();
         let elements = bytes.chunks_exact(n);
         match self {
-            DType::F32 if scale == 1.0 => out.extend(elements.map(|c| le_f32(c))),
+            DType::F32 if scale == 1.0 => out.extend(elements.map(le_f32)),
             DType::F32 => out.extend(elements.map(|c| le_f32(c) * scale)),
             DType::F16 => out
                 .extend(elements.map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32() * scale)),

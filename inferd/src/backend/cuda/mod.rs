@@ -143,7 +143,7 @@ impl CudaBackend {
             lanes.len(),
             options.cuda_graph_max_batch.min(rows)
         );
-        let metadata = policy_metadata(&policy, "cuda", format!("cuda:{ordinal}"))?;
+        let metadata = policy_metadata(policy, "cuda", format!("cuda:{ordinal}"))?;
         Ok(CudaBackend {
             lanes,
             kernels,
