@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target of both fuzz workspaces (shm-layout/fuzz: the segment reader;
-# inferd/fuzz: the frame decoder, the request parser, the array decoder) for FUZZ_SECONDS each
+# inferd/fuzz: the frame decoder, the request parser, the array decoder, the check of a request against a signature) for FUZZ_SECONDS each
 # (default 60), starting from the seed corpus kept in the repo (<workspace>/corpus/<target>). New
 # inputs go to <workspace>/target/corpus/<target> (ignored, kept between local runs), so a run leaves
 # the checkout clean; `cargo fuzz cmin` folds them into the seeds when they are worth keeping.

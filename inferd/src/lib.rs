@@ -74,6 +74,7 @@ pub use crate::backend::{
     CpuBackend, CudaBackend, Device, Layout, ModelMetadata, ModelSource, StackedInput,
     UnknownDevice,
 };
+pub use crate::batch::Part;
 pub use crate::config::{Config, IO_THREADS};
 pub use crate::error::{Error, Result, EXIT_CONFIG};
 pub use crate::logging::{init_logging, report_fatal};
