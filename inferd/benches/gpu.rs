@@ -93,6 +93,8 @@ fn policy() -> MlpPolicy {
         version: "1".into(),
         input_name: "obs".into(),
         output_name: "actions".into(),
+        inputs: vec![],
+        output_shape: vec![],
         activation: Activation::Elu,
         layers,
         obs_normalization: None,

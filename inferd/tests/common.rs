@@ -320,6 +320,8 @@ pub fn slow_policy(name: &str, gain: f32) -> MlpPolicy {
         version: "1".into(),
         input_name: "obs".into(),
         output_name: "actions".into(),
+        inputs: vec![],
+        output_shape: vec![],
         activation: Activation::Relu,
         layers: vec![
             layer(48, SLOW_WIDTH, &[(0, 0, 1.0), (1, 0, -1.0)]),

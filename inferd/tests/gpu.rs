@@ -54,6 +54,8 @@ fn policy(widths: &[usize], activation: Activation) -> MlpPolicy {
         version: "1".into(),
         input_name: "obs".into(),
         output_name: "actions".into(),
+        inputs: vec![],
+        output_shape: vec![],
         activation,
         layers,
         obs_normalization: Some(ObsNormalization {

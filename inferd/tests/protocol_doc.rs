@@ -202,6 +202,8 @@ fn examples_policy() -> MlpPolicy {
         version: "1".into(),
         input_name: "obs".into(),
         output_name: "actions".into(),
+        inputs: vec![],
+        output_shape: vec![],
         activation: Activation::Elu,
         layers: vec![Linear {
             inputs: 4,

@@ -122,6 +122,35 @@ mod tests {
     }
 
     #[test]
+    fn a_multi_input_chunked_policy_announces_its_signature_and_answers_chunks() {
+        let policy = crate::policy::chunked_test_policy();
+        let backend = CpuBackend::new(policy.clone()).unwrap();
+        let meta = backend.metadata();
+        assert_eq!(meta.signature, policy.signature().unwrap());
+        let names: Vec<&str> = meta
+            .signature
+            .inputs()
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["image", "state"]);
+        assert_eq!(meta.signature.action().shape, [3, 2]);
+        assert_eq!(meta.action_limits.as_ref().map(|l| l.width()), Some(2));
+        assert_eq!(backend.layout(), Layout::Features);
+        // Two rows of 16 features give two chunks of 3 x 2 values.
+        let input: Vec<f32> = (0..32).map(|i| i as f32 / 32.0).collect();
+        let out = backend
+            .infer(Batch {
+                rows: 2,
+                inputs: &BatchInputs::Features(input.clone()),
+                worker: 0,
+            })
+            .unwrap();
+        assert_eq!(out.to_f32(0), policy.forward(&input, 2).unwrap());
+        assert_eq!(out.to_f32(0).len(), 12);
+    }
+
+    #[test]
     fn a_gpu_device_is_refused() {
         let options = BackendOptions {
             device: Device::Cuda(0),

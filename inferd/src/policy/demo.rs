@@ -51,6 +51,8 @@ impl MlpPolicy {
             version: "1".into(),
             input_name: "obs".into(),
             output_name: "actions".into(),
+            inputs: vec![],
+            output_shape: vec![],
             activation: Activation::Elu,
             layers,
             obs_normalization: Some(ObsNormalization {
@@ -62,6 +64,42 @@ impl MlpPolicy {
             // Constant bounds that pass the check; the test below sees that they are there.
             action_limits: ActionBounds::new(vec![-1.0; n_out], vec![1.0; n_out], n_out).ok(),
         }
+    }
+}
+
+/// A small policy of the multi-input chunked shape, for the format's tests: a uint8 image
+/// `[2, 2, 3]` scaled by 1/255 and a float32 state `[4]` in (16 features), 16→8→6 with tanh,
+/// a chunk `[3, 2]` out, normalization, a scale per output and limits per action value.
+#[cfg(test)]
+pub(crate) fn chunked() -> MlpPolicy {
+    use crate::protocol::DType;
+    use crate::signature::InputSpec;
+    let mut rng = SplitMix64(7);
+    let mut layer = |inputs: usize, outputs: usize| Linear {
+        inputs,
+        outputs,
+        weight: (0..inputs * outputs).map(|_| rng.uniform(0.5)).collect(),
+        bias: (0..outputs).map(|_| rng.uniform(0.5)).collect(),
+    };
+    let layers = vec![layer(16, 8), layer(8, 6)];
+    let mut image = InputSpec::tensor("image", DType::U8, vec![2, 2, 3]);
+    image.scale = 1.0 / 255.0;
+    MlpPolicy {
+        name: "chunked".into(),
+        version: "3".into(),
+        input_name: "obs".into(),
+        output_name: "actions".into(),
+        inputs: vec![image, InputSpec::vector("state", 4)],
+        output_shape: vec![3, 2],
+        activation: Activation::Tanh,
+        layers,
+        obs_normalization: Some(ObsNormalization {
+            mean: vec![0.25; 16],
+            std: vec![2.0; 16],
+            eps: 1e-3,
+        }),
+        action_scale: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        action_limits: ActionBounds::new(vec![-1.0, -2.0], vec![1.0, 2.0], 2).ok(),
     }
 }
 

@@ -10,6 +10,7 @@ use crate::policy::{
 };
 use crate::protocol::f32s_from_le;
 use crate::safety::{ActionBounds, LimitsError};
+use crate::signature::{InputSpec, SignatureError, SpecJson};
 use crate::{Error, Result};
 
 /// A tensor read from the file: its shape and values.
@@ -20,8 +21,12 @@ type Pair = (Vec<f32>, Vec<f32>);
 
 /// The `format` metadata value.
 pub const MLP_FORMAT: &str = "inferd-mlp";
-/// The `format_version` this build reads and writes.
-pub const MLP_FORMAT_VERSION: &str = "1";
+/// The newest `format_version`, which this build writes for a policy of several named inputs
+/// or a chunked output (metadata `inputs` and `output_shape`).
+pub const MLP_FORMAT_VERSION: &str = "2";
+/// The first `format_version`: one float32 vector in, one out. This build still reads it, and
+/// writes it for such a policy, so that older builds read those files too.
+pub const MLP_FORMAT_VERSION_VECTOR: &str = "1";
 /// `obs_eps` when the file does not set it.
 pub const DEFAULT_OBS_EPS: f32 = 1e-8;
 /// The largest policy file read, bytes; far above any MLP policy.
@@ -80,9 +85,42 @@ pub enum FormatError {
     /// The `format` metadata is missing or names another format.
     #[error("metadata format is {0:?}, expected {MLP_FORMAT:?}")]
     Format(Option<String>),
-    /// The `format_version` metadata is missing or not this build's.
-    #[error("metadata format_version is {0:?}, expected {MLP_FORMAT_VERSION:?}")]
+    /// The `format_version` metadata is missing or none this build reads.
+    #[error(
+        "metadata format_version is {0:?}, expected {MLP_FORMAT_VERSION_VECTOR:?} or \
+         {MLP_FORMAT_VERSION:?}"
+    )]
     FormatVersion(Option<String>),
+    /// A metadata key of a newer `format_version` in an older file: ignoring it would serve
+    /// another signature than the file means.
+    #[error(
+        "metadata {key} needs format_version {MLP_FORMAT_VERSION:?}, the file says {version:?}"
+    )]
+    NeedsVersion {
+        /// The key.
+        key: &'static str,
+        /// The file's `format_version`.
+        version: String,
+    },
+    /// `input_name` beside `inputs`, which names the inputs itself.
+    #[error("metadata has both input_name and inputs; inputs names every input, drop input_name")]
+    InputNameWithInputs,
+    /// The `inputs` metadata is not a JSON list of input specs, or one is not a numeric input.
+    #[error(
+        "metadata inputs: {0}. It is a JSON list such as \
+         [{{\"name\": \"image\", \"dtype\": \"|u1\", \"shape\": [8, 8, 3], \"scale\": 0.00392156862745098}}]"
+    )]
+    Inputs(SignatureError),
+    /// The `output_shape` metadata is not a JSON list of dimensions; holds the text and why.
+    #[error(
+        "metadata output_shape {text:?} is not a JSON list of dimensions such as [10, 7]: {reason}"
+    )]
+    OutputShape {
+        /// The metadata value.
+        text: String,
+        /// serde's message.
+        reason: String,
+    },
     /// The `activation` metadata is missing.
     #[error("metadata has no activation")]
     NoActivation,
@@ -121,13 +159,16 @@ pub enum FormatError {
         /// The values it must hold.
         want: usize,
     },
-    /// An `action_scale` that is neither one value per action nor a single value.
-    #[error("action_scale has shape {shape:?}, expected [{want}] or [1]")]
+    /// An `action_scale` that is neither one value per output, nor one per action value of a
+    /// step, nor a single value.
+    #[error("action_scale has shape {shape:?}, expected {}", scale_shapes(*outputs, *width))]
     ActionScaleShape {
         /// Its shape.
         shape: Vec<usize>,
-        /// Action width.
-        want: usize,
+        /// The last layer's width (`H × A`).
+        outputs: usize,
+        /// Values per action step (`A`).
+        width: usize,
     },
     /// One tensor of a pair that must come together without the other.
     #[error("{0} and {1} must come together")]
@@ -154,6 +195,15 @@ pub enum FormatError {
     Serialize(#[source] SafeTensorError),
 }
 
+/// The shapes an `action_scale` may have: `[H × A]`, `[A]` for a chunk, or `[1]`.
+fn scale_shapes(outputs: usize, width: usize) -> String {
+    if outputs == width {
+        format!("[{outputs}] or [1]")
+    } else {
+        format!("[{outputs}], [{width}] (every step alike) or [1]")
+    }
+}
+
 impl MlpPolicy {
     /// Reads and checks a policy file.
     pub fn load(path: &Path) -> Result<MlpPolicy> {
@@ -174,19 +224,32 @@ impl MlpPolicy {
 
     /// Parses and checks a policy from safetensors bytes.
     ///
-    /// Tensors, all `F32`:
+    /// Tensors, all `F32`, where `in` is the first layer's width, `out` the last's, and `A`
+    /// the values of one action step (the last dimension of `output_shape`; `out` without it):
     ///
     /// | name | shape | |
     /// |---|---|---|
     /// | `layers.{i}.weight` | `[out, in]` | `i = 0, 1, ...` with no gaps |
     /// | `layers.{i}.bias` | `[out]` | |
     /// | `obs_mean`, `obs_std` | `[in]` | optional, both or neither |
-    /// | `action_scale` | `[out]` or `[1]` | optional, default 1 |
-    /// | `action_low`, `action_high` | `[out]` | optional, both or neither |
+    /// | `action_scale` | `[out]`, `[A]` or `[1]` | optional, default 1; `[A]` scales every step alike |
+    /// | `action_low`, `action_high` | `[A]` | optional, both or neither; every step is clamped to them |
     ///
-    /// `__metadata__` (all values strings): `format` = `inferd-mlp`, `format_version` = `1`,
+    /// `__metadata__` (all values strings): `format` = `inferd-mlp`, `format_version`,
     /// `activation` (`elu`, `relu`, `tanh`, `gelu`), and optionally `obs_eps` (default `1e-8`),
-    /// `name`, `version`, `input_name` (default `obs`), `output_name` (default `actions`).
+    /// `name`, `version`, `output_name` (default `actions`), and:
+    ///
+    /// | key | `format_version` | |
+    /// |---|---|---|
+    /// | `input_name` | `1`, or `2` without `inputs` | the one float32 input, default `obs` |
+    /// | `inputs` | `2` | JSON list of `{"name", "dtype", "shape", "scale"?}`, numeric dtypes only |
+    /// | `output_shape` | `2` | JSON list, `[A]` or `[H, A]` (e.g. `[10, 7]`); default `[out]` |
+    ///
+    /// With `inputs`, each input is converted to float32, multiplied by its `scale` (default
+    /// 1; `0.00392156862745098` = 1/255 maps a uint8 image to [0, 1]) and concatenated in
+    /// the listed order into the first layer's `in` values, so their shapes' products must add
+    /// up to `in`. A file of version `1` that has `inputs` or `output_shape` is refused rather
+    /// than read as another signature.
     /// Any other tensor is an error, so that a misnamed one cannot be silently ignored.
     pub fn from_safetensors(bytes: &[u8]) -> Result<MlpPolicy, FormatError> {
         let not_safetensors = |e| FormatError::NotSafetensors(NotSafetensors::describe(bytes, e));
@@ -198,6 +261,19 @@ impl MlpPolicy {
             (Some(first), Some(last)) => (first.inputs, last.outputs),
             _ => return Err(InvalidPolicy::NoLayers.into()),
         };
+        // Values per action step: what the limits and a per-step scale hold. A shape that
+        // does not fit the last layer is named as such, not for a scale or limits that
+        // disagree with it.
+        let values = crate::protocol::element_count(&meta.output_shape).unwrap_or(0);
+        if !meta.output_shape.is_empty() && values != n_out {
+            return Err(InvalidPolicy::OutputShape {
+                shape: meta.output_shape,
+                values,
+                outputs: n_out,
+            }
+            .into());
+        }
+        let width = meta.output_shape.last().copied().unwrap_or(n_out);
         let obs_normalization = tensors
             .pair("obs_mean", "obs_std", n_in)?
             .map(|(mean, std)| ObsNormalization {
@@ -205,8 +281,8 @@ impl MlpPolicy {
                 std,
                 eps: meta.obs_eps,
             });
-        let action_scale = tensors.action_scale(n_out)?;
-        let limits = tensors.pair("action_low", "action_high", n_out)?;
+        let action_scale = tensors.action_scale(n_out, width)?;
+        let limits = tensors.pair("action_low", "action_high", width)?;
         tensors.check_all_read(layers.len())?;
 
         let mut policy = MlpPolicy {
@@ -214,6 +290,8 @@ impl MlpPolicy {
             version: meta.version,
             input_name: meta.input_name,
             output_name: meta.output_name,
+            inputs: meta.inputs,
+            output_shape: meta.output_shape,
             activation: meta.activation,
             layers,
             obs_normalization,
@@ -224,12 +302,14 @@ impl MlpPolicy {
         // reported for its sizes.
         policy.validate()?;
         policy.action_limits = limits
-            .map(|(low, high)| ActionBounds::new(low, high, n_out))
+            .map(|(low, high)| ActionBounds::new(low, high, width))
             .transpose()?;
         Ok(policy)
     }
 
-    /// Writes the policy in the format [`MlpPolicy::from_safetensors`] reads.
+    /// Writes the policy in the format [`MlpPolicy::from_safetensors`] reads: `format_version`
+    /// 1 for a policy of one float32 vector in and out ([`MlpPolicy::is_vector`]), which any
+    /// build reads, else 2 with its `inputs` and `output_shape`.
     pub fn to_safetensors(&self) -> Result<Vec<u8>, FormatError> {
         self.validate()?;
         let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
@@ -267,21 +347,41 @@ impl MlpPolicy {
             .obs_normalization
             .as_ref()
             .map_or(DEFAULT_OBS_EPS, |n| n.eps);
-        let meta: HashMap<String, String> = [
+        let version = if self.is_vector() {
+            MLP_FORMAT_VERSION_VECTOR
+        } else {
+            MLP_FORMAT_VERSION
+        };
+        let mut meta: HashMap<String, String> = [
             ("format", MLP_FORMAT.to_owned()),
-            ("format_version", MLP_FORMAT_VERSION.to_owned()),
+            ("format_version", version.to_owned()),
             ("activation", self.activation.as_str().to_owned()),
             ("obs_eps", format!("{eps:e}")),
             ("name", self.name.clone()),
             ("version", self.version.clone()),
-            ("input_name", self.input_name.clone()),
             ("output_name", self.output_name.clone()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        if self.inputs.is_empty() {
+            meta.insert("input_name".into(), self.input_name.clone());
+        } else {
+            let specs: Vec<SpecJson> = self.inputs.iter().map(SpecJson::from_input).collect();
+            meta.insert("inputs".into(), to_json(&specs)?);
+        }
+        if !self.output_shape.is_empty() {
+            meta.insert("output_shape".into(), to_json(&self.output_shape)?);
+        }
         safetensors::serialize(views, Some(meta)).map_err(FormatError::Serialize)
     }
+}
+
+/// `value` as JSON metadata text.
+fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, FormatError> {
+    // Lists of names, dtypes and numbers always serialize; the error is kept, not unwrapped.
+    serde_json::to_string(value)
+        .map_err(|e| FormatError::Inputs(SignatureError::Json(e.to_string())))
 }
 
 /// What a policy file's `__metadata__` says, checked.
@@ -292,6 +392,10 @@ struct FileMetadata {
     version: String,
     input_name: String,
     output_name: String,
+    /// Empty: the one input `input_name`.
+    inputs: Vec<InputSpec>,
+    /// Empty: `[out]`.
+    output_shape: Vec<usize>,
 }
 
 impl FileMetadata {
@@ -303,10 +407,51 @@ impl FileMetadata {
             Some(MLP_FORMAT) => {}
             other => return Err(FormatError::Format(other.map(str::to_owned))),
         }
-        match get("format_version").map(String::as_str) {
-            Some(MLP_FORMAT_VERSION) => {}
+        let version = match get("format_version").map(String::as_str) {
+            Some(v @ (MLP_FORMAT_VERSION_VECTOR | MLP_FORMAT_VERSION)) => v,
             other => return Err(FormatError::FormatVersion(other.map(str::to_owned))),
+        };
+        if version == MLP_FORMAT_VERSION_VECTOR {
+            if let Some(key) = ["inputs", "output_shape"]
+                .into_iter()
+                .find(|k| get(k).is_some())
+            {
+                return Err(FormatError::NeedsVersion {
+                    key,
+                    version: version.to_owned(),
+                });
+            }
         }
+        let inputs = match get("inputs") {
+            None => Vec::new(),
+            Some(_) if get("input_name").is_some() => return Err(FormatError::InputNameWithInputs),
+            Some(json) => {
+                let specs = SpecJson::parse_list(json).map_err(FormatError::Inputs)?;
+                if specs.is_empty() {
+                    return Err(FormatError::Inputs(SignatureError::Empty("input")));
+                }
+                specs
+                    .iter()
+                    .map(SpecJson::to_input)
+                    .collect::<Result<_, _>>()
+                    .map_err(FormatError::Inputs)?
+            }
+        };
+        let output_shape = match get("output_shape") {
+            None => Vec::new(),
+            Some(text) => {
+                let bad = |reason: String| FormatError::OutputShape {
+                    text: text.clone(),
+                    reason,
+                };
+                let shape =
+                    serde_json::from_str::<Vec<usize>>(text).map_err(|e| bad(e.to_string()))?;
+                if shape.is_empty() {
+                    return Err(bad("an output has at least one dimension".into()));
+                }
+                shape
+            }
+        };
         let activation = get("activation")
             .ok_or(FormatError::NoActivation)?
             .parse()?;
@@ -324,6 +469,8 @@ impl FileMetadata {
             version: text("version", "1"),
             input_name: text("input_name", "obs"),
             output_name: text("output_name", "actions"),
+            inputs,
+            output_shape,
         })
     }
 }
@@ -402,15 +549,25 @@ impl<'a> Tensors<'a> {
         Ok(layers)
     }
 
-    /// `action_scale`: one value per action, or one for all of them; 1 if absent.
-    fn action_scale(&mut self, n_out: usize) -> Result<Vec<f32>, FormatError> {
+    /// `action_scale`, as one value per output of the last layer (`n_out`): one per output,
+    /// one per action value of a step (`width`, repeated for every step), or one for all of
+    /// them; 1 if absent.
+    fn action_scale(&mut self, n_out: usize, width: usize) -> Result<Vec<f32>, FormatError> {
         match self.get("action_scale")? {
             None => Ok(vec![1.0; n_out]),
             Some((shape, data)) if shape == [n_out] => Ok(data),
             Some((shape, data)) if shape == [1] || shape.is_empty() => {
                 Ok(vec![data.first().copied().unwrap_or(1.0); n_out])
             }
-            Some((shape, _)) => Err(FormatError::ActionScaleShape { shape, want: n_out }),
+            // Only when the steps tile the output; otherwise `validate` names the shape.
+            Some((shape, data)) if shape == [width] && width > 0 && n_out % width == 0 => {
+                Ok(data.iter().copied().cycle().take(n_out).collect())
+            }
+            Some((shape, _)) => Err(FormatError::ActionScaleShape {
+                shape,
+                outputs: n_out,
+                width,
+            }),
         }
     }
 
@@ -649,5 +806,182 @@ mod tests {
             MlpPolicy::from_safetensors(&bytes).unwrap_err().to_string(),
             "tensor layers.0.weight is F16; export it as float32"
         );
+    }
+
+    /// The metadata of a `format_version` 2 file, plus `extra`.
+    fn meta_v2<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut meta = vec![
+            ("format", MLP_FORMAT),
+            ("format_version", MLP_FORMAT_VERSION),
+            ("activation", "relu"),
+        ];
+        meta.extend_from_slice(extra);
+        meta
+    }
+
+    /// Two inputs of 2 + 1 values and a [2, 3] chunk: one 3 → 6 layer.
+    fn chunk_layer(
+        extra: Vec<(&'static str, Vec<usize>, Vec<f32>)>,
+    ) -> Vec<(&'static str, Vec<usize>, Vec<f32>)> {
+        let mut tensors = vec![
+            ("layers.0.weight", vec![6, 3], vec![0.0; 18]),
+            ("layers.0.bias", vec![6], vec![0.5; 6]),
+        ];
+        tensors.extend(extra);
+        tensors
+    }
+
+    const INPUTS: &str = r#"[{"name":"image","dtype":"|u1","shape":[2],"scale":0.5},{"name":"state","dtype":"<f4","shape":[1]}]"#;
+
+    #[test]
+    fn a_multi_input_chunked_policy_round_trips_as_version_2() {
+        let p = super::super::demo::chunked();
+        let bytes = p.to_safetensors().unwrap();
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = header.metadata().clone().unwrap();
+        assert_eq!(meta["format_version"], "2");
+        assert_eq!(meta["output_shape"], "[3,2]");
+        assert!(!meta.contains_key("input_name"), "{meta:?}");
+        let inputs = SpecJson::parse_list(&meta["inputs"]).unwrap();
+        assert_eq!(
+            (
+                inputs[0].name.as_str(),
+                inputs[0].dtype.as_str(),
+                inputs[0].scale
+            ),
+            ("image", "|u1", Some(1.0 / 255.0))
+        );
+        assert_eq!(MlpPolicy::from_safetensors(&bytes).unwrap(), p);
+        // A policy of the first shape is still written as version 1, which older builds read.
+        let demo = MlpPolicy::demo().to_safetensors().unwrap();
+        let (_, header) = SafeTensors::read_metadata(&demo).unwrap();
+        assert_eq!(header.metadata().as_ref().unwrap()["format_version"], "1");
+    }
+
+    #[test]
+    fn a_version_2_file_reads_inputs_shape_per_step_scale_and_limits() {
+        let bytes = file(
+            chunk_layer(vec![
+                ("action_scale", vec![3], vec![1.0, 2.0, 3.0]),
+                ("action_low", vec![3], vec![-1.0; 3]),
+                ("action_high", vec![3], vec![1.0; 3]),
+            ]),
+            &meta_v2(&[("inputs", INPUTS), ("output_shape", "[2, 3]")]),
+        );
+        let p = MlpPolicy::from_safetensors(&bytes).unwrap();
+        assert_eq!(p.action_scale, vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+        assert_eq!(p.output_shape, vec![2, 3]);
+        assert_eq!(p.action_limits.as_ref().map(ActionBounds::width), Some(3));
+        let sig = p.signature().unwrap();
+        assert_eq!(
+            sig.to_string(),
+            "\"image\" \"|u1\" [2], \"state\" \"<f4\" [1] -> \"actions\" \"<f4\" [2, 3]"
+        );
+        assert_eq!(sig.inputs()[0].scale, 0.5);
+        // Version 2 with only one of the keys: the other keeps its version-1 meaning.
+        let only_shape = file(
+            chunk_layer(vec![]),
+            &meta_v2(&[("output_shape", "[2, 3]"), ("input_name", "x")]),
+        );
+        let p = MlpPolicy::from_safetensors(&only_shape).unwrap();
+        assert_eq!(
+            p.signature().unwrap().to_string(),
+            "\"x\" \"<f4\" [3] -> \"actions\" \"<f4\" [2, 3]"
+        );
+        assert_eq!(
+            MlpPolicy::from_safetensors(&p.to_safetensors().unwrap()).unwrap(),
+            p
+        );
+    }
+
+    #[test]
+    fn bad_version_2_metadata_is_refused_with_a_reason() {
+        let layer = || chunk_layer(vec![]);
+        let shape = ("output_shape", "[2, 3]");
+        let inputs = ("inputs", INPUTS);
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                file(layer(), &meta_v2(&[("inputs", "[{\"name\": \"image\""), shape])),
+                "metadata inputs: EOF while parsing",
+            ),
+            (
+                file(
+                    layer(),
+                    &meta_v2(&[("inputs", r#"[{"name":"x","dtype":"<f8","shape":[3]}]"#), shape]),
+                ),
+                "dtype \"<f8\" is none of",
+            ),
+            (
+                file(
+                    layer(),
+                    &meta_v2(&[
+                        ("inputs", r#"[{"name":"x","dtype":"<f4","shape":[2]},{"name":"prompt","dtype":"str"}]"#),
+                        shape,
+                    ]),
+                ),
+                "input \"prompt\" is text; the built-in format takes numeric inputs only",
+            ),
+            (
+                file(
+                    layer(),
+                    &meta_v2(&[("inputs", r#"[{"name":"x","dtype":"<f4","shape":[4]}]"#), shape]),
+                ),
+                "the inputs \"x\" \"<f4\" [4] give 4 float32 values per observation, but layers.0 takes 3",
+            ),
+            (file(layer(), &meta_v2(&[("inputs", "[]"), shape])), "at least one input"),
+            (
+                file(layer(), &meta_v2(&[inputs, ("output_shape", "10x7")])),
+                "metadata output_shape \"10x7\" is not a JSON list of dimensions",
+            ),
+            (
+                file(layer(), &meta_v2(&[inputs, ("output_shape", "[]")])),
+                "at least one dimension",
+            ),
+            (
+                file(layer(), &meta_v2(&[inputs, ("output_shape", "[10, 7]")])),
+                "output_shape [10, 7] holds 70 values, but the last layer gives 6",
+            ),
+            (
+                file(layer(), &meta_v2(&[inputs, ("output_shape", "[1, 2, 3]")])),
+                "it must be \"<f4\" of shape [A] or [H, A]",
+            ),
+            (
+                file(layer(), &meta_v2(&[inputs, shape, ("input_name", "obs")])),
+                "both input_name and inputs",
+            ),
+            (
+                file(layer(), &[META[0], ("format_version", "1"), META[2], inputs]),
+                "metadata inputs needs format_version \"2\", the file says \"1\"",
+            ),
+            (
+                file(layer(), &[META[0], ("format_version", "1"), META[2], shape]),
+                "metadata output_shape needs format_version \"2\"",
+            ),
+            (
+                file(
+                    chunk_layer(vec![
+                        ("action_low", vec![6], vec![-1.0; 6]),
+                        ("action_high", vec![6], vec![1.0; 6]),
+                    ]),
+                    &meta_v2(&[inputs, shape]),
+                ),
+                "action_low has shape [6], expected [3]",
+            ),
+            (
+                file(
+                    chunk_layer(vec![("action_scale", vec![2], vec![1.0; 2])]),
+                    &meta_v2(&[inputs, shape]),
+                ),
+                "action_scale has shape [2], expected [6], [3] (every step alike) or [1]",
+            ),
+            (
+                file(layer(), &[META[0], ("format_version", "3"), META[2]]),
+                "metadata format_version is Some(\"3\"), expected \"1\" or \"2\"",
+            ),
+        ];
+        for (bytes, want) in cases {
+            let err = MlpPolicy::from_safetensors(&bytes).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
     }
 }

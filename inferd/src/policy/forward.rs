@@ -4,7 +4,12 @@ use crate::policy::{Activation, Linear, MlpPolicy};
 
 impl MlpPolicy {
     /// Runs a batch: `input` holds `rows` observations of [`MlpPolicy::input_size`] values,
-    /// row-major; the result holds `rows` scaled actions of [`MlpPolicy::output_size`] values.
+    /// row-major; the result holds `rows` scaled actions of [`MlpPolicy::output_size`] values
+    /// (a chunk `[H, A]` row-major, step after step).
+    ///
+    /// With several declared [`MlpPolicy::inputs`], an observation's values are each input
+    /// converted to float32 and multiplied by its scale, concatenated in declared order: the
+    /// feature matrix that the server gathers for the cpu and cuda backends (`batch.rs`).
     ///
     /// Returns `None` if `input` is not `rows` observations long, or the policy is not valid
     /// (see [`MlpPolicy::validate`]: the fields are public, so it is checked here too).
@@ -154,6 +159,8 @@ mod tests {
             version: "1".into(),
             input_name: "obs".into(),
             output_name: "actions".into(),
+            inputs: vec![],
+            output_shape: vec![],
             activation,
             layers: vec![
                 Linear {
