@@ -6,6 +6,8 @@
 
 use std::thread;
 
+use inferd::protocol::DType;
+use inferd::signature::InputSpec;
 use inferd::{
     Activation, Backend, BackendOptions, Batch, BatchInputs, CpuBackend, CudaBackend, Device,
     Linear, MlpPolicy, ObsNormalization,
@@ -91,6 +93,23 @@ fn run(backend: &dyn Backend, rows: usize, input: &[f32], worker: usize) -> Vec<
 fn cuda_equals_cpu_on_the_same_weights() {
     let mut policies = vec![MlpPolicy::demo()];
     policies.extend(Activation::ALL.map(|a| policy(&[235, 512, 256, 128, 12], a)));
+    // The multi-input path: a uint8 image and a state in, a [10, 7] chunk out. The worker hands
+    // the cuda backend the same float32 feature matrix as the cpu one, and its signature is the
+    // policy's.
+    let mut chunked = policy(&[200, 256, 70], Activation::Elu);
+    let mut image = InputSpec::tensor("image", DType::U8, vec![8, 8, 3]);
+    image.scale = 1.0 / 255.0;
+    chunked.inputs = vec![image, InputSpec::vector("state", 8)];
+    chunked.output_shape = vec![10, 7];
+    let signature = chunked.signature().unwrap();
+    assert_eq!(
+        CudaBackend::new(&chunked, 0, &options(16))
+            .unwrap()
+            .metadata()
+            .signature,
+        signature
+    );
+    policies.push(chunked);
     for p in &policies {
         let cpu = CpuBackend::new(p.clone()).unwrap();
         // With graphs for the small batches, and without any.
