@@ -480,16 +480,18 @@ pub(crate) static MODEL_ACTIVE: MetricDef = MetricDef {
     source: "header.active_model",
 };
 
-/// `safety_actions_clamped_total`: Clamped action values.
+/// `safety_actions_clamped_total`: Clamped action values, by kind.
 pub(crate) static SAFETY_ACTIONS_CLAMPED_TOTAL: MetricDef = MetricDef {
     name: "safety_actions_clamped_total",
     kind: Kind::Counter,
     unit: "action values",
-    help: Help::Text("Action values the safety filter clamped to the configured limits."),
-    labels: MODEL,
+    help: Help::Text(
+        "Action values the safety filter clamped, by kind: range (to the configured limits) or step_delta (to within --action-max-step-delta of the step before).",
+    ),
+    labels: &["daemon", "model", "version", "kind"],
     gpu_only: false,
     collector: "segment",
-    source: "model_stats.actions_clamped",
+    source: "model_stats.actions_clamped (kind range), model_stats.actions_clamped_step_delta (kind step_delta)",
 };
 
 /// `safety_outputs_rejected_total`: Rejected outputs.

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 use shm_layout::layout::{MODELS, ROBOT_TYPES};
-use shm_layout::{HistogramSnapshot, Status};
+use shm_layout::{ClampKind, HistogramSnapshot, ModelStatsSnapshot, Status};
 
 use crate::scrape::Scrape;
 
@@ -168,7 +168,7 @@ pub fn models_stats(s: &Scrape) -> Value {
                         "request_duration_seconds": latency(&stats.e2e_ns),
                         "queue_wait_seconds": latency(&stats.queue_wait_ns),
                         "compute_seconds": latency(&stats.compute_ns),
-                        "safety_actions_clamped_total": stats.actions_clamped,
+                        "safety_actions_clamped_total": clamped_by_kind(stats),
                     }))
                 })
                 .collect();
@@ -176,6 +176,21 @@ pub fn models_stats(s: &Scrape) -> Value {
         })
         .collect();
     json!({ "daemons": daemons })
+}
+
+/// Action values clamped, by kind, as the metric's `kind` label names them:
+/// `{"range": n, "step_delta": m}`.
+fn clamped_by_kind(stats: &ModelStatsSnapshot) -> Value {
+    ClampKind::ALL
+        .iter()
+        .map(|&kind| {
+            (
+                kind.as_str().to_owned(),
+                json!(stats.actions_clamped_by(kind)),
+            )
+        })
+        .collect::<serde_json::Map<String, Value>>()
+        .into()
 }
 
 /// Count, mean, and p50/p99 as the upper bound of the bucket they fall in (`null` past the

@@ -80,7 +80,7 @@ pub fn populate(w: &SegmentWriter, n_ok: u64, n_overloaded: u64) -> Populated {
         });
     }
     shard.record_batch(model, 4, 3_000_000_000);
-    shard.record_safety(model, 2, Some(shm_layout::SafetyReason::Nan));
+    shard.record_safety(model, 2, 5, Some(shm_layout::SafetyReason::Nan));
     w.gauges().set(shm_layout::Gauge::QueueCapacity, 64);
     w.gauges().set(shm_layout::Gauge::QueueDepth, 16);
     w.gauges().set(shm_layout::Gauge::Connections, 3);

@@ -64,6 +64,14 @@ fn metrics_page_carries_every_source() {
         Some(1.0)
     );
     assert_eq!(value(page, "inferd_safety_outputs_rejected_total{daemon=\"inferd-a\",model=\"policy\",version=\"v1\",reason=\"nan\"}"), Some(1.0));
+    // Range and step-delta clamps are series of their own, told apart by `kind`.
+    let clamped = |kind: &str| {
+        value(page, &format!("inferd_safety_actions_clamped_total{{daemon=\"inferd-a\",model=\"policy\",version=\"v1\",kind=\"{kind}\"}}"))
+    };
+    assert_eq!(
+        (clamped("range"), clamped("step_delta")),
+        (Some(2.0), Some(5.0))
+    );
     // /proc of the writer, which is this test process.
     assert!(value(page, "inferd_process_threads{daemon=\"inferd-a\"}").unwrap() >= 1.0);
     // NVML: the fake GPU, and this process's GPU memory matched by pid.
@@ -164,6 +172,10 @@ fn json_endpoints_come_from_the_same_snapshot() {
     assert_eq!(policy["request_duration_seconds"]["count"], 6);
     assert_eq!(policy["request_duration_seconds"]["p50"], 0.002048);
     assert_eq!(policy["active"], true);
+    assert_eq!(
+        policy["safety_actions_clamped_total"],
+        serde_json::json!({"range": 2, "step_delta": 5})
+    );
 }
 
 #[test]

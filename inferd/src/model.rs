@@ -71,7 +71,17 @@ impl LoadedModel {
             }
             None => meta.action_limits.clone(),
         };
-        let safety = SafetyFilter::new(limits, width).map_err(|e| model_error(e.to_string()))?;
+        let mut safety =
+            SafetyFilter::new(limits, width).map_err(|e| model_error(e.to_string()))?;
+        if let Some(delta) = config.max_step_delta() {
+            // A configuration error, not the model's: the flag's length must fit its action.
+            safety = safety.with_max_step_delta(delta).map_err(|e| {
+                Error::Config(format!(
+                    "{e}: model {:?} answers {width} action values per step",
+                    meta.name
+                ))
+            })?;
+        }
         let max_frame_bytes = config.frame_limit(&meta.signature);
         let metadata_frame = metadata_frame(config, meta, &safety);
         let segment_id = metrics.writer().register_model(

@@ -172,11 +172,14 @@ impl SafetyFilter {
                 })
             }
         };
-        if let Some((index, &value)) = limit
-            .iter()
-            .enumerate()
-            .find(|(_, v)| v.is_nan() || **v < 0.0)
-        {
+        // Not `v < 0.0`: NaN compares as neither, and must be refused too.
+        let refused = |v: &f32| {
+            !matches!(
+                v.partial_cmp(&0.0),
+                Some(Ordering::Greater | Ordering::Equal)
+            )
+        };
+        if let Some((index, &value)) = limit.iter().enumerate().find(|(_, v)| refused(v)) {
             return Err(StepDeltaError::Negative { index, value });
         }
         self.max_step_delta = Some(limit);
@@ -302,6 +305,50 @@ mod tests {
             .unwrap()
             .with_max_step_delta(&[f32::NAN])
             .is_err());
+    }
+
+    #[test]
+    fn across_chunks_and_their_steps_no_value_moves_more_than_its_delta_or_leaves_its_range() {
+        // Chunks of 4 steps of 3 values, each dimension with a delta of its own, answered one
+        // after another on one connection: the first step of each follows the last of the one
+        // before, as the worker passes it.
+        let bounds = ActionBounds::new(vec![-1.0, -0.5, 0.0], vec![1.0, 0.5, 2.0], 3).unwrap();
+        let delta = [0.1, 0.05, 0.3];
+        let f = SafetyFilter::new(Some(bounds.clone()), 3)
+            .unwrap()
+            .with_max_step_delta(&delta)
+            .unwrap();
+        // A fixed LCG: wild values, the same on every run.
+        let mut state = 0x2545_f491_u32;
+        let mut wild = || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 24) as f32 * 8.0 - 4.0
+        };
+        let mut previous: Option<Vec<f32>> = None;
+        let (mut range, mut step_delta) = (0, 0);
+        for _ in 0..50 {
+            let mut chunk: Vec<f32> = (0..12).map(|_| wild()).collect();
+            let Verdict::Pass(clamps) = f.apply(&mut chunk, 1, previous.as_deref()) else {
+                panic!("finite values are never rejected");
+            };
+            range += clamps.range;
+            step_delta += clamps.step_delta;
+            let mut before = previous.clone();
+            for step in chunk.chunks(3) {
+                for (i, &v) in step.iter().enumerate() {
+                    assert!(
+                        bounds.low()[i] <= v && v <= bounds.high()[i],
+                        "{v} out of range"
+                    );
+                    if let Some(p) = &before {
+                        assert!((v - p[i]).abs() <= delta[i] + 1e-6, "{v} from {}", p[i]);
+                    }
+                }
+                before = Some(step.to_vec());
+            }
+            previous = Some(chunk[9..].to_vec());
+        }
+        assert!(range > 0 && step_delta > 0, "{range} {step_delta}");
     }
 
     fn filter() -> SafetyFilter {

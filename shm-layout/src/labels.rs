@@ -74,6 +74,19 @@ label_enum! {
 }
 
 label_enum! {
+    /// What made the safety filter clamp an action value: the metrics' `kind` label. The two
+    /// kinds are counted in fields of their own (`ModelStats::actions_clamped` and
+    /// `actions_clamped_step_delta`), so the discriminant is only their order.
+    enum ClampKind: u8 {
+        /// Clamped to the configured range (`--action-low`/`--action-high`, `--action-clip`, or
+        /// the model's limits).
+        Range = 0 => "range",
+        /// Clamped to within `--action-max-step-delta` of the step before it.
+        StepDelta = 1 => "step_delta",
+    }
+}
+
+label_enum! {
     /// The writer's lifecycle state, kept in the header's `state` word.
     enum State: u32 {
         /// Zero, or a value this reader does not know.

@@ -29,7 +29,7 @@ pub const READY: u32 = u32::from_le_bytes(*b"RDY!");
 /// Layout major version: a reader refuses any other.
 pub const VERSION_MAJOR: u32 = 1;
 /// Layout minor version: bumped for append-only changes; a reader accepts a higher one.
-pub const VERSION_MINOR: u32 = 0;
+pub const VERSION_MINOR: u32 = 1;
 
 /// Model registry slots, before `other`.
 pub const MODEL_SLOTS: usize = 8;
@@ -217,12 +217,15 @@ pub struct ModelStats {
     pub request_bytes: Histogram<BYTES_BUCKETS>,
     /// Response frame sizes, bytes.
     pub response_bytes: Histogram<BYTES_BUCKETS>,
-    /// Action values clamped to the configured limits.
+    /// Action values clamped to the configured range (`--action-low`/`--action-high`,
+    /// `--action-clip`, or the model's limits): the metrics' `kind="range"`.
     pub actions_clamped: AtomicU64,
     /// Outputs rejected by the safety filter, by [`crate::SafetyReason`].
     pub outputs_rejected: [AtomicU64; SAFETY_REASONS],
-    /// Reserved; zero.
-    pub _reserved: AtomicU64,
+    /// Action values moved to within `--action-max-step-delta` of the step before them: the
+    /// metrics' `kind="step_delta"`. Layout 1.1; reserved and zero in 1.0, so a 1.0 segment
+    /// reads as no step-delta clamps.
+    pub actions_clamped_step_delta: AtomicU64,
 }
 
 /// One recording thread's values. Exactly one thread writes a shard at a time, so every update

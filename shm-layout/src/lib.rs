@@ -43,7 +43,7 @@
 pub mod buckets;
 /// The one error type of this crate.
 mod error;
-/// The enum label dimensions: status, safety reason, lifecycle state, shard kind.
+/// The enum label dimensions: status, safety reason, clamp kind, lifecycle state, shard kind.
 mod labels;
 /// The segment's bytes: `#[repr(C)]` structs whose every shared field is an atomic.
 pub mod layout;
@@ -59,7 +59,7 @@ mod text;
 mod writer;
 
 pub use crate::error::{Error, Result};
-pub use crate::labels::{SafetyReason, ShardKind, State, Status};
+pub use crate::labels::{ClampKind, SafetyReason, ShardKind, State, Status};
 pub use crate::reader::SegmentReader;
 pub use crate::snapshot::{
     GaugesSnapshot, HeaderInfo, HistogramSnapshot, ModelSlotInfo, ModelStatsSnapshot,

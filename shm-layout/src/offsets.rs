@@ -127,9 +127,9 @@ pub fn fields() -> Vec<Field> {
         batch_size: "Histogram65",
         request_bytes: "Histogram22",
         response_bytes: "Histogram22",
-        actions_clamped: "u64",
+        actions_clamped: "u64 (range clamps)",
         outputs_rejected: "u64[2] (nan, inf)",
-        _reserved: "u64",
+        actions_clamped_step_delta: "u64 (step-delta clamps; since 1.1)",
     ));
     all.extend(table!(Histogram<DURATION_BUCKETS>, "Histogram28";
         buckets: "u64[28] (not cumulative; last = +Inf)",

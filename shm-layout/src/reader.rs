@@ -461,6 +461,7 @@ struct ModelTotals {
     response_bytes: HistogramTotal<BYTES_BUCKETS>,
     actions_clamped: u64,
     outputs_rejected: [u64; layout::SAFETY_REASONS],
+    actions_clamped_step_delta: u64,
 }
 
 /// Per-bucket counts and the sum of one histogram, summed over shards.
@@ -530,6 +531,9 @@ impl ModelTotals {
             .actions_clamped
             .saturating_add(s.actions_clamped.load(Relaxed));
         sum_into(&mut self.outputs_rejected, &s.outputs_rejected);
+        self.actions_clamped_step_delta = self
+            .actions_clamped_step_delta
+            .saturating_add(s.actions_clamped_step_delta.load(Relaxed));
     }
 
     fn finish(&self) -> ModelStatsSnapshot {
@@ -542,6 +546,7 @@ impl ModelTotals {
             response_bytes: self.response_bytes.finish(bytes_bounds_vec()),
             actions_clamped: self.actions_clamped,
             outputs_rejected: self.outputs_rejected.to_vec(),
+            actions_clamped_step_delta: self.actions_clamped_step_delta,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::buckets::{batch_bounds, bytes_bounds, duration_bounds_ns};
 use crate::layout::{MODELS, ROBOT_TYPES, SHARDS, STATUSES};
-use crate::{ShardKind, State, Status};
+use crate::{ClampKind, ShardKind, State, Status};
 
 /// The header, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,10 +97,23 @@ pub struct ModelStatsSnapshot {
     pub request_bytes: HistogramSnapshot,
     /// Response bytes.
     pub response_bytes: HistogramSnapshot,
-    /// Action values clamped.
+    /// Action values clamped to the configured range.
     pub actions_clamped: u64,
     /// Outputs rejected, by [`crate::SafetyReason`] index.
     pub outputs_rejected: Vec<u64>,
+    /// Action values clamped to within the step-delta limit of the step before them (0 in a
+    /// layout 1.0 segment, which had no such counter).
+    pub actions_clamped_step_delta: u64,
+}
+
+impl ModelStatsSnapshot {
+    /// Action values clamped, of one kind.
+    pub fn actions_clamped_by(&self, kind: ClampKind) -> u64 {
+        match kind {
+            ClampKind::Range => self.actions_clamped,
+            ClampKind::StepDelta => self.actions_clamped_step_delta,
+        }
+    }
 }
 
 /// One shard's own values.

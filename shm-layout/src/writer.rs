@@ -483,12 +483,24 @@ impl ShardWriter {
         bump(&shard.busy_ns, busy_ns);
     }
 
-    /// Records what the safety filter did to one output.
+    /// Records what the safety filter did to one output: `clamped_range` values clamped to
+    /// the configured range, `clamped_step_delta` values clamped to within the step-delta
+    /// limit of the step before them (counted apart: the metrics' `kind` label), and the
+    /// reason it was rejected, if it was.
     #[inline]
-    pub fn record_safety(&self, model: ModelId, clamped: u64, rejected: Option<SafetyReason>) {
+    pub fn record_safety(
+        &self,
+        model: ModelId,
+        clamped_range: u64,
+        clamped_step_delta: u64,
+        rejected: Option<SafetyReason>,
+    ) {
         let stats = &self.shard().models[model.index().min(layout::MODELS - 1)];
-        if clamped > 0 {
-            bump(&stats.actions_clamped, clamped);
+        if clamped_range > 0 {
+            bump(&stats.actions_clamped, clamped_range);
+        }
+        if clamped_step_delta > 0 {
+            bump(&stats.actions_clamped_step_delta, clamped_step_delta);
         }
         if let Some(reason) = rejected {
             bump(&stats.outputs_rejected[reason as usize], 1);

@@ -68,7 +68,7 @@ pub fn filled_segment(dir: &Path, name: &str) -> SegmentWriter {
             for size in 1..=65 {
                 shard.record_batch(model, size + si, 1_000_000);
             }
-            shard.record_safety(model, 3, Some(SafetyReason::Inf));
+            shard.record_safety(model, 3, 0, Some(SafetyReason::Inf));
         }
     }
     w.heartbeat();

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use shm_layout::buckets::{batch_bounds, bytes_bounds, duration_bounds_ns};
 use shm_layout::layout::{MODELS, ROBOT_TYPES};
-use shm_layout::{HistogramSnapshot, SafetyReason, State, Status};
+use shm_layout::{ClampKind, HistogramSnapshot, SafetyReason, State, Status};
 
 use super::Collector;
 use crate::catalog::{self, MetricDef};
@@ -386,12 +386,17 @@ fn render_models(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
     }
 }
 
-/// The safety filter's counters: one series per model with stats (and per reason).
+/// The safety filter's counters: one series per model with stats and clamp kind (range,
+/// step_delta), and per model and reject reason. Both kinds are served, zeros included, so
+/// that `rate()` works from the first clamp of either.
 fn render_safety(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
     out.family_def(&catalog::SAFETY_ACTIONS_CLAMPED_TOTAL);
     for l in daemons {
-        for (stats, labels) in l.model_stats() {
-            out.sample(&labels, stats.actions_clamped);
+        for (stats, [daemon, model, version]) in l.model_stats() {
+            for kind in ClampKind::ALL {
+                let labels = [daemon, model, version, ("kind", kind.as_str())];
+                out.sample(&labels, stats.actions_clamped_by(kind));
+            }
         }
     }
     out.family_def(&catalog::SAFETY_OUTPUTS_REJECTED_TOTAL);

@@ -103,7 +103,8 @@ mod tests {
         std::fs::write(
             &file,
             "max-batch-size = 8\nqueue_capacity = 5\naction-low = [-1, -2.5]\n\
-             action-high = [1, 2.5]\ndrain-timeout-seconds = 0.5\nsocket = \"/tmp/x.sock\"\n",
+             action-high = [1, 2.5]\ndrain-timeout-seconds = 0.5\nsocket = \"/tmp/x.sock\"\n\
+             action-max-step-delta = [0.25, 1]\n",
         )
         .unwrap();
         let f = file.to_str().unwrap();
@@ -113,6 +114,10 @@ mod tests {
         assert_eq!(c.socket_path(), PathBuf::from("/tmp/x.sock"));
         assert_eq!(c.drain_timeout(), Duration::from_millis(500));
         assert_eq!(c.action_limits(2), Some((vec![-1.0, -2.5], vec![1.0, 2.5])));
+        assert_eq!(c.max_step_delta(), Some(&[0.25, 1.0][..]));
+        // One number for every dimension is a plain TOML number; a flag replaces the file's.
+        let c = parse(&["--config", f, "--action-max-step-delta", "0.5"]).unwrap();
+        assert_eq!(c.max_step_delta(), Some(&[0.5][..]));
         // A list flag on the command line replaces the file's list rather than extending it.
         let c = parse(&["--config", f, "--action-low=-3,-3", "--action-high", "3,3"]).unwrap();
         assert_eq!(c.action_limits(2), Some((vec![-3.0, -3.0], vec![3.0, 3.0])));
@@ -132,6 +137,10 @@ mod tests {
             (
                 "workers = 0\n",
                 "invalid value '0' for '--workers <N>': must be 1 to",
+            ),
+            (
+                "action-max-step-delta = -0.5\n",
+                "'--action-max-step-delta <X[,X...]>': must be a number >= 0",
             ),
         ] {
             std::fs::write(&file, text).unwrap();

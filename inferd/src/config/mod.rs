@@ -177,6 +177,25 @@ pub struct Config {
     )]
     pub action_clip: Option<f32>,
 
+    /// Largest change of each action value from one step to the next: one value for every
+    /// action dimension, or one per dimension, comma-separated, each >= 0. Default: no limit.
+    ///
+    /// It limits every step of a chunk against the step before it, and the first step of an
+    /// answer against the last step answered on the same connection. A new connection starts
+    /// free; so does each row of a batched request, which leaves the connection's last step as
+    /// it was. `inf` leaves a dimension unlimited. Values it moves are counted apart from range
+    /// clamps, as `inferd_safety_actions_clamped_total{kind="step_delta"}`.
+    #[arg(
+        long,
+        value_name = "X[,X...]",
+        value_delimiter = ',',
+        allow_hyphen_values = true,
+        action = clap::ArgAction::Set,
+        num_args = 1,
+        value_parser = range::step_delta,
+    )]
+    pub action_max_step_delta: Vec<f32>,
+
     /// Log filter: error, warn, info, debug, trace, or env_logger syntax (`inferd=debug`).
     #[arg(
         long,
@@ -274,6 +293,12 @@ impl Config {
         (!self.action_low.is_empty()).then(|| (self.action_low.clone(), self.action_high.clone()))
     }
 
+    /// `--action-max-step-delta`, if given: one value for every action dimension, or one per
+    /// dimension (checked against the model's action width when it loads).
+    pub fn max_step_delta(&self) -> Option<&[f32]> {
+        (!self.action_max_step_delta.is_empty()).then_some(&self.action_max_step_delta[..])
+    }
+
     /// `--max-frame-bytes`, or by default what `--max-batch-size` observations of
     /// `signature`'s inputs need plus overhead ([`Signature::default_max_frame_bytes`]).
     pub fn frame_limit(&self, signature: &Signature) -> usize {
@@ -328,6 +353,7 @@ mod tests {
                 + 32 * 48 * 4
         );
         assert_eq!(c.action_limits(12), None);
+        assert_eq!(c.max_step_delta(), None);
         assert_eq!(c.drain_timeout(), Duration::from_secs(10));
         assert_eq!(
             c.backend_options(),
@@ -424,6 +450,18 @@ mod tests {
                 &["--max-queue-delay-us", "10000001"],
                 "must be 0 to 10000000 (10 s)",
             ),
+            (
+                &["--action-max-step-delta", "0.1,-0.5"],
+                "'-0.5' for '--action-max-step-delta <X[,X...]>': must be a number >= 0",
+            ),
+            (
+                &["--action-max-step-delta", "NaN"],
+                "'--action-max-step-delta <X[,X...]>': must be a number >= 0",
+            ),
+            (
+                &["--action-max-step-delta", "0.1,,0.2"],
+                "'--action-max-step-delta <X[,X...]>'",
+            ),
         ] {
             let err = parse(args).unwrap_err();
             assert!(
@@ -454,6 +492,25 @@ mod tests {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(want), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_step_delta_is_one_value_or_a_list_and_the_last_flag_wins() {
+        let c = parse(&["--action-max-step-delta", "0.05"]).unwrap();
+        assert_eq!(c.max_step_delta(), Some(&[0.05][..]));
+        let c = parse(&["--action-max-step-delta", "0,0.5,inf"]).unwrap();
+        assert_eq!(c.max_step_delta(), Some(&[0.0, 0.5, f32::INFINITY][..]));
+        // Given twice, the second list replaces the first rather than extending it.
+        let c = parse(&[
+            "--action-max-step-delta",
+            "1,2",
+            "--action-max-step-delta=3",
+        ])
+        .unwrap();
+        assert_eq!(c.max_step_delta(), Some(&[3.0][..]));
+        // It goes with range limits: each is a clamp of its own.
+        let c = parse(&["--action-clip", "1", "--action-max-step-delta", "0.1"]).unwrap();
+        assert!(c.action_limits(2).is_some() && c.max_step_delta().is_some());
     }
 
     #[test]

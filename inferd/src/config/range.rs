@@ -113,6 +113,19 @@ pub(super) fn action_clip(text: &str) -> Result<f32, BadValue> {
     }
 }
 
+/// One value of `--action-max-step-delta`: any number >= 0, infinity included (that
+/// dimension unlimited); NaN and negatives are refused. Whether there is one value or one per
+/// action dimension is checked when the model, and so its width, is known.
+pub(super) fn step_delta(text: &str) -> Result<f32, BadValue> {
+    let delta: f32 = number(text)?;
+    // Written as a comparison so that NaN, which compares false, is refused too.
+    if delta >= 0.0 {
+        Ok(delta)
+    } else {
+        Err(BadValue::Refused("a number >= 0 (inf: no limit)".into()))
+    }
+}
+
 fn number<T: FromStr>(text: &str) -> Result<T, BadValue>
 where
     T::Err: fmt::Display,
@@ -148,6 +161,11 @@ mod tests {
         assert!(action_clip("1e-40").is_ok(), "a subnormal is positive");
         for bad in ["0", "-1", "inf", "NaN"] {
             assert!(action_clip(bad).is_err(), "{bad}");
+        }
+        assert_eq!(step_delta("0").unwrap(), 0.0, "0 holds a dimension still");
+        assert_eq!(step_delta("inf").unwrap(), f32::INFINITY);
+        for bad in ["-0.001", "-inf", "NaN", "", "x"] {
+            assert!(step_delta(bad).is_err(), "{bad}");
         }
     }
 }

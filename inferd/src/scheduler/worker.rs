@@ -299,7 +299,8 @@ impl Worker {
         };
         let (outcome, answer) = match verdict {
             Verdict::Reject(reason) => {
-                self.shard.record_safety(model.segment_id, 0, Some(reason));
+                self.shard
+                    .record_safety(model.segment_id, 0, 0, Some(reason));
                 let message = format!(
                     "the model produced {} actions; they were not sent",
                     reason.as_str()
@@ -313,8 +314,12 @@ impl Worker {
             }
             Verdict::Pass(clamps) => {
                 if clamps != Clamps::default() {
-                    self.shard
-                        .record_safety(model.segment_id, clamps.range, None);
+                    self.shard.record_safety(
+                        model.segment_id,
+                        clamps.range,
+                        clamps.step_delta,
+                        None,
+                    );
                 }
                 let tensors = signature
                     .outputs()

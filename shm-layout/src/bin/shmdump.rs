@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime};
 
 use clap::Parser;
 use shm_layout::{
-    layout, offsets, unix_ns, GaugesSnapshot, HeaderInfo, HistogramSnapshot, ModelStatsSnapshot,
-    SafetyReason, SegmentReader, Snapshot, Status,
+    layout, offsets, unix_ns, ClampKind, GaugesSnapshot, HeaderInfo, HistogramSnapshot,
+    ModelStatsSnapshot, SafetyReason, SegmentReader, Snapshot, Status,
 };
 
 /// Print an inferd metrics segment.
@@ -213,12 +213,18 @@ fn render_model_histograms(out: &mut String, label: &str, stats: &ModelStatsSnap
     }
 }
 
-/// One model's safety-filter counters, on a line of their own, unless all are zero.
+/// One model's safety-filter counters, on a line of their own, unless all are zero: values
+/// clamped by kind (range, step delta), then outputs rejected by reason.
 fn render_model_safety(out: &mut String, label: &str, stats: &ModelStatsSnapshot) {
-    if stats.actions_clamped == 0 && stats.outputs_rejected.iter().all(|&n| n == 0) {
+    let clamped = ClampKind::ALL.map(|kind| (kind, stats.actions_clamped_by(kind)));
+    if clamped.iter().all(|&(_, n)| n == 0) && stats.outputs_rejected.iter().all(|&n| n == 0) {
         return;
     }
-    let _ = write!(out, "{label:<24} safety: clamped {}", stats.actions_clamped);
+    let _ = write!(out, "{label:<24} safety:");
+    for (i, (kind, n)) in clamped.iter().enumerate() {
+        let gap = if i == 0 { " " } else { "  " };
+        let _ = write!(out, "{gap}clamped_{} {n}", kind.as_str());
+    }
     for (reason, n) in SafetyReason::ALL.iter().zip(&stats.outputs_rejected) {
         let _ = write!(out, "  rejected_{} {n}", reason.as_str());
     }
@@ -297,7 +303,7 @@ mod tests {
         }
         worker.record_batch(policy, 8, 2_500_000);
         worker.record_batch(policy, 32, 7_000_000);
-        worker.record_safety(policy, 3, Some(SafetyReason::Inf));
+        worker.record_safety(policy, 3, 5, Some(SafetyReason::Inf));
         io.record_request(&RequestSample {
             model: walker,
             robot_type: spot,
@@ -339,7 +345,7 @@ mod tests {
 
     /// What `render` prints for [`snapshot`], to the byte: people and scripts read this output.
     const EXPECTED: &str = concat!(
-        "segment v1.0  inferd 0.9.1  pid 4242  generation 0x0123456789abcdef  state ready  heartbeat 250 ms ago\n",
+        "segment v1.1  inferd 0.9.1  pid 4242  generation 0x0123456789abcdef  state ready  heartbeat 250 ms ago\n",
         "queue 5/64  in_flight 7  connections 2  gpu_memory 1073741824 B  reloads 2 (failed 1)  overflow models 0 robot_types 0  protocol_errors 4  connections_rejected 6\n",
         "\n",
         "slot model                    version      backend  device        load_ms\n",
@@ -358,7 +364,7 @@ mod tests {
         "policy                   batch_size              2         20.0           32\n",
         "policy                   request_bytes          40       319.5B         512B\n",
         "policy                   response_bytes         40       120.0B         128B\n",
-        "policy                   safety: clamped 3  rejected_nan 0  rejected_inf 1\n",
+        "policy                   safety: clamped_range 3  clamped_step_delta 5  rejected_nan 0  rejected_inf 1\n",
         "walker                   e2e                     1 90000000.0us         +Inf\n",
         "walker                   request_bytes           1        64.0B          64B\n",
         "walker                   response_bytes          1        16.0B          64B\n",
