@@ -235,7 +235,8 @@ fn log_loaded(model: &LoadedModel, config: &Config) {
     let m = model.metadata();
     // Names come from the model file, which may come from anywhere: quoted and escaped.
     log::info!(
-        "serving model {:?} version {:?} from {} on {}/{}: {}, action {:?}, action limits {}",
+        "serving model {:?} version {:?} from {} on {}/{}: {}, action {:?}, action limits {}, \
+         step-delta limit {}",
         m.name,
         m.version,
         config.model_source(),
@@ -244,6 +245,11 @@ fn log_loaded(model: &LoadedModel, config: &Config) {
         m.signature,
         m.signature.action().name,
         if model.safety.limits().is_some() {
+            "on"
+        } else {
+            "off"
+        },
+        if model.safety.max_step_delta().is_some() {
             "on"
         } else {
             "off"
