@@ -4,7 +4,9 @@
 //!   policy file answers as the cpu backend does (the first convention: one float32 vector);
 //! - the tiny VLA (`scripts/tiny_vla.py`: two uint8 images, a state and a prompt in, a
 //!   [10, 7] chunk out; the named convention) answers as PyTorch's own eager forward does,
-//!   alone and for 8 robots batched together.
+//!   alone and for 8 robots batched together;
+//! - every other wire dtype reaches a module as itself, and several outputs come back in
+//!   the signature's order.
 //!
 //! Needs the `torch` feature and a python with torch (`scripts/test-torch.sh` sets both up).
 
@@ -436,4 +438,91 @@ fn eight_robots_batched_together_each_get_their_own_answer() {
         "no robot's request was batched with another's: {} batches",
         sizes.count()
     );
+}
+
+/// A module of every other wire dtype: `x` int64 [3], `h` float16 [2], `b` bool [2], `i`
+/// int8 [1], `j` int32 [1] in; `actions` float32 [1] (the sum of every input), `flag` bool
+/// [1] (`x[0] > 3`) and `twice` int64 [3] (`2 x`) out. Written through export_torchscript.py.
+const DTYPES_MODULE: &str = r#"
+import sys
+from typing import Dict, List
+import torch
+sys.path.insert(0, sys.argv[1])
+from export_torchscript import export
+
+class Dtypes(torch.nn.Module):
+    def forward(self, tensors: Dict[str, torch.Tensor], texts: Dict[str, List[str]]) -> Dict[str, torch.Tensor]:
+        x = tensors["x"]
+        total = x.sum(1) + tensors["h"].float().sum(1) + tensors["b"].sum(1) + tensors["i"].sum(1) + tensors["j"].sum(1)
+        return {"actions": total.float().unsqueeze(1), "flag": x[:, :1] > 3, "twice": x * 2}
+
+export(Dtypes(),
+       inputs=[{"name": "x", "dtype": "<i8", "shape": [3]}, {"name": "h", "dtype": "<f2", "shape": [2]},
+               {"name": "b", "dtype": "|b1", "shape": [2]}, {"name": "i", "dtype": "|i1", "shape": [1]},
+               {"name": "j", "dtype": "<i4", "shape": [1]}],
+       outputs=[{"name": "flag", "dtype": "|b1", "shape": [1]}, {"name": "actions", "dtype": "<f4", "shape": [1]},
+                {"name": "twice", "dtype": "<i8", "shape": [3]}],
+       path=sys.argv[2], name="dtypes")
+"#;
+
+#[test]
+fn every_wire_dtype_reaches_the_module_as_itself_and_every_output_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("dtypes.py");
+    std::fs::write(&script, DTYPES_MODULE).unwrap();
+    let module = dir.path().join("dtypes.pt");
+    let python = std::env::var("INFERD_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(repo().join("scripts"))
+        .arg(&module)
+        .output()
+        .unwrap_or_else(|e| panic!("running {python}: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let options = BackendOptions {
+        device: Device::Cpu,
+        ..BackendOptions::default()
+    };
+    let torch = TorchBackend::load(&ModelSource::File(module), &options).unwrap();
+    let sig = &torch.metadata().signature;
+    let names: Vec<&str> = sig.outputs().iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["flag", "actions", "twice"]);
+    assert_eq!(sig.action().name, "actions");
+    // Two rows. Row 0: x = [4, 5, 6], h = [0.5, 1.5], b = [1, 0], i = [-3], j = [100 000].
+    // Row 1: x = [1, 2, 3], h = [0, 0], b = [0, 0], i = [2], j = [-7].
+    let le = |values: &[i64], width: usize| -> Vec<u8> {
+        values
+            .iter()
+            .flat_map(|v| v.to_le_bytes()[..width].to_vec())
+            .collect()
+    };
+    let halves: Vec<u8> = [0.5f32, 1.5, 0.0, 0.0]
+        .iter()
+        .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+        .collect();
+    let inputs = BatchInputs::Stacked(vec![
+        StackedInput::Tensor(le(&[4, 5, 6, 1, 2, 3], 8)),
+        StackedInput::Tensor(halves),
+        StackedInput::Tensor(vec![1, 0, 0, 0]),
+        StackedInput::Tensor(le(&[-3, 2], 1)),
+        StackedInput::Tensor(le(&[100_000, -7], 4)),
+    ]);
+    let got = torch
+        .infer(Batch {
+            rows: 2,
+            inputs: &inputs,
+            worker: 0,
+        })
+        .unwrap();
+    let sums = [
+        4.0 + 5.0 + 6.0 + 2.0 + 1.0 - 3.0 + 100_000.0,
+        6.0 + 2.0 - 7.0,
+    ];
+    assert_eq!(got.outputs[0], vec![1, 0], "flag");
+    assert_eq!(got.to_f32(1), sums, "actions");
+    assert_eq!(got.outputs[2], le(&[8, 10, 12, 2, 4, 6], 8), "twice");
 }

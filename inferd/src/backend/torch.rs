@@ -143,6 +143,14 @@ impl Backend for TorchBackend {
                     tensors.push((spec.name.as_str(), tensor));
                 }
                 (InputKind::Text { .. }, StackedInput::Text(list)) if list.len() == rows => {
+                    // tch hands strings to libtorch as C strings, which end at a NUL.
+                    if list.iter().any(|t| t.contains('\0')) {
+                        return Err(Error::Backend(format!(
+                            "text input {:?} holds a NUL character, which libtorch's strings \
+                             cannot carry",
+                            spec.name
+                        )));
+                    }
                     texts.push(list);
                 }
                 _ => {
