@@ -552,6 +552,10 @@ pub enum InputError {
     /// A text input whose bytes are not UTF-8.
     #[error("input {0:?} is not UTF-8")]
     NotUtf8(String),
+    /// A text input holding a NUL character, which libtorch's strings cannot carry: refused
+    /// here, for that request alone, rather than failing the batch it would join.
+    #[error("input {0:?} holds a NUL character; text inputs may not")]
+    Nul(String),
     /// A text input over its length.
     #[error("input {name:?} is {len} bytes; at most {max} bytes")]
     TextLength {
@@ -610,6 +614,9 @@ fn stage_one(
                     return Err(not_text(kind_of(v)));
                 };
                 let s = s.as_str().ok_or_else(|| InputError::NotUtf8(name()))?;
+                if s.contains('\0') {
+                    return Err(InputError::Nul(name()));
+                }
                 if s.len() > *max_bytes {
                     return Err(InputError::TextLength {
                         name: name(),
@@ -905,6 +912,14 @@ mod tests {
                     ("prompt", "a prompt far too long".into()),
                 ],
                 "input \"prompt\" is 21 bytes; at most 16 bytes",
+            ),
+            (
+                vec![
+                    ("image", img.to_value()),
+                    ("state", state.to_value()),
+                    ("prompt", "nul\0".into()),
+                ],
+                "input \"prompt\" holds a NUL character",
             ),
             (
                 vec![
