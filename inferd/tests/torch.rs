@@ -526,3 +526,120 @@ fn every_wire_dtype_reaches_the_module_as_itself_and_every_output_comes_back() {
     assert_eq!(got.to_f32(1), sums, "actions");
     assert_eq!(got.outputs[2], le(&[8, 10, 12, 2, 4, 6], 8), "twice");
 }
+
+/// The python blocks of the section of `doc` under `heading` (up to the next heading of the
+/// same or a higher level), each dedented by the indent of its opening fence.
+fn python_blocks(doc: &str, heading: &str) -> Vec<String> {
+    let level = heading.chars().take_while(|c| *c == '#').count();
+    let section = doc
+        .split_once(heading)
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("no {heading:?}"));
+    let mut blocks = Vec::new();
+    // The indent of the open python fence and its text so far; `fenced` for any fence.
+    let mut current: Option<(usize, String)> = None;
+    let mut fenced = false;
+    for line in section.lines() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        let hashes = line.chars().take_while(|c| *c == '#').count();
+        if !fenced && (1..=level).contains(&hashes) && line[hashes..].starts_with(' ') {
+            break;
+        }
+        match &mut current {
+            None if trimmed.starts_with("```") => {
+                fenced = !fenced;
+                if fenced && trimmed == "```python" {
+                    current = Some((indent, String::new()));
+                }
+            }
+            Some(_) if trimmed == "```" => {
+                fenced = false;
+                blocks.extend(current.take().map(|(_, b)| b));
+            }
+            Some((indent, block)) => {
+                block.push_str(line.get(*indent..).unwrap_or_default());
+                block.push('\n');
+            }
+            None => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn the_export_example_of_the_docs_exports_a_policy_inferd_serves() {
+    let root = repo();
+    let models = std::fs::read_to_string(root.join("docs/models.md")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let blocks = python_blocks(&models, "### Exporting a policy");
+    let [module, export] = &blocks[..] else {
+        panic!("docs/models.md's export example: expected 2 python blocks, got {blocks:?}")
+    };
+    let readme_blocks = python_blocks(&readme, "## Serve your own policy");
+    assert_eq!(
+        readme_blocks.first(),
+        Some(export),
+        "README's export call is docs/models.md's"
+    );
+    // Run as a user would, from a checkout: `scripts` beside the example's files.
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(root.join("scripts"), dir.path().join("scripts")).unwrap();
+    std::fs::write(dir.path().join("my_policy.py"), module).unwrap();
+    std::fs::write(dir.path().join("export.py"), export).unwrap();
+    let python = std::env::var("INFERD_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .arg("export.py")
+        .current_dir(dir.path())
+        .env("PYTHONPATH", dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("running {python}: {e}"));
+    assert!(
+        out.status.success(),
+        "the docs' export example failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let model = dir.path().join("my_policy.pt");
+    let d = Daemon::start(&[
+        "--backend",
+        "torch",
+        "--device",
+        "cpu",
+        "--model",
+        model.to_str().unwrap(),
+    ]);
+    let mut raw = Raw::connect(&d.socket);
+    let image = Tensor::from_bytes(
+        DType::U8,
+        vec![64, 64, 3],
+        (0..64 * 64 * 3).map(|i| (i % 251) as u8).collect(),
+    );
+    let request = ClientMessage::Infer(InferRequest {
+        id: 1,
+        inputs: vec![
+            ("observation/image".into(), Input::Tensor(image.unwrap())),
+            (
+                "observation/state".into(),
+                Input::Tensor(Tensor::new(vec![8], vec![0.25; 8]).unwrap()),
+            ),
+            ("prompt".into(), Input::Text("stack the blocks".into())),
+        ],
+        deadline_us: None,
+    });
+    raw.send(&request);
+    match raw.recv() {
+        Some(ServerMessage::Result(r)) => {
+            let (name, actions) = &r.outputs[0];
+            assert_eq!(
+                (name.as_str(), &actions.shape[..]),
+                ("actions", &[10, 7][..])
+            );
+            let values = actions.to_f32();
+            assert!(
+                values.iter().all(|v| (-1.0..=1.0).contains(v)),
+                "{values:?}"
+            );
+        }
+        other => panic!("expected a result, got {other:?}\n{}", d.log()),
+    }
+}
