@@ -112,7 +112,7 @@ fn the_config_file_sets_options_and_flags_win() {
 fn inferctl_info_infer_and_bench() {
     let d = Daemon::start(&[]);
     let info = json(&inferctl(&d, &["info", "--json"]));
-    assert_eq!(info["protocol_version"], 1);
+    assert_eq!(info["protocol_version"], inferd::protocol::PROTOCOL_VERSION);
     assert_eq!(info["model"]["name"], "demo-mlp");
     assert_eq!(info["inputs"][0]["shape"][0], 48);
     assert_eq!(info["outputs"][0]["shape"][0], 12);
@@ -180,6 +180,34 @@ fn inferctl_info_infer_and_bench() {
     ));
     let sent = rate["sent"].as_u64().unwrap();
     assert!((90..=110).contains(&sent), "100 req/s for 1 s sent {sent}");
+}
+
+#[test]
+fn inferctl_info_prints_the_signature() {
+    let d = Daemon::start(&[]);
+    let text = String::from_utf8(inferctl(&d, &["info"]).stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    for want in [
+        "input     obs <f4 [48]",
+        "output    actions <f4 [12] (action)",
+    ] {
+        assert!(lines.contains(&want), "no line {want:?} in\n{text}");
+    }
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("input ")).count(),
+        1,
+        "{text}"
+    );
+    let info = json(&inferctl(&d, &["info", "--json"]));
+    assert_eq!(info["action_output"], "actions");
+    assert_eq!(
+        info["inputs"],
+        serde_json::json!([{"name": "obs", "dtype": "<f4", "shape": [48]}])
+    );
+    assert_eq!(
+        info["outputs"],
+        serde_json::json!([{"name": "actions", "dtype": "<f4", "shape": [12]}])
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use inferd::protocol::{Input, Metadata, TensorSpec, DTYPE_F32};
 use inferd::{BenchOptions, Client};
 
 /// Talks to inferd over its Unix socket.
@@ -26,9 +27,13 @@ struct Cli {
 enum Command {
     /// Print the server's metadata: protocol, model, inputs, outputs, action limits.
     Info(InfoArgs),
-    /// Send one observation and print the actions and timings.
+    /// Send one observation and print every output and the timings. A one-input float32
+    /// model takes --obs (default zeros); any other gets synthetic inputs made from the
+    /// metadata (the first of `bench`'s).
     Infer(InferArgs),
-    /// Generate load and print throughput, latency percentiles and errors by code.
+    /// Generate load and print throughput, latency percentiles and errors by code. Each
+    /// connection sends synthetic inputs made from the metadata: every input of its dtype and
+    /// shape, pseudo-random values that differ by connection, prompts in turn.
     Bench(BenchArgs),
     /// Serve the benchmark's echo baseline on --socket: inferd's metadata frame, then every
     /// frame sent straight back.
@@ -44,7 +49,8 @@ struct InfoArgs {
 
 #[derive(Args)]
 struct InferArgs {
-    /// Observation values, comma-separated; default: zeros of the model's input width.
+    /// Observation values of a one-input model, comma-separated; default: zeros of its
+    /// input width, or for a model of other inputs, synthetic ones.
     #[arg(
         long,
         value_delimiter = ',',
@@ -52,6 +58,9 @@ struct InferArgs {
         value_name = "X,.."
     )]
     obs: Vec<f32>,
+    /// The text of every text input (such as `prompt`) instead of a synthetic one.
+    #[arg(long, conflicts_with = "obs")]
+    prompt: Option<String>,
     /// Deadline, microseconds from the server's receipt.
     #[arg(long, value_name = "US")]
     deadline_us: Option<u64>,
@@ -142,32 +151,85 @@ async fn infer(path: &Path, args: InferArgs) -> anyhow::Result<()> {
     if let Some(rt) = &args.robot_type {
         client.hello(rt, args.robot_id.as_deref()).await?;
     }
-    let width = client.input_width();
-    let obs = if args.obs.is_empty() {
-        vec![0.0; width]
+    let r = if takes_one_vector(client.metadata()) {
+        let width = client.input_width();
+        let obs = if args.obs.is_empty() {
+            vec![0.0; width]
+        } else {
+            args.obs
+        };
+        if obs.len() != width {
+            bail!("--obs has {} values; the model takes {width}", obs.len());
+        }
+        client.infer(&obs, args.deadline_us).await?
     } else {
-        args.obs
+        if !args.obs.is_empty() {
+            bail!(
+                "--obs is for a model of one float32 vector; this one takes {}: leave --obs out                  to send synthetic inputs",
+                signature_text(client.metadata())
+            );
+        }
+        let mut inputs = client.synthetic_inputs(0)?;
+        if let Some(prompt) = &args.prompt {
+            for (_, input) in &mut inputs {
+                if let Input::Text(text) = input {
+                    text.clone_from(prompt);
+                }
+            }
+        }
+        client.infer_inputs(&inputs, args.deadline_us).await?
     };
-    if obs.len() != width {
-        bail!("--obs has {} values; the model takes {width}", obs.len());
-    }
-    let r = client.infer(&obs, args.deadline_us).await?;
-    let (name, actions) = r
-        .outputs
-        .first()
-        .map(|(n, t)| (n.as_str(), &t.data[..]))
-        .unwrap_or(("", &[]));
     if args.json {
-        print(serde_json::json!({
-            "id": r.id,
-            name: actions,
-            "timing": {"queue_us": r.timing.queue_us, "compute_us": r.timing.compute_us, "total_us": r.timing.total_us},
-        }))
+        let mut answer = serde_json::Map::new();
+        answer.insert("id".into(), r.id.into());
+        for (name, t) in &r.outputs {
+            answer.insert(name.clone(), nested(&t.to_f32(), &t.shape));
+        }
+        answer.insert(
+            "timing".into(),
+            serde_json::json!({"queue_us": r.timing.queue_us, "compute_us": r.timing.compute_us, "total_us": r.timing.total_us}),
+        );
+        print(serde_json::Value::Object(answer))
     } else {
-        print(format_args!(
-            "{name} {actions:?}\ntiming queue {} us, compute {} us, total {} us",
+        let mut text = String::new();
+        for (name, t) in &r.outputs {
+            let values = t.to_f32();
+            match &t.shape[..] {
+                [] | [_] => writeln!(text, "{name} {values:?}")?,
+                [rows, ..] => {
+                    writeln!(text, "{name} {} {:?}", t.dtype, t.shape)?;
+                    for row in values.chunks((values.len() / rows.max(&1)).max(1)) {
+                        writeln!(text, "  {row:?}")?;
+                    }
+                }
+            }
+        }
+        write!(
+            text,
+            "timing queue {} us, compute {} us, total {} us",
             r.timing.queue_us, r.timing.compute_us, r.timing.total_us
-        ))
+        )?;
+        print(text)
+    }
+}
+
+/// Whether the model takes one float32 vector, as the protocol's first version did: `--obs`
+/// is its observation.
+fn takes_one_vector(m: &Metadata) -> bool {
+    matches!(&m.inputs[..], [only] if only.dtype == DTYPE_F32 && only.shape.len() == 1)
+}
+
+/// `values` (row-major) as nested JSON arrays of `shape`: a flat list for a vector.
+fn nested(values: &[f32], shape: &[usize]) -> serde_json::Value {
+    match shape {
+        [] => values
+            .first()
+            .map_or(serde_json::Value::Null, |v| (*v).into()),
+        [_] => values.into(),
+        [rows, inner @ ..] => {
+            let step = (values.len() / (*rows).max(1)).max(1);
+            values.chunks(step).map(|row| nested(row, inner)).collect()
+        }
     }
 }
 
@@ -210,7 +272,25 @@ fn print(text: impl std::fmt::Display) -> anyhow::Result<()> {
     }
 }
 
-fn metadata_text(m: &inferd::protocol::Metadata) -> Result<String, std::fmt::Error> {
+/// One input or output as `inferctl info` prints it: `obs <f4 [48]`, or for text
+/// `prompt str of at most 256 bytes`.
+fn spec_text(s: &TensorSpec) -> String {
+    match s.max_bytes {
+        Some(n) if s.dtype == "str" => format!("{} str of at most {n} bytes", s.name),
+        _ => format!("{} {} {:?}", s.name, s.dtype, s.shape),
+    }
+}
+
+/// The inputs, for errors: `obs <f4 [48], prompt str of at most 256 bytes`.
+fn signature_text(m: &Metadata) -> String {
+    m.inputs
+        .iter()
+        .map(spec_text)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn metadata_text(m: &Metadata) -> Result<String, std::fmt::Error> {
     let mut t = String::new();
     writeln!(
         t,
@@ -223,10 +303,15 @@ fn metadata_text(m: &inferd::protocol::Metadata) -> Result<String, std::fmt::Err
         m.model.name, m.model.version, m.model.backend, m.model.device
     )?;
     for s in &m.inputs {
-        writeln!(t, "input     {} {} {:?}", s.name, s.dtype, s.shape)?;
+        writeln!(t, "input     {}", spec_text(s))?;
     }
     for s in &m.outputs {
-        writeln!(t, "output    {} {} {:?}", s.name, s.dtype, s.shape)?;
+        let action = if s.name == m.action_output {
+            " (action)"
+        } else {
+            ""
+        };
+        writeln!(t, "output    {}{action}", spec_text(s))?;
     }
     match &m.action_limits {
         Some(l) => writeln!(t, "limits    low {:?}\n          high {:?}", l.low, l.high)?,
@@ -240,10 +325,17 @@ fn metadata_text(m: &inferd::protocol::Metadata) -> Result<String, std::fmt::Err
     Ok(t)
 }
 
-fn metadata_json(m: &inferd::protocol::Metadata) -> serde_json::Value {
-    let specs = |list: &[inferd::protocol::TensorSpec]| -> Vec<serde_json::Value> {
+fn metadata_json(m: &Metadata) -> serde_json::Value {
+    let specs = |list: &[TensorSpec]| -> Vec<serde_json::Value> {
         list.iter()
-            .map(|s| serde_json::json!({"name": s.name, "dtype": s.dtype, "shape": s.shape}))
+            .map(|s| {
+                let mut spec =
+                    serde_json::json!({"name": s.name, "dtype": s.dtype, "shape": s.shape});
+                if let Some(n) = s.max_bytes {
+                    spec["max_bytes"] = n.into();
+                }
+                spec
+            })
             .collect()
     };
     serde_json::json!({
@@ -252,6 +344,7 @@ fn metadata_json(m: &inferd::protocol::Metadata) -> serde_json::Value {
         "model": {"name": m.model.name, "version": m.model.version, "backend": m.model.backend, "device": m.model.device},
         "inputs": specs(&m.inputs),
         "outputs": specs(&m.outputs),
+        "action_output": m.action_output,
         "action_limits": m.action_limits.as_ref().map(|l| serde_json::json!({"low": l.low, "high": l.high})),
         "max_frame_bytes": m.max_frame_bytes,
         "max_in_flight": m.max_in_flight,

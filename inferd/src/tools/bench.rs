@@ -3,6 +3,10 @@
 //!
 //! It reads answers generically (type, id, error code), so the same client measures inferd
 //! and the echo baseline, which sends every frame back unchanged.
+//!
+//! Each connection sends one observation over and over, made from the metadata by
+//! [`synthetic_inputs`]: every input the model declares, of its dtype and shape, with values
+//! that differ from connection to connection.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -13,9 +17,105 @@ use hdrhistogram::Histogram;
 use rmpv::ValueRef;
 use serde::Serialize;
 
-use crate::protocol::{as_str, decode_body, MapRef};
+use crate::protocol::{as_str, decode_body, DType, Input, MapRef, Metadata, Tensor};
+use crate::signature::TEXT_DTYPE;
 use crate::tools::client::{AnswerReceiver, Client, RequestSender};
 use crate::{Error, Result};
+
+/// The prompts that synthetic text inputs cycle through, one per connection in turn.
+pub const SYNTHETIC_PROMPTS: [&str; 4] = [
+    "pick up the red cup",
+    "open the top drawer",
+    "put the sponge in the sink",
+    "fold the towel",
+];
+
+/// One observation for every input `metadata` declares, in its order: an array of the input's
+/// dtype and shape, or for a text input one of [`SYNTHETIC_PROMPTS`] (cut to its `max_bytes`).
+///
+/// Values are pseudo-random and fixed by `seed` (the bench passes each connection's index):
+/// floats in [-1, 1], `|u1` 0 to 255, `|i1` its whole range, `<i4` and `<i8` 0 to 255 (a
+/// byte's worth, as token ids of a byte-level tokenizer are), bools 0 or 1. The prompt is
+/// `SYNTHETIC_PROMPTS[seed % 4]`. An input of a dtype inferd does not know is an error.
+pub fn synthetic_inputs(metadata: &Metadata, seed: u64) -> Result<Vec<(String, Input)>> {
+    metadata
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(index, spec)| {
+            if spec.dtype == TEXT_DTYPE {
+                let prompt = SYNTHETIC_PROMPTS[(seed % SYNTHETIC_PROMPTS.len() as u64) as usize];
+                let max = spec
+                    .max_bytes
+                    .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+                return Ok((spec.name.clone(), Input::Text(cut(prompt, max).to_owned())));
+            }
+            let dtype = DType::from_name(&spec.dtype).ok_or_else(|| {
+                Error::Protocol(format!(
+                    "input {:?} has dtype {:?}, which is none of {}",
+                    spec.name,
+                    spec.dtype,
+                    DType::list()
+                ))
+            })?;
+            let shape = spec
+                .shape
+                .iter()
+                .map(|&d| usize::try_from(d).ok())
+                .collect::<Option<Vec<usize>>>()
+                .ok_or_else(|| Error::Protocol(format!("input {:?} is too large", spec.name)))?;
+            let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+            let too_large = || Error::Protocol(format!("input {:?} is too large", spec.name));
+            let count = count.ok_or_else(too_large)?;
+            // Each input its own stream, so that two inputs of one shape differ too.
+            let mut rng = SplitMix64(seed.wrapping_mul(0x9e37_79b9).wrapping_add(index as u64));
+            let data = random_elements(dtype, count, &mut rng);
+            let tensor = Tensor::from_bytes(dtype, shape, data).ok_or_else(too_large)?;
+            Ok((spec.name.clone(), Input::Tensor(tensor)))
+        })
+        .collect()
+}
+
+/// The longest prefix of `text` of at most `max_bytes` that ends on a character boundary.
+fn cut(text: &str, max_bytes: usize) -> &str {
+    let mut end = text.len().min(max_bytes);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// `count` little-endian elements of `dtype`, in the ranges [`synthetic_inputs`] gives.
+fn random_elements(dtype: DType, count: usize, rng: &mut SplitMix64) -> Vec<u8> {
+    let mut data = Vec::with_capacity(count.saturating_mul(dtype.size_bytes()));
+    for _ in 0..count {
+        let bits = rng.next_u64();
+        // The top 24 bits as a float in [-1, 1]: exact in float32, and in float16 to rounding.
+        let unit = (bits >> 40) as f32 / ((1u64 << 24) - 1) as f32 * 2.0 - 1.0;
+        match dtype {
+            DType::F32 => data.extend_from_slice(&unit.to_le_bytes()),
+            DType::F16 => data.extend_from_slice(&half::f16::from_f32(unit).to_le_bytes()),
+            DType::U8 | DType::I8 => data.push((bits >> 56) as u8),
+            DType::I32 => data.extend_from_slice(&((bits >> 56) as i32).to_le_bytes()),
+            DType::I64 => data.extend_from_slice(&((bits >> 56) as i64).to_le_bytes()),
+            DType::Bool => data.push((bits >> 63) as u8),
+        }
+    }
+    data
+}
+
+/// Steele, Lea and Flood's SplitMix64: a few lines, and deterministic on every platform.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
 
 /// How long to wait for answers still outstanding when the run ends.
 const ANSWER_GRACE: Duration = Duration::from_secs(5);
@@ -196,9 +296,7 @@ pub async fn run_bench(opts: &BenchOptions) -> Result<BenchReport> {
     let end = measure_from + opts.duration;
     let mut tasks = tokio::task::JoinSet::new();
     for (index, client) in clients.into_iter().enumerate() {
-        let obs: Vec<f32> = (0..client.input_width())
-            .map(|i| (i as f32 * 0.37).sin())
-            .collect();
+        let inputs = synthetic_inputs(client.metadata(), index as u64)?;
         let (sender, receiver, _) = client.split();
         let opts = opts.clone();
         tasks.spawn(async move {
@@ -208,7 +306,7 @@ pub async fn run_bench(opts: &BenchOptions) -> Result<BenchReport> {
                 end,
             };
             match opts.rate_rps {
-                None => closed_loop(sender, receiver, obs, opts.deadline_us, window).await,
+                None => closed_loop(sender, receiver, inputs, opts.deadline_us, window).await,
                 Some(rate) => {
                     let interval =
                         Duration::from_secs_f64(opts.connections as f64 / rate.max(1e-3));
@@ -217,7 +315,7 @@ pub async fn run_bench(opts: &BenchOptions) -> Result<BenchReport> {
                     open_loop(
                         sender,
                         receiver,
-                        obs,
+                        inputs,
                         opts.deadline_us,
                         window,
                         interval,
@@ -278,7 +376,7 @@ struct Window {
 async fn closed_loop(
     mut sender: RequestSender,
     mut receiver: AnswerReceiver,
-    obs: Vec<f32>,
+    inputs: Vec<(String, Input)>,
     deadline_us: Option<u64>,
     w: Window,
 ) -> Result<Tally> {
@@ -290,7 +388,7 @@ async fn closed_loop(
             break;
         }
         let measured = sent_at >= w.measure_from;
-        let id = sender.send_infer(&obs, deadline_us).await?;
+        let id = sender.send_inputs(&inputs, deadline_us).await?;
         tally.sent += u64::from(measured);
         let Some(body) = receiver.recv_frame().await? else {
             tally.unanswered += u64::from(measured);
@@ -315,7 +413,7 @@ async fn closed_loop(
 async fn open_loop(
     mut sender: RequestSender,
     mut receiver: AnswerReceiver,
-    obs: Vec<f32>,
+    inputs: Vec<(String, Input)>,
     deadline_us: Option<u64>,
     w: Window,
     interval: Duration,
@@ -338,7 +436,7 @@ async fn open_loop(
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(id, (sent_at, measured));
-            sender.send_infer(&obs, deadline_us).await?;
+            sender.send_inputs(&inputs, deadline_us).await?;
             sent += u64::from(measured);
             next += interval;
         }
@@ -388,7 +486,163 @@ async fn open_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{ErrorCode, ErrorReply, ServerMessage};
+    use crate::protocol::{
+        ErrorCode, ErrorReply, ModelDescription, Request, ServerMessage, TensorSpec,
+    };
+    use crate::signature::{InputSpec, OutputSpec, Signature};
+    use crate::tools::client::encode_infer;
+
+    fn spec(name: &str, dtype: &str, shape: &[u64], max_bytes: Option<u64>) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            dtype: dtype.into(),
+            shape: shape.to_vec(),
+            max_bytes,
+        }
+    }
+
+    /// A VLA's metadata, as a server would announce it: a uint8 camera, a float32 state, a
+    /// prompt, and one input of each other dtype.
+    fn vla_metadata() -> Metadata {
+        Metadata {
+            protocol_version: crate::protocol::PROTOCOL_VERSION,
+            server: "test".into(),
+            model: ModelDescription::default(),
+            inputs: vec![
+                spec("observation/image", "|u1", &[16, 16, 3], None),
+                spec("observation/state", "<f4", &[8], None),
+                spec("prompt", "str", &[], Some(12)),
+                spec("half", "<f2", &[4], None),
+                spec("small", "|i1", &[4], None),
+                spec("tokens32", "<i4", &[3], None),
+                spec("tokens64", "<i8", &[2, 3], None),
+                spec("mask", "|b1", &[64], None),
+            ],
+            outputs: vec![spec("actions", "<f4", &[10, 7], None)],
+            action_output: "actions".into(),
+            action_limits: None,
+            max_frame_bytes: 1 << 20,
+            max_in_flight: 1,
+            max_batch_size: 8,
+        }
+    }
+
+    /// The same model's signature, as the server checks requests against it.
+    fn vla_signature() -> Signature {
+        Signature::new(
+            vec![
+                InputSpec::tensor("observation/image", DType::U8, vec![16, 16, 3]),
+                InputSpec::vector("observation/state", 8),
+                InputSpec::text("prompt", 12),
+                InputSpec::tensor("half", DType::F16, vec![4]),
+                InputSpec::tensor("small", DType::I8, vec![4]),
+                InputSpec::tensor("tokens32", DType::I32, vec![3]),
+                InputSpec::tensor("tokens64", DType::I64, vec![2, 3]),
+                InputSpec::tensor("mask", DType::Bool, vec![64]),
+            ],
+            vec![OutputSpec {
+                name: "actions".into(),
+                dtype: DType::F32,
+                shape: vec![10, 7],
+            }],
+            "actions",
+        )
+        .unwrap()
+    }
+
+    fn tensor<'i>(inputs: &'i [(String, Input)], name: &str) -> &'i Tensor {
+        match inputs.iter().find(|(n, _)| n == name) {
+            Some((_, Input::Tensor(t))) => t,
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn synthetic_inputs_follow_the_metadata_and_pass_the_servers_check() {
+        let meta = vla_metadata();
+        let inputs = synthetic_inputs(&meta, 0).unwrap();
+        let names: Vec<&str> = inputs.iter().map(|(n, _)| n.as_str()).collect();
+        let declared: Vec<&str> = meta.inputs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, declared);
+        for (spec, (_, input)) in meta.inputs.iter().zip(&inputs) {
+            match input {
+                Input::Tensor(t) => {
+                    assert_eq!(t.dtype.as_str(), spec.dtype, "{}", spec.name);
+                    let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+                    assert_eq!(shape, spec.shape, "{}", spec.name);
+                }
+                Input::Text(_) => assert_eq!(spec.dtype, "str", "{}", spec.name),
+                Input::Texts(_) => panic!("{}: one observation, not a batch", spec.name),
+            }
+        }
+        // The server's own check takes them as one observation.
+        let frame = encode_infer(1, &inputs, None);
+        let value = decode_body(&frame[4..]).unwrap();
+        let Request::Infer(request) = Request::decode(&value).unwrap() else {
+            panic!("not an infer");
+        };
+        let staged = vla_signature()
+            .stage(&frame[4..], &request.inputs, 8)
+            .unwrap();
+        assert_eq!((staged.rows, staged.batched), (1, false));
+    }
+
+    #[test]
+    fn synthetic_values_span_their_ranges_and_differ_by_seed() {
+        let meta = vla_metadata();
+        let a = synthetic_inputs(&meta, 0).unwrap();
+        assert_eq!(a, synthetic_inputs(&meta, 0).unwrap(), "deterministic");
+        let image = &tensor(&a, "observation/image").data;
+        let (lo, hi) = (image.iter().min().unwrap(), image.iter().max().unwrap());
+        assert!(*lo < 16 && *hi > 240, "uint8 spans 0..255: {lo}..{hi}");
+        let state = tensor(&a, "observation/state").to_f32();
+        assert!(state.iter().all(|v| (-1.0..=1.0).contains(v)), "{state:?}");
+        assert!(state.iter().any(|&v| v < -0.1) && state.iter().any(|&v| v > 0.1));
+        let half = tensor(&a, "half").to_f32();
+        assert!(half.iter().all(|v| (-1.0..=1.0).contains(v)), "{half:?}");
+        let mask = &tensor(&a, "mask").data;
+        assert!(mask.iter().all(|&b| b <= 1) && mask.contains(&0) && mask.contains(&1));
+        for name in ["tokens32", "tokens64"] {
+            let ids = tensor(&a, name).to_f32();
+            assert!(
+                ids.iter().all(|v| (0.0..=255.0).contains(v)),
+                "{name}: {ids:?}"
+            );
+        }
+
+        let b = synthetic_inputs(&meta, 1).unwrap();
+        assert_ne!(
+            tensor(&a, "observation/image"),
+            tensor(&b, "observation/image")
+        );
+        let prompt = |inputs: &[(String, Input)]| match &inputs[2].1 {
+            Input::Text(s) => s.clone(),
+            other => panic!("prompt {other:?}"),
+        };
+        // Cut to the declared 12 bytes; cycling with the seed.
+        assert_eq!(prompt(&a), "pick up the ");
+        assert_eq!(prompt(&b), "open the top");
+        let five = synthetic_inputs(&meta, 4).unwrap();
+        assert_eq!(prompt(&five), prompt(&a));
+    }
+
+    #[test]
+    fn synthetic_inputs_refuse_a_dtype_inferd_does_not_know() {
+        let mut meta = vla_metadata();
+        meta.inputs[1].dtype = "<f8".into();
+        let err = synthetic_inputs(&meta, 0).unwrap_err().to_string();
+        assert!(
+            err.contains("observation/state") && err.contains("<f8"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cut_keeps_whole_characters() {
+        assert_eq!(cut("héllo", 2), "h");
+        assert_eq!(cut("héllo", 3), "hé");
+        assert_eq!(cut("abc", 10), "abc");
+    }
 
     #[test]
     fn classify_reads_results_errors_and_echoes() {
