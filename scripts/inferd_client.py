@@ -5,7 +5,7 @@ The protocol (docs/protocol.md) is frames of a u32 little-endian length and a ms
 Arrays travel the way openpi's ``msgpack_numpy`` packs them, so a robot that already uses
 ``openpi_client.msgpack_numpy`` can pass its ``Packer``/``unpackb`` instead of ours.
 
-Example::
+A model of one float32 input takes an array and answers its actions::
 
     import numpy as np
     from inferd_client import InferdClient
@@ -14,23 +14,57 @@ Example::
         print(client.metadata["model"])
         actions = client.infer(np.zeros(48, np.float32), deadline_us=5_000)
 
+Any model takes an openpi-style observation dict, input name to a numpy array (``<f4 <f2 |u1
+|i1 <i4 <i8 |b1``) or a str for a text input, and answers every output by name::
+
+    with InferdClient(robot_type="franka") as client:
+        outputs = client.infer({
+            "observation/exterior_image_1_left": image,  # uint8 [224, 224, 3]
+            "observation/wrist_image_left": wrist,       # uint8 [224, 224, 3]
+            "observation/state": state,                  # float32 [8]
+            "prompt": "pick up the cup",
+        })
+        chunk = outputs["actions"]                       # float32 [10, 7]
+
+A batch gives every array a leading ``n`` and every text input a list of ``n`` str.
+
 Run ``python3 scripts/inferd_client.py info`` or ``... infer`` for a quick check.
 """
 
 import os
 import socket
 import struct
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import msgpack
 import numpy as np
 
-__all__ = ["InferdClient", "InferdError", "default_socket_path", "pack_array", "unpack_array"]
+__all__ = [
+    "DTYPES",
+    "InferdClient",
+    "InferdError",
+    "default_socket_path",
+    "encode_infer",
+    "pack_array",
+    "pack_inputs",
+    "unpack_array",
+]
+
+#: The array dtypes inferd takes, as numpy spells them (docs/protocol.md).
+DTYPES = ("<f4", "<f2", "|u1", "|i1", "<i4", "<i8", "|b1")
+#: The dtype a text input declares in the metadata.
+TEXT_DTYPE = "str"
+
+#: What ``infer`` takes for one input: an array (or anything ``np.asarray`` takes), a str, or
+#: for a batch's text a list of str.
+InputValue = Union[np.ndarray, str, Sequence[str], Any]
+Observation = Mapping[str, InputValue]
 
 _HEADER = struct.Struct("<I")
 _MAX_FRAME_BYTES = 64 << 20
 
 
-def pack_array(obj):
+def pack_array(obj: Any) -> Any:
     """msgpack ``default`` hook: numpy arrays as openpi's msgpack_numpy maps (bytes keys)."""
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind in ("V", "O", "c"):
@@ -46,7 +80,7 @@ def pack_array(obj):
     return obj
 
 
-def unpack_array(obj):
+def unpack_array(obj: Dict[Any, Any]) -> Any:
     """msgpack ``object_hook``: msgpack_numpy maps back to arrays (bytes or str keys)."""
     for marker, data, dtype, shape in (
         (b"__ndarray__", b"data", b"dtype", b"shape"),
@@ -57,7 +91,7 @@ def unpack_array(obj):
     return obj
 
 
-def default_socket_path():
+def default_socket_path() -> str:
     """The socket inferd listens on by default in this environment (as inferd computes it)."""
     runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
     if runtime:
@@ -73,14 +107,14 @@ def default_socket_path():
 class InferdError(Exception):
     """An error answer: ``code`` is one of the codes listed in docs/protocol.md."""
 
-    def __init__(self, code, message, request_id=None):
+    def __init__(self, code: str, message: str, request_id: Optional[int] = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.request_id = request_id
 
 
-def _naming_path(error, path):
+def _naming_path(error: OSError, path: str) -> OSError:
     """``error`` again, of the same OSError subclass (so that ``except FileNotFoundError`` and
     ``except ConnectionRefusedError`` still catch it), with a message that names the socket."""
     reason = error.strerror or str(error) or type(error).__name__
@@ -93,10 +127,69 @@ def _naming_path(error, path):
         return error
 
 
-class InferdClient:
-    """One connection to inferd. Not thread-safe: use one client per thread."""
+def _pack_input(name: str, value: InputValue, spec: Optional[Mapping[str, Any]]) -> Any:
+    """One input's wire value: a str, a list of str, or a C-order little-endian array."""
+    if isinstance(value, str):
+        return str(value)  # np.str_ too
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return [str(v) for v in value]
+    want = spec.get("dtype") if spec else None
+    if not isinstance(value, np.ndarray) and want in DTYPES:
+        # Plain numbers and lists carry no dtype of their own: they take the declared one.
+        return np.ascontiguousarray(value, dtype=want)
+    array = np.asarray(value)
+    if array.dtype.kind == "U":  # a prompt held in a numpy array, as openpi's transforms do
+        return str(array) if array.ndim == 0 else [str(v) for v in array.tolist()]
+    if array.dtype.kind in ("O", "V", "S", "c", "M", "m"):
+        raise TypeError(f"input {name!r}: numpy dtype {array.dtype} cannot be sent; the dtypes are {', '.join(DTYPES)}")
+    if want in DTYPES and array.dtype.str != want and np.can_cast(array.dtype, np.dtype(want), "same_kind"):
+        # float64 state to the declared float32, say; a cast across kinds (float to uint8)
+        # is left to the server to refuse, naming what it expected.
+        array = array.astype(want)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(array)
 
-    def __init__(self, path=None, robot_type=None, robot_id=None, timeout_seconds=10.0):
+
+def pack_inputs(obs: Observation, specs: Sequence[Mapping[str, Any]] = ()) -> Dict[str, Any]:
+    """The ``inputs`` map of a request for an observation dict.
+
+    ``specs`` are the metadata's ``inputs``. An array is converted to its input's declared dtype
+    where numpy's ``same_kind`` cast allows (float64 to float32, int64 to int32), so that the
+    float64 arrays numpy makes by default go as the model wants them; other arrays go as they
+    are (a float image for a uint8 input is refused by the server, naming what it expects).
+    Plain numbers and lists take the declared dtype. Names are not checked here: the server
+    answers an unknown or missing input with ``invalid_input``.
+    """
+    by_name = {s["name"]: s for s in specs}
+    return {name: _pack_input(name, value, by_name.get(name)) for name, value in obs.items()}
+
+
+def encode_infer(request_id: int, inputs: Mapping[str, Any], deadline_us: Optional[int] = None) -> bytes:
+    """The whole frame (length prefix first) of an infer request whose ``inputs`` are packed
+    already (``pack_inputs``): the bytes inferd's own codec writes for the same request."""
+    message: Dict[str, Any] = {"type": "infer", "id": int(request_id), "inputs": dict(inputs)}
+    if deadline_us is not None:
+        message["deadline_us"] = int(deadline_us)
+    body = msgpack.packb(message, default=pack_array, use_bin_type=True)
+    return _HEADER.pack(len(body)) + body
+
+
+class InferdClient:
+    """One connection to inferd. Not thread-safe: use one client per thread.
+
+    ``metadata`` (also ``get_server_metadata()``) is the server's metadata frame: the model's
+    ``inputs`` and ``outputs`` (name, dtype, shape; ``max_bytes`` for text), ``action_output``,
+    ``action_limits``, ``max_batch_size``...
+    """
+
+    def __init__(
+        self,
+        path: Optional[str] = None,
+        robot_type: Optional[str] = None,
+        robot_id: Optional[Union[str, int]] = None,
+        timeout_seconds: Optional[float] = 10.0,
+    ) -> None:
         self.path = path or default_socket_path()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # Whatever fails before the client is returned closes the socket: no caller holds it.
@@ -113,8 +206,11 @@ class InferdClient:
                 raise InferdError(error["code"], error["message"])
             if first.get("type") != "metadata":
                 raise InferdError("protocol_error", f"expected metadata first, got {first.get('type')!r}")
-            self.metadata = first
-            self.input_name = first["inputs"][0]["name"]
+            self.metadata: Dict[str, Any] = first
+            #: The first input's name: what ``infer(array)`` sends its array as.
+            self.input_name: str = first["inputs"][0]["name"]
+            #: The output ``infer(array)`` answers: the action the safety filter acts on.
+            self.action_output: str = first.get("action_output") or first["outputs"][0]["name"]
             if robot_type is not None:
                 hello = {"type": "hello", "robot_type": robot_type}
                 if robot_id is not None:
@@ -124,21 +220,25 @@ class InferdClient:
             self._sock.close()
             raise
 
-    def __enter__(self):
+    def __enter__(self) -> "InferdClient":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def close(self):
+    def close(self) -> None:
         self._sock.close()
 
-    def send(self, message):
+    def get_server_metadata(self) -> Dict[str, Any]:
+        """The server's metadata frame, as openpi's ``BasePolicy`` clients offer it."""
+        return self.metadata
+
+    def send(self, message: Mapping[str, Any]) -> None:
         """Sends one message (a dict; numpy arrays are packed as msgpack-numpy)."""
         body = msgpack.packb(message, default=pack_array, use_bin_type=True)
         self._sock.sendall(_HEADER.pack(len(body)) + body)
 
-    def _read_exactly(self, n):
+    def _read_exactly(self, n: int) -> bytes:
         chunks = []
         while n:
             chunk = self._sock.recv(min(n, 1 << 20))
@@ -148,28 +248,29 @@ class InferdClient:
             n -= len(chunk)
         return b"".join(chunks)
 
-    def recv(self):
+    def recv(self) -> Dict[str, Any]:
         """Receives one message as a dict, arrays decoded to numpy."""
         (length,) = _HEADER.unpack(self._read_exactly(_HEADER.size))
         if length > _MAX_FRAME_BYTES:
             raise InferdError("frame_too_large", f"server frame of {length} bytes")
         return msgpack.unpackb(self._read_exactly(length), object_hook=unpack_array, raw=False)
 
-    def submit(self, obs, deadline_us=None):
-        """Sends one request without waiting and returns its id: for pipelining."""
+    def _inputs(self, obs: Union[Observation, Any]) -> Dict[str, Any]:
+        if isinstance(obs, Mapping):
+            return pack_inputs(obs, self.metadata["inputs"])
+        # One array for a one-input model, converted to its declared dtype as before.
+        dtype = self.metadata["inputs"][0].get("dtype", "<f4")
+        return {self.input_name: np.ascontiguousarray(obs, dtype=dtype if dtype in DTYPES else "<f4")}
+
+    def submit(self, obs: Union[Observation, Any], deadline_us: Optional[int] = None) -> int:
+        """Sends one request without waiting and returns its id: for pipelining. ``obs`` is an
+        observation dict, or one array for a one-input model."""
         request_id = self._next_id
         self._next_id += 1
-        message = {
-            "type": "infer",
-            "id": request_id,
-            "inputs": {self.input_name: np.ascontiguousarray(obs, dtype="<f4")},
-        }
-        if deadline_us is not None:
-            message["deadline_us"] = int(deadline_us)
-        self.send(message)
+        self._sock.sendall(encode_infer(request_id, self._inputs(obs), deadline_us))
         return request_id
 
-    def infer_full(self, obs, deadline_us=None):
+    def infer_full(self, obs: Union[Observation, Any], deadline_us: Optional[int] = None) -> Dict[str, Any]:
         """Sends one request and returns its whole answer: ``id``, ``outputs``, ``timing``."""
         request_id = self.submit(obs, deadline_us)
         answer = self.recv()
@@ -179,27 +280,47 @@ class InferdClient:
             raise InferdError(answer["error"]["code"], answer["error"]["message"], request_id)
         return answer
 
-    def infer(self, obs, deadline_us=None):
-        """Sends one observation (or an ``[n, width]`` batch) and returns the actions."""
-        answer = self.infer_full(obs, deadline_us)
-        return next(iter(answer["outputs"].values()))
+    def infer(
+        self, obs: Union[Observation, Any], deadline_us: Optional[int] = None
+    ) -> Union[Dict[str, np.ndarray], np.ndarray]:
+        """Sends one observation (or a batch) and waits for its answer.
+
+        An observation dict (input name to array or str) gets the outputs dict, name to array,
+        as openpi's ``policy.infer(obs)`` does. One array (a one-input model's observation, or
+        an ``[n, width]`` batch) gets the action output's array alone, as before.
+        """
+        outputs: Dict[str, np.ndarray] = self.infer_full(obs, deadline_us)["outputs"]
+        if isinstance(obs, Mapping):
+            return outputs
+        if self.action_output in outputs:
+            return outputs[self.action_output]
+        return next(iter(outputs.values()))
 
 
-def _main():
+def zeros_observation(metadata: Mapping[str, Any], prompt: str = "") -> Dict[str, InputValue]:
+    """An observation of zeros (and ``prompt`` for every text input) that fits ``metadata``."""
+    return {
+        s["name"]: prompt if s["dtype"] == TEXT_DTYPE else np.zeros(s["shape"], np.dtype(s["dtype"]))
+        for s in metadata["inputs"]
+    }
+
+
+def _main() -> None:
     import argparse
     import json
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--socket", default=None, help="inferd's socket (default: as inferd)")
+    parser.add_argument("--prompt", default="", help="the text of every text input (infer)")
     parser.add_argument("command", choices=["info", "infer"])
     args = parser.parse_args()
     with InferdClient(args.socket) as client:
         if args.command == "info":
             print(json.dumps(client.metadata, indent=2))
         else:
-            width = client.metadata["inputs"][0]["shape"][0]
-            answer = client.infer_full(np.zeros(width, np.float32))
-            print("actions", next(iter(answer["outputs"].values())).tolist())
+            answer = client.infer_full(zeros_observation(client.metadata, args.prompt))
+            for name, value in answer["outputs"].items():
+                print(name, value.tolist())
             print("timing", answer["timing"])
 
 

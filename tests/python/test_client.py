@@ -1,5 +1,6 @@
 """The Python client against the real daemon: numbers checked with an independent numpy
-forward pass, openpi's codec, pipelining, and error codes."""
+forward pass, openpi's codec, pipelining, error codes, observation dicts, and the bytes of a
+multi-input request against the Rust codec's."""
 
 import gc
 import math
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from export_policy import export, linear_layers
-from inferd_client import InferdClient, InferdError
+from inferd_client import DTYPES, InferdClient, InferdError, encode_infer, pack_inputs
 
 WIDTHS = [48, 64, 32, 12]
 
@@ -207,3 +208,108 @@ def test_metadata_gives_max_batch_size(start_inferd):
         with pytest.raises(InferdError) as e:
             client.infer(np.zeros((6, 48), np.float32))
         assert e.value.code == "invalid_input"
+
+
+def test_an_observation_dict_gets_the_outputs_dict(start_inferd):
+    d = start_inferd("--max-batch-size", "4")
+    rng = np.random.default_rng(5)
+    obs = rng.normal(size=(3, 48)).astype(np.float32)
+    with InferdClient(d.socket) as client:
+        meta = client.get_server_metadata()
+        assert meta is client.metadata
+        assert meta["action_output"] == "actions"
+        assert [(s["name"], s["dtype"], s["shape"]) for s in meta["inputs"]] == [("obs", "<f4", [48])]
+        assert [(s["name"], s["dtype"], s["shape"]) for s in meta["outputs"]] == [("actions", "<f4", [12])]
+        one = client.infer({"obs": obs[0]})
+        assert isinstance(one, dict) and set(one) == {"actions"}
+        assert one["actions"].dtype == np.float32 and one["actions"].shape == (12,)
+        np.testing.assert_array_equal(one["actions"], client.infer(obs[0]))
+        # float64, as numpy makes by default, goes as the declared float32.
+        np.testing.assert_array_equal(client.infer({"obs": obs[0].astype(np.float64)})["actions"], one["actions"])
+        batch = client.infer({"obs": obs})
+        assert batch["actions"].shape == (3, 12)
+        np.testing.assert_allclose(batch["actions"][0], one["actions"], rtol=1e-5, atol=1e-6)
+        with pytest.raises(InferdError) as e:
+            client.infer({"obs": obs[0], "prompt": "pick up the cup"})
+        assert e.value.code == "invalid_input" and "prompt" in e.value.message
+
+
+# The frame of `pinned_request()` in inferd/src/tools/client.rs (its test
+# `named_inputs_of_several_dtypes_and_text_are_what_the_server_stages` pins the same bytes and
+# checks that the server's decoder stages them as two robots' image, state and prompt).
+RUST_PINNED_FRAME = (
+    "b900000083a474797065a5696e666572a2696403a6696e7075747383a5696d61"
+    "676584c40b5f5f6e6461727261795f5fc3c40464617461c41800010203040506"
+    "0708090a0b0c0d0e0f1011121314151617c4056474797065a37c7531c4057368"
+    "6170659402020203a5737461746584c40b5f5f6e6461727261795f5fc3c40464"
+    "617461c4100000003f000080bf0000803e00000040c4056474797065a33c6634"
+    "c4057368617065920202a670726f6d707492a47069636ba5706c616365"
+)
+
+
+def test_a_batch_of_uint8_float32_and_text_is_encoded_as_the_rust_codec_does():
+    specs = [
+        {"name": "image", "dtype": "|u1", "shape": [2, 2, 3]},
+        {"name": "state", "dtype": "<f4", "shape": [2]},
+        {"name": "prompt", "dtype": "str", "shape": [], "max_bytes": 16},
+    ]
+    obs = {
+        "image": np.arange(24, dtype=np.uint8).reshape(2, 2, 2, 3),
+        "state": np.array([[0.5, -1], [0.25, 2]]),  # float64: cast to the declared <f4
+        "prompt": ["pick", np.str_("place")],
+    }
+    frame = encode_infer(3, pack_inputs(obs, specs))
+    assert frame.hex() == RUST_PINNED_FRAME
+    # The same, read back: bin keys and data, str dtype, a str per robot (str, never bin).
+    body = msgpack.unpackb(frame[4:], raw=True)
+    image = body[b"inputs"][b"image"]
+    assert image[b"dtype"] == b"|u1" and image[b"shape"] == [2, 2, 2, 3] and len(image[b"data"]) == 24
+    assert body[b"inputs"][b"prompt"] == [b"pick", b"place"]
+    assert msgpack.unpackb(frame[4:], raw=False)["inputs"]["prompt"] == ["pick", "place"]
+
+
+def test_pack_inputs_keeps_dtypes_and_text_apart():
+    packed = pack_inputs({
+        "image": np.zeros((4, 4, 3), np.uint8),
+        "mask": np.array([True, False]),
+        "half": np.ones(2, np.float16),
+        "small": np.ones(2, np.int8),
+        "ids": np.ones(2, np.int64),
+        "big_endian": np.ones(2, ">f4"),
+        "prompt": "pick",
+        "numpy_prompt": np.str_("place"),
+        "prompts": np.array(["a", "b"]),
+        "listed": [0.5, 1],
+    }, [{"name": "listed", "dtype": "<f4", "shape": [2]}])
+    dtypes = {k: v.dtype.str for k, v in packed.items() if isinstance(v, np.ndarray)}
+    assert dtypes == {"image": "|u1", "mask": "|b1", "half": "<f2", "small": "|i1", "ids": "<i8",
+                      "big_endian": "<f4", "listed": "<f4"}
+    assert set(dtypes.values()) <= set(DTYPES)
+    assert (packed["prompt"], packed["numpy_prompt"], packed["prompts"]) == ("pick", "place", ["a", "b"])
+    assert type(packed["numpy_prompt"]) is str
+    # A float image for a uint8 input is not silently truncated: the server refuses it.
+    assert pack_inputs({"image": np.zeros(3)}, [{"name": "image", "dtype": "|u1", "shape": [3]}])["image"].dtype == np.float64
+    with pytest.raises(TypeError, match="'bad'"):
+        pack_inputs({"bad": np.array([object()])})
+
+
+def test_every_dtype_and_text_reach_the_servers_decoder(start_inferd):
+    """The demo takes float32: each other dtype, and text, is refused by a message that shows
+    the server decoded what was sent; the connection serves on."""
+    d = start_inferd()
+    with InferdClient(d.socket) as client:
+        for request_id, dtype in enumerate(DTYPES):
+            if dtype == "<f4":
+                continue
+            # Without the metadata's specs, pack_inputs keeps the dtype (infer would cast <f2).
+            inputs = pack_inputs({"obs": np.zeros(48, np.dtype(dtype))})
+            client.send({"type": "infer", "id": request_id, "inputs": inputs})
+            answer = client.recv()
+            assert (answer["id"], answer["error"]["code"]) == (request_id, "invalid_input"), answer
+            message = answer["error"]["message"]
+            assert f'"{dtype}"' in message and '"<f4"' in message, message
+        for text, kind in (("pick", "a str"), (["pick", "place"], "an array")):
+            with pytest.raises(InferdError) as e:
+                client.infer({"obs": text})
+            assert e.value.code == "invalid_input" and kind in e.value.message, e.value.message
+        assert client.infer({"obs": np.zeros(48, np.float32)})["actions"].shape == (12,)
