@@ -4,12 +4,13 @@
 #   scripts/bench.sh serve    inferd: closed-loop throughput and latency at 1k rps vs an echo server
 #   scripts/bench.sh scrape   exporter: scrape latency and inferd p99 while scraped at 20 Hz
 #   scripts/bench.sh gpu      cuda backend vs PyTorch eager (needs a GPU; says so and exits 0 without)
+#   scripts/bench.sh vla      the tiny VLA to 16 robots: inferd (torch, batching) vs one-at-a-time eager
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-}
 script="scripts/bench/${what}.sh"
 if [[ -z "$what" || ! -f "$script" ]]; then
-  echo "usage: scripts/bench.sh {record|serve|scrape|gpu}" >&2
+  echo "usage: scripts/bench.sh {record|serve|scrape|gpu|vla}" >&2
   ls scripts/bench 2>/dev/null | sed 's/\.sh$//; s/^/  available: /' >&2
   exit 2
 fi

@@ -224,13 +224,23 @@ fn nested(values: &[f32], shape: &[usize]) -> serde_json::Value {
     match shape {
         [] => values
             .first()
-            .map_or(serde_json::Value::Null, |v| (*v).into()),
-        [_] => values.into(),
+            .map_or(serde_json::Value::Null, |&v| number(v)),
+        [_] => values.iter().map(|&v| number(v)).collect(),
         [rows, inner @ ..] => {
             let step = (values.len() / (*rows).max(1)).max(1);
             values.chunks(step).map(|row| nested(row, inner)).collect()
         }
     }
+}
+
+/// A float32 as the JSON number of its shortest decimal form (`0.1`, not the float64
+/// `0.10000000149011612` a plain conversion prints); null for NaN or infinity.
+fn number(v: f32) -> serde_json::Value {
+    v.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(serde_json::Value::Null, serde_json::Value::Number)
 }
 
 async fn bench(path: PathBuf, args: BenchArgs) -> anyhow::Result<()> {
