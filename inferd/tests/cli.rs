@@ -1,8 +1,9 @@
 use std::process::{Command, Output, Stdio};
 
 use clap::CommandFactory;
-use inferd::protocol::{ErrorCode, ServerMessage, Tensor};
-use inferd::{Config, MlpPolicy};
+use inferd::protocol::{DType, ErrorCode, Input, ServerMessage, Tensor};
+use inferd::signature::InputSpec;
+use inferd::{Activation, Config, Linear, MlpPolicy};
 use shm_layout::{SegmentReader, State};
 
 use crate::common::{
@@ -208,6 +209,113 @@ fn inferctl_info_prints_the_signature() {
         info["outputs"],
         serde_json::json!([{"name": "actions", "dtype": "<f4", "shape": [12]}])
     );
+}
+
+/// A built-in policy of two named inputs and a chunk: a uint8 image `[4, 4, 3]` (scaled by
+/// 1/255) and a float32 state `[8]` in, one layer to a `[3, 2]` chunk out, no limits.
+fn two_input_policy() -> MlpPolicy {
+    let features = 4 * 4 * 3 + 8;
+    let mut image = InputSpec::tensor("image", DType::U8, vec![4, 4, 3]);
+    image.scale = 1.0 / 255.0;
+    MlpPolicy {
+        name: "two-inputs".into(),
+        version: "1".into(),
+        input_name: "obs".into(),
+        output_name: "actions".into(),
+        inputs: vec![image, InputSpec::vector("state", 8)],
+        output_shape: vec![3, 2],
+        activation: Activation::Tanh,
+        layers: vec![Linear {
+            inputs: features,
+            outputs: 6,
+            weight: (0..features * 6)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 20.0)
+                .collect(),
+            bias: vec![0.1, -0.1, 0.2, -0.2, 0.0, 0.05],
+        }],
+        obs_normalization: None,
+        action_scale: vec![1.0; 6],
+        action_limits: None,
+    }
+}
+
+#[test]
+fn inferctl_drives_a_multi_input_model_with_synthetic_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = two_input_policy();
+    let model = write_policy(dir.path(), &policy);
+    let d = Daemon::start(&["--model", &model, "--backend", "cpu"]);
+    let text = String::from_utf8(inferctl(&d, &["info"]).stdout).unwrap();
+    for want in [
+        "input     image |u1 [4, 4, 3]",
+        "input     state <f4 [8]",
+        "output    actions <f4 [3, 2] (action)",
+    ] {
+        assert!(
+            text.lines().any(|l| l == want),
+            "no line {want:?} in\n{text}"
+        );
+    }
+
+    // What inferctl sends: the client's synthetic observation of seed 0; the answer is the
+    // policy's forward pass of its features (pixels times the scale, then the state).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let inputs = runtime.block_on(async {
+        let client = inferd::Client::connect(&d.socket).await.unwrap();
+        client.synthetic_inputs(0).unwrap()
+    });
+    let tensor = |name: &str| match inputs.iter().find(|(n, _)| n == name) {
+        Some((_, Input::Tensor(t))) => t.clone(),
+        other => panic!("{name}: {other:?}"),
+    };
+    let (image, state) = (tensor("image"), tensor("state"));
+    assert_eq!((image.dtype, &image.shape[..]), (DType::U8, &[4, 4, 3][..]));
+    let mut features: Vec<f32> = image.data.iter().map(|&p| f32::from(p) / 255.0).collect();
+    features.extend(state.to_f32());
+    let want = policy.forward(&features, 1).unwrap();
+    let out = json(&inferctl(&d, &["infer", "--json"]));
+    let chunk: Vec<Vec<f32>> = serde_json::from_value(out["actions"].clone()).unwrap();
+    assert_eq!(chunk.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2]);
+    assert_close(
+        &chunk.concat(),
+        &want,
+        "inferctl infer of a two-input model",
+    );
+    let text = String::from_utf8(inferctl(&d, &["infer"]).stdout).unwrap();
+    assert!(text.starts_with("actions <f4 [3, 2]\n"), "{text}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_inferctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["infer", "--obs", "1,2"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "--obs was taken");
+    assert!(
+        stderr.contains("image |u1 [4, 4, 3], state <f4 [8]"),
+        "{stderr}"
+    );
+
+    let report = json(&inferctl(
+        &d,
+        &[
+            "bench",
+            "--connections",
+            "3",
+            "--duration-seconds",
+            "1",
+            "--warmup-seconds",
+            "0.2",
+            "--json",
+        ],
+    ));
+    assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["ok"], report["sent"], "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
 }
 
 #[test]

@@ -9,7 +9,7 @@
 #             one request at a time in arrival order, as openpi's server serves
 # Both run with the same torch intra-op threads (VLA_THREADS, default: every core) on the same
 # device (VLA_DEVICE: cpu, cuda, or auto: cuda when PyTorch sees a GPU). First both answer one
-# synthetic observation, which must agree to 1e-4; then they alternate, VLA_ROUNDS (3) rounds of
+# synthetic observation, which must agree (to 1e-4, 2e-3 on a GPU); then they alternate, VLA_ROUNDS (3) rounds of
 # VLA_SECONDS / VLA_ROUNDS each (default 30 s per side), so that other load on the machine weighs
 # on both alike. Last line:
 #   BENCH vla robots=16 rps=R baseline_rps=B ratio=R/B p99_ms=P baseline_p99_ms=Q batch_mean=M
@@ -92,8 +92,8 @@ export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
 pids+=($!)
 wait_for_socket "$work/inferd.sock" "${pids[-1]}"
 "$python" scripts/bench/vla_baseline.py --socket "$work/baseline.sock" \
-  --metadata-from "$work/inferd.sock" --model "$model" --seed "$seed" --device "$device" \
-  --threads "$threads" &
+  --metadata-from "$work/inferd.sock" --model "$model" --image-size "$image_size" --seed "$seed" \
+  --device "$device" --threads "$threads" &
 pids+=($!)
 wait_for_socket "$work/baseline.sock" "${pids[-1]}"
 "$bin/inferctl" --socket "$work/inferd.sock" info >&2

@@ -3,9 +3,9 @@
 time, as openpi's policy server does, over inferd's own protocol on a Unix socket, so that the
 same load generator (`inferctl bench`) drives it and inferd alike.
 
-- The model is `tiny_vla.TinyVla`, the eager `nn.Module`, with the weights of the TorchScript
-  file inferd serves (`--model`, as `scripts/tiny_vla.py` wrote it), loaded into it: both sides
-  compute the same function of the same weights.
+- The model is `tiny_vla.TinyVla`, the eager `nn.Module` (`tiny_vla.make(image_size, seed)`),
+  with the weights of the TorchScript file inferd serves (`--model`, as `scripts/tiny_vla.py`
+  wrote it) loaded into it: both sides compute the same function of the same weights.
 - Every connection first receives the very metadata frame inferd sends (`--metadata-from`
   inferd's socket, read once at start), then each `infer` gets a `result` frame with the model's
   outputs ({"actions": float32 [10, 7]}, or [n, 10, 7] for a batch) and `timing`.
@@ -18,7 +18,7 @@ same load generator (`inferctl bench`) drives it and inferd alike.
   OMP_NUM_THREADS).
 
 Usage: vla_baseline.py --socket PATH --metadata-from INFERD_SOCKET --model TINY_VLA.pt
-       [--seed N] [--device cpu|cuda] [--threads N]
+       [--image-size S] [--seed N] [--device cpu|cuda] [--threads N]
 """
 
 import argparse
@@ -39,7 +39,7 @@ SCRIPTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(SCRIPTS))
 
 from inferd_client import pack_array, unpack_array  # noqa: E402  (scripts/, above)
-from tiny_vla import TinyVla  # noqa: E402
+import tiny_vla  # noqa: E402
 
 HEADER = struct.Struct("<I")
 
@@ -194,11 +194,13 @@ async def serve(baseline: Baseline, metadata_frame: bytes, path: str) -> None:
         await asyncio.gather(server.serve_forever(), worker())
 
 
-def load_eager(model_path: str, seed: int, device: torch.device) -> torch.nn.Module:
+def load_eager(model_path: str, image_size: int, seed: int, device: torch.device) -> torch.nn.Module:
     """TinyVla in eager mode with the weights of the TorchScript file inferd serves."""
-    eager = TinyVla(seed=seed)
+    eager = tiny_vla.make(image_size, seed)
+    # export_torchscript wraps the policy as the scripted module's `policy`; strict loading
+    # fails on any weight that does not match.
     scripted = torch.jit.load(model_path, map_location="cpu")
-    eager.load_state_dict(scripted.state_dict())
+    eager.load_state_dict(scripted.policy.state_dict(), strict=True)
     return eager.to(device).eval()
 
 
@@ -207,14 +209,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--socket", required=True, help="where to listen")
     parser.add_argument("--metadata-from", required=True, help="inferd's socket: its metadata frame is sent")
     parser.add_argument("--model", required=True, help="the TorchScript file inferd serves (its weights)")
-    parser.add_argument("--seed", type=int, default=0, help="TinyVla's seed (the weights come from --model)")
+    parser.add_argument("--image-size", type=int, default=224, help="the tiny VLA's image size")
+    parser.add_argument("--seed", type=int, default=0, help="the tiny VLA's seed (the weights come from --model)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     metadata_frame, metadata = inferd_metadata_frame(args.metadata_from)
-    baseline = Baseline(load_eager(args.model, args.seed, device), metadata, device)
+    baseline = Baseline(load_eager(args.model, args.image_size, args.seed, device), metadata, device)
     # A few passes before serving, as inferd's torch backend warms up at load.
     zeros = {
         s["name"]: "" if s["dtype"] == "str" else np.zeros(s["shape"], np.dtype(s["dtype"]))

@@ -313,3 +313,36 @@ def test_every_dtype_and_text_reach_the_servers_decoder(start_inferd):
                 client.infer({"obs": text})
             assert e.value.code == "invalid_input" and kind in e.value.message, e.value.message
         assert client.infer({"obs": np.zeros(48, np.float32)})["actions"].shape == (12,)
+
+
+def test_a_multi_input_chunked_model_takes_a_dict_of_uint8_and_float_and_answers_its_chunk(start_inferd, tmp_path):
+    """A built-in policy of a uint8 image (scaled 1/255) and a float32 state, answering a
+    [3, 2] chunk: the dict path against a numpy reference, alone and as a batch of 4."""
+    rng = np.random.default_rng(21)
+    features = 4 * 4 * 3 + 5
+    w = rng.normal(0, 1 / math.sqrt(features), (6, features)).astype(np.float32)
+    b = rng.normal(0, 0.1, 6).astype(np.float32)
+    inputs = [{"name": "observation/image", "dtype": "|u1", "shape": [4, 4, 3], "scale": 1 / 255},
+              {"name": "observation/state", "dtype": "<f4", "shape": [5]}]
+    path = tmp_path / "two.safetensors"
+    export([(w, b)], path, inputs=inputs, output_shape=(3, 2), name="two-inputs")
+    d = start_inferd("--model", path, "--backend", "cpu", "--max-batch-size", "4")
+    images = rng.integers(0, 256, (4, 4, 4, 3), dtype=np.uint8)
+    states = rng.uniform(-1, 1, (4, 5))  # float64: the client sends the declared float32
+
+    def want(image, state):
+        x = np.concatenate([image.reshape(-1) / np.float32(255), state.astype(np.float32)]).astype(np.float64)
+        return (x @ w.astype(np.float64).T + b).reshape(3, 2)
+
+    with InferdClient(d.socket) as client:
+        assert client.get_server_metadata()["model"]["name"] == "two-inputs"
+        one = client.infer({"observation/image": images[0], "observation/state": states[0]})
+        batch = client.infer({"observation/image": images, "observation/state": states})
+        with pytest.raises(InferdError) as e:
+            client.infer({"observation/image": images[0].astype(np.float32), "observation/state": states[0]})
+        assert e.value.code == "invalid_input" and "observation/image" in e.value.message
+    assert set(one) == {"actions"} and one["actions"].shape == (3, 2) and one["actions"].dtype == np.float32
+    np.testing.assert_allclose(one["actions"], want(images[0], states[0]), rtol=1e-5, atol=1e-5)
+    assert batch["actions"].shape == (4, 3, 2)
+    for i in range(4):
+        np.testing.assert_allclose(batch["actions"][i], want(images[i], states[i]), rtol=1e-5, atol=1e-5)
