@@ -18,7 +18,9 @@
 # Goals: on the CPU ratio >= 1, P <= Q and M > 1; on a GPU ratio >= 4.
 # Needs PyTorch 2.11 (scripts/setup-libtorch.sh finds or installs it) with msgpack (installed
 # into that venv if missing), and builds inferd with the torch feature into target/torch;
-# VLA_BIN_DIR names a directory of prebuilt inferd (torch feature), inferctl and shmdump instead.
+# VLA_BIN_DIR names a directory of prebuilt inferd (torch feature), inferctl and shmdump instead,
+# and VLA_WHEELS a directory of wheels to install msgpack from (scripts/gpu/build-kit.sh --torch
+# makes both, for a GPU machine without Rust or network).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -36,7 +38,9 @@ eval "$(bash scripts/setup-libtorch.sh)"
 python=$VIRTUAL_ENV/bin/python
 if ! "$python" -c 'import msgpack' 2>/dev/null; then
   say "installing msgpack into $VIRTUAL_ENV for the baseline"
-  "$python" -m pip install --quiet --disable-pip-version-check msgpack >&2
+  # VLA_WHEELS: a directory of wheels to install from instead of PyPI (the GPU kit's wheels/).
+  "$python" -m pip install --quiet --disable-pip-version-check \
+    ${VLA_WHEELS:+--no-index --find-links "$VLA_WHEELS"} msgpack >&2
 fi
 device=${VLA_DEVICE:-auto}
 if [[ $device == auto ]]; then

@@ -9,7 +9,10 @@
 #      two workers at once, a batch over capacity refused;
 #   2. torch on CUDA gives the same (inferd-torch-tests, from build-kit.sh --torch);
 #   3. inferd --backend cuda over its socket, and the exporter's one page (--once) with real
-#      NVML values and the GPU memory the inferd process holds.
+#      NVML values and the GPU memory the inferd process holds;
+#   4. scripts/bench/vla.sh on CUDA (from the kit's vla/ and wheels/, build-kit.sh --torch): the
+#      tiny VLA to 16 robots, inferd batching against one-at-a-time eager; goal ratio >= 4.
+#      VLA_SECONDS (default here 12) sets its length.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 kit=${1:-target/gpu-kit}
@@ -120,6 +123,14 @@ else
   failed+=("torch on CUDA")
 fi
 check "inferd --backend cuda, and the exporter's NVML and process memory" daemon_and_exporter
+if [[ -d $kit/vla ]]; then
+  check "vla bench on CUDA (goal ratio >= 4)" env VLA_BIN_DIR="$kit/vla" VLA_WHEELS="$kit/wheels" \
+    VLA_DEVICE=cuda VLA_SECONDS="${VLA_SECONDS:-12}" bash scripts/bench/vla.sh
+else
+  echo
+  echo "-- vla bench on CUDA: FAIL (no $kit/vla: build the kit with --torch)"
+  failed+=("vla bench")
+fi
 
 echo
 if ((${#failed[@]})); then
