@@ -641,16 +641,19 @@ fn stage_one(
             }
         }
         InputKind::Tensor { dtype, shape } => {
-            let want = if shape.is_empty() {
-                "[] or [n]".to_owned()
-            } else {
-                let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
-                format!("{shape:?} or [n, {}]", dims.join(", "))
+            // Only an error needs the text: not formatted on the path of a good request.
+            let want = || {
+                if shape.is_empty() {
+                    "[] or [n]".to_owned()
+                } else {
+                    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+                    format!("{shape:?} or [n, {}]", dims.join(", "))
+                }
             };
             if !matches!(value, ValueRef::Map(_)) {
                 return Err(InputError::NotAnArray {
                     name: name(),
-                    expected: format!("{:?} {want}", dtype.as_str()),
+                    expected: format!("{:?} {}", dtype.as_str(), want()),
                     got: kind_of(value),
                 });
             }
@@ -663,7 +666,7 @@ fn stage_one(
                     name: name(),
                     got: array.dtype.as_str(),
                     want: dtype.as_str(),
-                    shape: want,
+                    shape: want(),
                 });
             }
             let (rows, batched) = match array.shape.split_first() {
@@ -673,7 +676,7 @@ fn stage_one(
                     return Err(InputError::Shape {
                         name: name(),
                         got: array.shape.clone(),
-                        want,
+                        want: want(),
                         max_batch,
                     })
                 }
