@@ -480,22 +480,7 @@ impl ClientMessage {
                 }
                 encode_frame(&obj(fields))
             }
-            ClientMessage::Infer(r) => {
-                let inputs = r
-                    .inputs
-                    .iter()
-                    .map(|(name, v)| (ValueRef::from(name.as_str()), v.to_value()))
-                    .collect();
-                let mut fields = vec![
-                    ("type", ValueRef::from("infer")),
-                    ("id", ValueRef::from(r.id)),
-                    ("inputs", ValueRef::Map(inputs)),
-                ];
-                if let Some(d) = r.deadline_us {
-                    fields.push(("deadline_us", ValueRef::from(d)));
-                }
-                encode_frame(&obj(fields))
-            }
+            ClientMessage::Infer(r) => encode_infer(r.id, &r.inputs, r.deadline_us),
         }
     }
 
@@ -558,6 +543,24 @@ fn decode_infer<'v, 'a>(map: &MapRef<'v, 'a>) -> Result<InferRef<'v, 'a>, Invali
         inputs,
         deadline_us,
     })
+}
+
+/// The frame of an infer request from borrowed inputs: what [`ClientMessage::encode`] makes of
+/// an [`InferRequest`], for a client that sends the same inputs again and again.
+pub fn encode_infer(id: u64, inputs: &[(String, Input)], deadline_us: Option<u64>) -> Vec<u8> {
+    let inputs = inputs
+        .iter()
+        .map(|(name, v)| (ValueRef::from(name.as_str()), v.to_value()))
+        .collect();
+    let mut fields = vec![
+        ("type", ValueRef::from("infer")),
+        ("id", ValueRef::from(id)),
+        ("inputs", ValueRef::Map(inputs)),
+    ];
+    if let Some(d) = deadline_us {
+        fields.push(("deadline_us", ValueRef::from(d)));
+    }
+    encode_frame(&obj(fields))
 }
 
 /// The owned request of a borrowed one.

@@ -16,9 +16,9 @@ pub use self::frame::{
 };
 pub(crate) use self::message::reserved_list;
 pub use self::message::{
-    is_reserved_label, ActionLimits, BadServerMessage, ClientMessage, ErrorReply, Hello, InferRef,
-    InferRequest, InferResult, Input, InvalidMessage, Metadata, ModelDescription, Rejection,
-    Request, ServerMessage, TensorSpec, TensorsError, Timing, MAX_ROBOT_ID_BYTES,
+    encode_infer, is_reserved_label, ActionLimits, BadServerMessage, ClientMessage, ErrorReply,
+    Hello, InferRef, InferRequest, InferResult, Input, InvalidMessage, Metadata, ModelDescription,
+    Rejection, Request, ServerMessage, TensorSpec, TensorsError, Timing, MAX_ROBOT_ID_BYTES,
     MAX_ROBOT_TYPE_BYTES, PROTOCOL_VERSION, RESERVED_LABELS,
 };
 pub use self::msgpack::FieldError;

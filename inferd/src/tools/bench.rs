@@ -490,11 +490,11 @@ async fn open_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::encode_infer;
     use crate::protocol::{
         ErrorCode, ErrorReply, ModelDescription, Request, ServerMessage, TensorSpec,
     };
     use crate::signature::{InputSpec, OutputSpec, Signature};
-    use crate::tools::client::encode_infer;
 
     fn spec(name: &str, dtype: &str, shape: &[u64], max_bytes: Option<u64>) -> TensorSpec {
         TensorSpec {

@@ -34,10 +34,8 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio_util::codec::FramedRead;
 
-use rmpv::ValueRef;
-
 use crate::protocol::{
-    encode_frame, ClientMessage, FrameCodec, FrameError, Hello, InferResult, Input, Metadata,
+    encode_infer, ClientMessage, FrameCodec, FrameError, Hello, InferResult, Input, Metadata,
     ServerMessage, Tensor,
 };
 use crate::{Error, Result};
@@ -240,29 +238,6 @@ impl RequestSender {
     }
 }
 
-/// The frame of an infer request, byte for byte what [`ClientMessage::encode`] makes of the
-/// same request, from borrowed inputs.
-pub(crate) fn encode_infer(
-    id: u64,
-    inputs: &[(String, Input)],
-    deadline_us: Option<u64>,
-) -> Vec<u8> {
-    let key = ValueRef::from;
-    let inputs = inputs
-        .iter()
-        .map(|(name, input)| (ValueRef::from(name.as_str()), input.to_value()))
-        .collect();
-    let mut fields = vec![
-        (key("type"), ValueRef::from("infer")),
-        (key("id"), ValueRef::from(id)),
-        (key("inputs"), ValueRef::Map(inputs)),
-    ];
-    if let Some(d) = deadline_us {
-        fields.push((key("deadline_us"), ValueRef::from(d)));
-    }
-    encode_frame(&ValueRef::Map(fields))
-}
-
 impl AnswerReceiver {
     /// The next message, or `None` once the server has closed the connection.
     pub async fn recv(&mut self) -> Result<Option<ServerMessage>> {
@@ -286,7 +261,7 @@ impl AnswerReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{decode_body, DType, InferRequest, Request};
+    use crate::protocol::{decode_body, DType, Request};
     use crate::signature::{InputSpec, OutputSpec, Signature, StagedInput};
 
     /// Two robots' observations in one request: a uint8 image, a float32 state and a prompt
@@ -317,19 +292,6 @@ mod tests {
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    #[test]
-    fn encode_infer_is_the_codecs_encoding() {
-        for deadline_us in [None, Some(5_000)] {
-            let inputs = pinned_request();
-            let owned = ClientMessage::Infer(InferRequest {
-                id: 3,
-                inputs: inputs.clone(),
-                deadline_us,
-            });
-            assert_eq!(encode_infer(3, &inputs, deadline_us), owned.encode());
-        }
     }
 
     #[test]
