@@ -7,7 +7,9 @@
 //!   what the request occupies: the connection's in-flight slot and the daemon's
 //!   `requests_in_flight` once [admitted](Ticket::admit), and a place in `queue_depth` while
 //!   [queued](Ticket::enqueue).
-//! - [`Ticket::finish`] is the only way to answer. It records the request into the segment,
+//! - [`Ticket::finish`] is the only way to answer. It encodes the answer as its connection's
+//!   [`Wire`] carries it (a frame on the Unix socket, openpi's message on a websocket), records
+//!   the request into the segment with the size of what is sent,
 //!   releases everything the ticket holds, then hands the answer to the connection's writer,
 //!   in that order: a client that holds an answer finds its request counted and no longer in
 //!   flight. It consumes the ticket, so a request cannot be answered twice, and a ticket dropped
@@ -17,7 +19,7 @@
 //! The daemon's in-flight count is the segment's own gauge: the drain waits on the number the
 //! exporter shows.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,8 +28,8 @@ use shm_layout::{
 };
 
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
-use crate::protocol::{ErrorCode, ErrorReply, ServerMessage};
+use crate::outbox::{Outbox, Outgoing};
+use crate::protocol::{openpi, ErrorCode, ErrorReply, ServerMessage, HEADER_BYTES};
 
 /// The daemon's ledger: its connections and requests, counted in the segment.
 pub struct Ledger {
@@ -71,26 +73,77 @@ impl Drop for Connection {
     }
 }
 
-/// One connection's side of the ledger: where its answers go and how many of its requests are
-/// in flight. Shared by the connection's reader and each of its tickets.
+/// How a connection's answers are encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// The Unix socket's: each answer one length-prefixed frame.
+    Frames,
+    /// openpi's websocket messages: a result is a binary message of its outputs and
+    /// `server_timing`, an error a text message `"<code>: <message>"`.
+    Openpi,
+}
+
+/// [`Account::prev_total_us`] before a connection's first answer.
+const NO_TOTAL: u64 = u64::MAX;
+
+/// One connection's side of the ledger: where its answers go, how they are encoded, and how
+/// many of its requests are in flight. Shared by the connection's reader and each of its
+/// tickets.
 pub struct Account {
     metrics: Arc<Metrics>,
     outbox: Outbox,
+    wire: Wire,
     in_flight: AtomicUsize,
     /// The last action step answered on this connection, which `--action-max-step-delta`
     /// limits the next chunk's first step against; empty before the first.
     last_step: Mutex<Vec<f32>>,
+    /// The total of the request answered last, µs ([`NO_TOTAL`] before the first): openpi's
+    /// `prev_total_ms`.
+    prev_total_us: AtomicU64,
 }
 
 impl Account {
-    /// An account whose answers go to `outbox`.
-    pub fn new(metrics: Arc<Metrics>, outbox: Outbox) -> Arc<Account> {
+    /// An account whose answers go to `outbox`, encoded for `wire`.
+    pub fn new(metrics: Arc<Metrics>, outbox: Outbox, wire: Wire) -> Arc<Account> {
         Arc::new(Account {
             metrics,
             outbox,
+            wire,
             in_flight: AtomicUsize::new(0),
             last_step: Mutex::new(Vec::new()),
+            prev_total_us: AtomicU64::new(NO_TOTAL),
         })
+    }
+
+    /// `answer` as this connection's wire carries it, and the bytes it takes there. A request
+    /// whose total was `total_us` is this connection's latest.
+    fn encode(&self, answer: &ServerMessage, total_us: u64) -> (Outgoing, u64) {
+        match self.wire {
+            Wire::Frames => {
+                let frame = answer.encode();
+                let bytes = frame.len() as u64;
+                (Outgoing::Binary(frame), bytes)
+            }
+            Wire::Openpi => {
+                let prev = self.prev_total_us.swap(total_us, Ordering::AcqRel);
+                let message = match answer {
+                    ServerMessage::Result(r) => Outgoing::Binary(openpi::encode_answer(
+                        &r.outputs,
+                        &r.timing,
+                        (prev != NO_TOTAL).then_some(prev),
+                    )),
+                    ServerMessage::Error(e) => {
+                        Outgoing::Text(openpi::error_text(e.code, &e.message))
+                    }
+                    // Not an answer; encoded as openpi's metadata is, for completeness.
+                    ServerMessage::Metadata(_) => {
+                        Outgoing::Binary(answer.encode().split_off(HEADER_BYTES))
+                    }
+                };
+                let bytes = openpi::message_bytes(message.bytes().len(), false);
+                (message, bytes)
+            }
+        }
     }
 
     /// The connection's outgoing frames, for what is not a request's answer (the metadata
@@ -266,16 +319,21 @@ impl Ticket {
 
     fn settle(&mut self, outcome: Outcome, answer: &ServerMessage, shard: Shard<'_>) {
         self.open = false;
-        let frame = answer.encode();
+        let e2e_ns = duration_ns(self.age());
+        let total_us = match answer {
+            ServerMessage::Result(r) => r.timing.total_us,
+            _ => e2e_ns / 1_000,
+        };
+        let (message, response_bytes) = self.account.encode(answer, total_us);
         let sample = RequestSample {
             model: outcome.model,
             robot_type: self.request.robot_type,
             status: outcome.status,
-            e2e_ns: duration_ns(self.age()),
+            e2e_ns,
             queue_wait_ns: outcome.queue_wait_ns,
             compute_ns: outcome.compute_ns,
             request_bytes: self.request.request_bytes,
-            response_bytes: frame.len() as u64,
+            response_bytes,
         };
         let account = &self.account;
         match shard {
@@ -290,7 +348,7 @@ impl Ticket {
             account.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
         self.stage = Stage::Read;
-        account.outbox.send(frame);
+        account.outbox.send(message);
     }
 }
 
@@ -340,7 +398,7 @@ mod tests {
             let (ours, peer) = tokio::net::UnixStream::pair().unwrap();
             let (outbox, writer) = crate::outbox::outbox();
             let writer = tokio::spawn(writer.run(ours.into_split().1, 0));
-            let account = Account::new(Arc::clone(&metrics), outbox);
+            let account = Account::new(Arc::clone(&metrics), outbox, Wire::Frames);
             Fixture {
                 metrics,
                 account,
@@ -466,6 +524,54 @@ mod tests {
         assert_eq!(f.requests(Status::Overloaded), 1);
         assert_eq!(f.snapshot().gauges.in_flight, 0);
         f.close().await;
+    }
+
+    #[test]
+    fn an_openpi_account_answers_openpi_messages_with_the_previous_total() {
+        use crate::protocol::openpi::OpenpiAnswer;
+        use crate::protocol::{InferResult, Tensor, Timing};
+        let metrics = Arc::new(metrics());
+        let (outbox, _writer) = crate::outbox::outbox();
+        let account = Account::new(Arc::clone(&metrics), outbox, Wire::Openpi);
+        let actions = Tensor::new(vec![2], vec![0.25, -0.5]).unwrap();
+        let result = ServerMessage::Result(InferResult {
+            id: 0,
+            outputs: vec![("actions".into(), actions.clone())],
+            timing: Timing {
+                queue_us: 100,
+                compute_us: 200,
+                total_us: 1500,
+            },
+        });
+        let binary = |m: Outgoing| match m {
+            Outgoing::Binary(b) => b,
+            other => panic!("expected a binary message, got {other:?}"),
+        };
+        let (first, bytes) = account.encode(&result, 1500);
+        let first = binary(first);
+        assert_eq!(bytes, openpi::message_bytes(first.len(), false));
+        let first = OpenpiAnswer::decode(&first).unwrap();
+        assert_eq!(first.outputs, [("actions".to_owned(), actions)]);
+        assert_eq!(first.server_timing.infer_ms, 1.5);
+        assert_eq!(first.server_timing.prev_total_ms, None);
+        let error = ServerMessage::Error(ErrorReply {
+            id: Some(1),
+            code: ErrorCode::Overloaded,
+            message: "the queue is full".into(),
+        });
+        let (text, bytes) = account.encode(&error, 700);
+        assert_eq!(text, Outgoing::Text("overloaded: the queue is full".into()));
+        assert_eq!(bytes, 2 + 29);
+        // The previous request's total, whatever its answer was.
+        let third = OpenpiAnswer::decode(&binary(account.encode(&result, 1500).0)).unwrap();
+        assert_eq!(third.server_timing.prev_total_ms, Some(0.7));
+        // The Unix socket's account answers frames, with no openpi timing.
+        let (outbox, _writer) = crate::outbox::outbox();
+        let frames = Account::new(Arc::clone(&metrics), outbox, Wire::Frames);
+        let (frame, bytes) = frames.encode(&result, 1500);
+        assert_eq!(frame, Outgoing::Binary(result.encode()));
+        assert_eq!(bytes, result.encode().len() as u64);
+        std::fs::remove_file(metrics.writer().path()).unwrap();
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //! - Connections speak the [`protocol`] of `docs/protocol.md`: frames of msgpack maps with
 //!   openpi's msgpack-numpy arrays (float32, float16, uint8, int8, int32, int64, bool) and
 //!   text. Answers go back by id, so requests may be pipelined.
+//! - With `--openpi-listen`, openpi robots connect unchanged: a websocket listener speaks
+//!   openpi's protocol ([`protocol::openpi`]) and feeds its requests into the same queue,
+//!   batches, limits and ledger as the Unix socket's; `GET /healthz` answers beside it.
 //! - A model's [`signature`] names its inputs (arrays of a dtype and shape, or text) and
 //!   outputs, and which output is the action. Each request is checked against it before it
 //!   is queued, and its inputs are copied once, from their frame into the batch buffer, in
@@ -75,7 +78,7 @@ pub use crate::backend::{
     UnknownDevice,
 };
 pub use crate::batch::Part;
-pub use crate::config::{Config, IO_THREADS};
+pub use crate::config::{ApiKey, Config, IO_THREADS, MAX_API_KEY_BYTES, OPENPI_ROBOT_TYPE};
 pub use crate::error::{Error, Result, EXIT_CONFIG};
 pub use crate::logging::{init_logging, report_fatal};
 pub use crate::policy::{

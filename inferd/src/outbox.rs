@@ -1,17 +1,53 @@
-//! A connection's outgoing frames: answers from the workers and refusals from its reader,
+//! A connection's outgoing messages: answers from the workers and refusals from its reader,
 //! on their way to its writer task, with a count that lets the reader stop reading while the
-//! client is not reading its answers.
+//! client is not reading its answers. A Unix-socket connection's messages are whole frames,
+//! written as bytes; a websocket's are sent as websocket messages, binary or text.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use futures_util::{Sink, SinkExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite;
 
-/// Most frames the writer gathers into one write.
+/// Most messages the writer gathers into one write.
 const WRITE_BATCH_FRAMES: usize = 64;
+
+/// One message on its way to the peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outgoing {
+    /// Bytes: a whole frame, prefix included, on the Unix socket; a binary message on a
+    /// websocket.
+    Binary(Vec<u8>),
+    /// A websocket text message: how openpi's client expects an error.
+    Text(String),
+}
+
+impl Outgoing {
+    /// The message's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Outgoing::Binary(b) => b,
+            Outgoing::Text(t) => t.as_bytes(),
+        }
+    }
+
+    fn into_websocket(self) -> tungstenite::Message {
+        match self {
+            Outgoing::Binary(b) => tungstenite::Message::Binary(b.into()),
+            Outgoing::Text(t) => tungstenite::Message::Text(t.into()),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Outgoing {
+    fn from(bytes: Vec<u8>) -> Outgoing {
+        Outgoing::Binary(bytes)
+    }
+}
 
 #[derive(Debug, Default)]
 struct State {
@@ -23,13 +59,13 @@ struct State {
 /// The sending side; cheap to clone, one clone per request in flight.
 #[derive(Clone, Debug)]
 pub struct Outbox {
-    frames: UnboundedSender<Vec<u8>>,
+    frames: UnboundedSender<Outgoing>,
     state: Arc<State>,
 }
 
 /// The writer task's side.
 pub struct Writer {
-    frames: UnboundedReceiver<Vec<u8>>,
+    frames: UnboundedReceiver<Outgoing>,
     state: Arc<State>,
 }
 
@@ -47,11 +83,11 @@ pub fn outbox() -> (Outbox, Writer) {
 }
 
 impl Outbox {
-    /// Queues a frame for the writer. If the connection is gone the frame is dropped: its
+    /// Queues a message for the writer. If the connection is gone the message is dropped: its
     /// request was recorded before it was sent.
-    pub fn send(&self, frame: Vec<u8>) {
+    pub fn send(&self, message: impl Into<Outgoing>) {
         self.state.queued.fetch_add(1, Ordering::AcqRel);
-        if self.frames.send(frame).is_err() {
+        if self.frames.send(message.into()).is_err() {
             self.state.queued.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -80,10 +116,10 @@ impl Writer {
         let mut buf = Vec::new();
         while self.frames.recv_many(&mut frames, WRITE_BATCH_FRAMES).await > 0 {
             let bytes = match &frames[..] {
-                [one] => &one[..],
+                [one] => one.bytes(),
                 many => {
                     buf.clear();
-                    many.iter().for_each(|f| buf.extend_from_slice(f));
+                    many.iter().for_each(|f| buf.extend_from_slice(f.bytes()));
                     &buf[..]
                 }
             };
@@ -91,13 +127,53 @@ impl Writer {
                 log::debug!("connection {connection}: write failed, dropping its answers: {e}");
                 break;
             }
-            self.state.queued.fetch_sub(frames.len(), Ordering::AcqRel);
-            self.state.written.notify_one();
+            self.written(frames.len());
             frames.clear();
         }
+        self.stopped();
+        let _ = socket.shutdown().await;
+    }
+
+    /// Sends messages on a websocket as they come, flushing what is ready at once, until every
+    /// [`Outbox`] is dropped or a send fails. Returns the sink, for the connection to close
+    /// the websocket with the code it chooses.
+    pub async fn run_websocket<S>(mut self, mut sink: S, connection: u64) -> S
+    where
+        S: Sink<tungstenite::Message, Error = tungstenite::Error> + Unpin,
+    {
+        let mut messages = Vec::with_capacity(WRITE_BATCH_FRAMES);
+        while self
+            .frames
+            .recv_many(&mut messages, WRITE_BATCH_FRAMES)
+            .await
+            > 0
+        {
+            let count = messages.len();
+            let mut sent = Ok(());
+            for message in messages.drain(..) {
+                sent = sink.feed(message.into_websocket()).await;
+                if sent.is_err() {
+                    break;
+                }
+            }
+            if let Err(e) = sent.and(sink.flush().await) {
+                log::debug!("connection {connection}: send failed, dropping its answers: {e}");
+                break;
+            }
+            self.written(count);
+        }
+        self.stopped();
+        sink
+    }
+
+    fn written(&self, count: usize) {
+        self.state.queued.fetch_sub(count, Ordering::AcqRel);
+        self.state.written.notify_one();
+    }
+
+    fn stopped(&self) {
         self.state.closed.store(true, Ordering::Release);
         self.state.written.notify_one();
-        let _ = socket.shutdown().await;
     }
 }
 

@@ -23,6 +23,10 @@ mod lifecycle;
 /// The built-in format with several named inputs and a chunked output, over the socket: its
 /// answers against a reference, and every bad input of the signature refused by name.
 mod multi_input;
+/// openpi's websocket listener: its metadata, answers and errors as openpi's client reads
+/// them, API keys, the loopback rule, and its requests in the Unix socket's limits, batches and
+/// counts.
+mod openpi;
 /// The examples in docs/protocol.md are real frames of the real codec.
 mod protocol_doc;
 /// Many robots at once, each receiving exactly its own answers, with the right numbers.

@@ -13,7 +13,7 @@ use crate::{Error, Result};
 /// Parses `args` (program name first) with the options of `file` merged in before them.
 pub(super) fn parse_with_file(args: &[OsString], file: &Path) -> Result<Config> {
     let mut merged = args.first().cloned().into_iter().collect::<Vec<_>>();
-    merged.extend(file_args(file)?);
+    merged.extend(file_args(file, &args[1.min(args.len())..])?);
     merged.extend(args.iter().skip(1).cloned());
     let matches = Config::command()
         .try_get_matches_from(merged)
@@ -41,8 +41,21 @@ fn one_line(e: &clap::Error) -> String {
         .join(" ")
 }
 
-/// Turns a TOML file into `--key value` arguments, refusing keys that are not flags.
-fn file_args(path: &Path) -> Result<Vec<OsString>> {
+/// Whether `args` (the command line, without the program name) give the flag `--{flag}`.
+fn gives(args: &[OsString], flag: &str) -> bool {
+    let long = format!("--{flag}");
+    args.iter().filter_map(|a| a.to_str()).any(|a| {
+        a == long
+            || a.strip_prefix(long.as_str())
+                .is_some_and(|rest| rest.starts_with('='))
+    })
+}
+
+/// Turns a TOML file into `--key value` arguments, refusing keys that are not flags. A
+/// repeatable flag (`openpi-api-key`) takes an array of strings, one flag each, and a command
+/// line that gives the flag replaces the file's list, as a later flag replaces an earlier one
+/// for every other option.
+fn file_args(path: &Path, command_line: &[OsString]) -> Result<Vec<OsString>> {
     let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
     let table: toml::Table = text
         .parse()
@@ -51,14 +64,43 @@ fn file_args(path: &Path) -> Result<Vec<OsString>> {
     let mut args = Vec::new();
     for (key, value) in table {
         let flag = key.replace('_', "-");
-        let known = command
+        let arg = command
             .get_arguments()
-            .any(|a| a.get_long() == Some(flag.as_str()));
-        if !known || flag == "config" {
+            .find(|a| a.get_long() == Some(flag.as_str()));
+        let Some(arg) = arg.filter(|_| flag != "config") else {
             return Err(Error::Config(format!(
                 "{}: unknown option {key:?}",
                 path.display()
             )));
+        };
+        if matches!(arg.get_action(), clap::ArgAction::Append) {
+            let items = match &value {
+                toml::Value::String(s) => vec![s.clone()],
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(|v| match v {
+                        toml::Value::String(s) => Ok(s.clone()),
+                        _ => Err(Error::Config(format!(
+                            "{}: {key} must be a string or an array of strings",
+                            path.display()
+                        ))),
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+                _ => {
+                    return Err(Error::Config(format!(
+                        "{}: {key} must be a string or an array of strings",
+                        path.display()
+                    )))
+                }
+            };
+            if !gives(command_line, &flag) {
+                args.extend(
+                    items
+                        .iter()
+                        .map(|s| OsString::from(format!("--{flag}={s}"))),
+                );
+            }
+            continue;
         }
         // No option is an on/off switch, so a TOML boolean is one of the unsupported types.
         let text = match &value {
@@ -121,6 +163,56 @@ mod tests {
         // A list flag on the command line replaces the file's list rather than extending it.
         let c = parse(&["--config", f, "--action-low=-3,-3", "--action-high", "3,3"]).unwrap();
         assert_eq!(c.action_limits(2), Some((vec![-3.0, -3.0], vec![3.0, 3.0])));
+    }
+
+    #[test]
+    fn openpi_keys_are_an_array_of_strings_that_the_command_line_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("inferd.toml");
+        std::fs::write(
+            &file,
+            "openpi-listen = 8000\nopenpi-api-key = [\"k1=franka\", \"k2\"]\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let robots = |c: &crate::Config| -> Vec<(String, String)> {
+            c.openpi_api_key
+                .iter()
+                .map(|k| (k.key.clone(), k.robot_type().to_owned()))
+                .collect()
+        };
+        let c = parse(&["--config", f]).unwrap();
+        assert_eq!(c.openpi_listen, Some("127.0.0.1:8000".parse().unwrap()));
+        assert_eq!(
+            robots(&c),
+            [
+                ("k1".into(), "franka".into()),
+                ("k2".into(), "openpi".into())
+            ]
+        );
+        let c = parse(&["--config", f, "--openpi-api-key=k3=aloha"]).unwrap();
+        assert_eq!(robots(&c), [("k3".into(), "aloha".into())]);
+        // One key may be a plain string.
+        std::fs::write(&file, "openpi-listen = 8000\nopenpi-api-key = \"k\"\n").unwrap();
+        assert_eq!(robots(&parse(&["--config", f]).unwrap()).len(), 1);
+        for (text, want) in [
+            (
+                "openpi-api-key = [1]\n",
+                "must be a string or an array of strings",
+            ),
+            (
+                "openpi-api-key = true\n",
+                "must be a string or an array of strings",
+            ),
+            (
+                "openpi-listen = 8000\nopenpi-api-key = [\"k=other\"]\n",
+                "'--openpi-api-key <KEY[=ROBOT_TYPE]>'",
+            ),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = parse(&["--config", f]).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! inferd's options: command-line flags (clap), and an optional TOML file whose keys are the
-//! flags' long names (`file.rs`). What each numeric option accepts is in `range.rs`.
+//! flags' long names (`file.rs`). What each numeric option accepts is in `range.rs`; the
+//! openpi listener's options are in `openpi.rs`.
 
 mod file;
+mod openpi;
 mod range;
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,6 +17,8 @@ use crate::backend::{BackendKind, BackendOptions, Device, ModelSource};
 use crate::signature::Signature;
 use crate::socket_path::default_socket_path;
 use crate::{Error, Result};
+
+pub use self::openpi::{ApiKey, MAX_API_KEY_BYTES, OPENPI_ROBOT_TYPE};
 
 /// Socket threads: receiving, decoding and answering is light work next to compute.
 pub const IO_THREADS: usize = 2;
@@ -196,6 +201,26 @@ pub struct Config {
     )]
     pub action_max_step_delta: Vec<f32>,
 
+    /// Also serve openpi's websocket protocol (what openpi_client's WebsocketClientPolicy
+    /// speaks) on this TCP address, with `GET /healthz` beside it: `PORT` alone is
+    /// `127.0.0.1:PORT`; `ADDR:PORT` and `[IPV6]:PORT` bind that address. Off by default. An
+    /// address that is not loopback needs --openpi-api-key. Its requests join the Unix
+    /// socket's in the same queue, batches, limits and metrics.
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = openpi::listen_address)]
+    pub openpi_listen: Option<SocketAddr>,
+
+    /// An API key the openpi listener requires (the handshake's `Authorization: Api-Key
+    /// KEY`, what WebsocketClientPolicy(api_key=KEY) sends), and the robot type its
+    /// connections' requests are counted under (default `openpi`). Repeatable, one key per
+    /// robot type; with any key given, a handshake without one of them is answered 401.
+    #[arg(
+        long,
+        value_name = "KEY[=ROBOT_TYPE]",
+        action = clap::ArgAction::Append,
+        value_parser = openpi::api_key,
+    )]
+    pub openpi_api_key: Vec<ApiKey>,
+
     /// Log filter: error, warn, info, debug, trace, or env_logger syntax (`inferd=debug`).
     #[arg(
         long,
@@ -260,7 +285,7 @@ impl Config {
             }
             _ => {}
         }
-        Ok(())
+        openpi::validate(self.openpi_listen, &self.openpi_api_key).map_err(Error::Config)
     }
 
     /// What the backend is told: the device, and the workers and batch size it will serve.

@@ -501,12 +501,20 @@ impl ClientMessage {
     }
 }
 
-fn decode_hello(map: &MapRef<'_, '_>) -> Result<Hello, InvalidMessage> {
-    let robot_type = map.text("robot_type")?;
+/// Checks a robot type by the hello's rules: 1 to [`MAX_ROBOT_TYPE_BYTES`] bytes, no control
+/// characters, none of [`RESERVED_LABELS`]. Also the rule of the robot types that
+/// `--openpi-api-key` gives its keys, so that every label the metrics show has passed it.
+pub(crate) fn check_robot_type(robot_type: &str) -> Result<(), InvalidMessage> {
     check_hello_text("robot_type", robot_type, MAX_ROBOT_TYPE_BYTES)?;
     if is_reserved_label(robot_type) {
         return Err(InvalidMessage::ReservedRobotType(robot_type.to_owned()));
     }
+    Ok(())
+}
+
+fn decode_hello(map: &MapRef<'_, '_>) -> Result<Hello, InvalidMessage> {
+    let robot_type = map.text("robot_type")?;
+    check_robot_type(robot_type)?;
     let robot_id = match map.optional("robot_id") {
         None => None,
         Some(ValueRef::String(s)) => {

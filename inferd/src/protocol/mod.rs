@@ -1,5 +1,5 @@
-//! The wire protocol: frames of msgpack maps over a Unix stream socket, specified in
-//! `docs/protocol.md`.
+//! The wire protocol: frames of msgpack maps over a Unix stream socket, and openpi's websocket
+//! messages ([`openpi`]), specified in `docs/protocol.md`.
 
 mod code;
 mod dtype;
@@ -7,6 +7,7 @@ mod frame;
 mod message;
 mod msgpack;
 mod ndarray;
+pub mod openpi;
 
 pub use self::code::ErrorCode;
 pub use self::dtype::DType;
@@ -14,7 +15,7 @@ pub use self::frame::{
     decode_body, encode_frame, BodyError, FrameCodec, FrameError, DEFAULT_MAX_FRAME_BYTES,
     HEADER_BYTES,
 };
-pub(crate) use self::message::reserved_list;
+pub(crate) use self::message::{check_robot_type, reserved_list};
 pub use self::message::{
     encode_infer, is_reserved_label, ActionLimits, BadServerMessage, ClientMessage, ErrorReply,
     Hello, InferRef, InferRequest, InferResult, Input, InvalidMessage, Metadata, ModelDescription,

@@ -12,20 +12,13 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio_util::codec::FramedRead;
 
-use crate::ledger::{Account, Received, Ticket, TooManyInFlight};
+use crate::ledger::{Account, Received, Wire};
 use crate::outbox::outbox;
 use crate::protocol::{
     decode_body, ErrorCode, ErrorReply, FrameCodec, FrameError, Rejection, Request, ServerMessage,
     HEADER_BYTES,
 };
-use crate::scheduler::Job;
-use crate::server::Context;
-use crate::signature::Staged;
-
-/// Frames a connection may have waiting to be written beyond its requests in flight before
-/// its reader stops reading: a client that does not read its answers is slowed down, not
-/// buffered without bound.
-const EXTRA_BACKLOG_FRAMES: usize = 64;
+use crate::server::{refuse, Context, EXTRA_BACKLOG_FRAMES};
 
 /// Serves one connection until the peer leaves, breaks the protocol, idles out, or the
 /// server closes (`closing` becomes true after the drain).
@@ -42,7 +35,7 @@ pub async fn serve(
     let writer = tokio::spawn(outgoing.run(writer, number));
     let mut conn = Connection {
         robot_type: ctx.metrics.unknown_robot(),
-        account: Account::new(Arc::clone(&ctx.metrics), outbox),
+        account: Account::new(Arc::clone(&ctx.metrics), outbox, Wire::Frames),
         ctx,
         number,
     };
@@ -139,7 +132,7 @@ impl Connection {
                 "a frame must hold a msgpack map".into(),
             ),
             Err(Rejection::Invalid { id, message }) => {
-                self.refuse(open(id), ErrorCode::InvalidInput, message);
+                refuse(self.number, open(id), ErrorCode::InvalidInput, message);
                 Flow::Continue
             }
             Ok(Request::Hello(hello)) => {
@@ -161,46 +154,18 @@ impl Connection {
                     self.ctx.config.max_batch_size,
                 );
                 match staged {
-                    Ok(staged) => self.submit(ticket, body.clone(), staged, request.deadline_us),
-                    Err(e) => self.refuse(ticket, ErrorCode::InvalidInput, e.to_string()),
+                    Ok(staged) => self.ctx.submit(
+                        self.number,
+                        ticket,
+                        body.clone(),
+                        staged,
+                        request.deadline_us,
+                    ),
+                    Err(e) => refuse(self.number, ticket, ErrorCode::InvalidInput, e.to_string()),
                 }
                 Flow::Continue
             }
         }
-    }
-
-    fn submit(&self, mut ticket: Ticket, frame: Bytes, staged: Staged, deadline_us: Option<u64>) {
-        if self.ctx.is_draining() {
-            let msg = "inferd is draining and takes no new requests".to_owned();
-            return self.refuse(ticket, ErrorCode::ShuttingDown, msg);
-        }
-        if let Err(TooManyInFlight { limit }) = ticket.admit(self.ctx.config.max_in_flight) {
-            let msg =
-                format!("this connection already has {limit} requests in flight (--max-in-flight)");
-            return self.refuse(ticket, ErrorCode::Overloaded, msg);
-        }
-        let deadline =
-            deadline_us.and_then(|us| ticket.arrived().checked_add(Duration::from_micros(us)));
-        let job = Job {
-            ticket,
-            frame,
-            staged,
-            deadline,
-        };
-        self.ctx.scheduler.submit(job);
-    }
-
-    /// Answers a request refused before compute.
-    fn refuse(&self, ticket: Ticket, code: ErrorCode, message: String) {
-        // The message quotes the client's text; escaped again here so that no message, now or
-        // later, can carry a client's line break into the log.
-        log::debug!(
-            "connection {}: request {:?} refused, {code}: {}",
-            self.number,
-            ticket.id(),
-            message.escape_debug()
-        );
-        ticket.refuse(code, message);
     }
 
     /// Answers a connection-ending error (no id: it is not a request) and closes.

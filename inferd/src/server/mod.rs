@@ -1,28 +1,39 @@
-//! The daemon: segment, model, workers and socket, from start to a drained exit.
+//! The daemon: segment, model, workers and its listeners (the Unix socket, and openpi's
+//! websocket with `--openpi-listen`), from start to a drained exit. Both listeners read
+//! requests into the same [`Context::submit`].
 
 mod connection;
 mod listener;
+mod openpi;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use shm_layout::State;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use self::listener::bind;
 use crate::config::{Config, IO_THREADS};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, Ticket, TooManyInFlight};
 use crate::metrics::Metrics;
 use crate::model::ModelStore;
 use crate::protocol::{ErrorCode, ErrorReply, ServerMessage};
-use crate::scheduler::{BatchPolicy, Scheduler};
+use crate::scheduler::{BatchPolicy, Job, Scheduler};
 use crate::signals::{Event, Signals};
+use crate::signature::Staged;
 use crate::{Error, Result};
+
+/// Messages a connection may have waiting to be written beyond its requests in flight before
+/// its reader stops reading: a client that does not read its answers is slowed down, not
+/// buffered without bound.
+const EXTRA_BACKLOG_FRAMES: usize = 64;
 
 /// How long, after the drain timeout, to wait for batches already running.
 const ABANDON_GRACE: Duration = Duration::from_secs(5);
@@ -43,6 +54,50 @@ impl Context {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
+
+    /// Queues a request that connection `connection` has read and staged, or answers why not:
+    /// `shutting_down` while draining, `overloaded` past `--max-in-flight` (and, from the
+    /// scheduler, past `--queue-capacity`). The one way in for both listeners, so a websocket
+    /// request meets the same limits, deadline and queue as a Unix-socket one.
+    pub fn submit(
+        &self,
+        connection: u64,
+        mut ticket: Ticket,
+        frame: Bytes,
+        staged: Staged,
+        deadline_us: Option<u64>,
+    ) {
+        if self.is_draining() {
+            let msg = "inferd is draining and takes no new requests".to_owned();
+            return refuse(connection, ticket, ErrorCode::ShuttingDown, msg);
+        }
+        if let Err(TooManyInFlight { limit }) = ticket.admit(self.config.max_in_flight) {
+            let msg =
+                format!("this connection already has {limit} requests in flight (--max-in-flight)");
+            return refuse(connection, ticket, ErrorCode::Overloaded, msg);
+        }
+        let deadline =
+            deadline_us.and_then(|us| ticket.arrived().checked_add(Duration::from_micros(us)));
+        let job = Job {
+            ticket,
+            frame,
+            staged,
+            deadline,
+        };
+        self.scheduler.submit(job);
+    }
+}
+
+/// Answers a request that connection `connection` read and refused before compute.
+fn refuse(connection: u64, ticket: Ticket, code: ErrorCode, message: String) {
+    // The message quotes the client's text; escaped again here so that no message, now or
+    // later, can carry a client's line break into the log.
+    log::debug!(
+        "connection {connection}: request {:?} refused, {code}: {}",
+        ticket.id(),
+        message.escape_debug()
+    );
+    ticket.refuse(code, message);
 }
 
 /// Runs inferd until SIGTERM or SIGINT has drained it. Returns `Ok` after a clean drain.
@@ -92,6 +147,11 @@ fn serve(config: Config, metrics: Arc<Metrics>, mut signals: Signals) -> Result<
         Arc::clone(&models),
         Arc::clone(&metrics),
     )?;
+    // Bound before the Unix socket, so that a port in use leaves no socket file behind.
+    let openpi = match config.openpi_listen {
+        Some(addr) => Some(openpi::bind(addr, &models.current())?),
+        None => None,
+    };
     let socket = config.socket_path();
     // Under socket activation systemd owns the socket file; otherwise we bind (and later remove) it.
     let (listener, owned_socket) = match crate::systemd::activated_listener()? {
@@ -117,17 +177,31 @@ fn serve(config: Config, metrics: Arc<Metrics>, mut signals: Signals) -> Result<
     });
     let served = runtime.block_on(async {
         let listener = UnixListener::from_std(listener).map_err(Error::io(&socket))?;
+        let openpi = match openpi {
+            Some(l) => Some(TcpListener::from_std(l).map_err(Error::io("--openpi-listen"))?),
+            None => None,
+        };
+        // The address bound, which names the port when port 0 asked for any free one.
+        let openpi_addr = match &openpi {
+            Some(l) => Some(l.local_addr().map_err(Error::io("--openpi-listen"))?),
+            None => None,
+        };
         ctx.metrics.set_state(State::Ready);
         let status = format!(
-            "ready on {} with {} workers, batches of up to {}, queue of {}",
+            "ready on {}{} with {} workers, batches of up to {}, queue of {}",
             socket.display(),
+            openpi_addr.map_or(String::new(), |a| format!(" and openpi on ws://{a}")),
             ctx.config.workers,
             ctx.config.max_batch_size,
             ctx.config.queue_capacity
         );
         log::info!("{status}");
         crate::systemd::notify_ready(&status);
-        accept_until_drained(&ctx, listener, &mut signals, owned_socket).await;
+        let listeners = Listeners {
+            unix: listener,
+            openpi,
+        };
+        accept_until_drained(&ctx, listeners, &mut signals, owned_socket).await;
         Ok::<(), Error>(())
     });
     ctx.scheduler.stop();
@@ -135,15 +209,92 @@ fn serve(config: Config, metrics: Arc<Metrics>, mut signals: Signals) -> Result<
     served
 }
 
+/// What inferd accepts connections on.
+struct Listeners {
+    unix: UnixListener,
+    openpi: Option<TcpListener>,
+}
+
+/// The next connection of the openpi listener; never, without one.
+async fn accept_openpi(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The connections being served, each a task that ends when its connection does.
+struct Served {
+    ctx: Arc<Context>,
+    /// Becomes true once the drain is over: every connection closes.
+    closing: watch::Receiver<bool>,
+    connections: JoinSet<()>,
+    /// Connections accepted so far, on both listeners: each one's number in the log.
+    accepted: u64,
+}
+
+impl Served {
+    async fn unix(
+        &mut self,
+        incoming: std::io::Result<(UnixStream, tokio::net::unix::SocketAddr)>,
+    ) {
+        let stream = match incoming {
+            Ok((stream, _)) => stream,
+            Err(e) => return accept_failed("accept", e).await,
+        };
+        self.accepted += 1;
+        let Some(slot) = self.ctx.ledger.connect(self.ctx.config.max_connections) else {
+            tokio::spawn(refuse_connection(stream, self.ctx.config.max_connections));
+            return;
+        };
+        let (ctx, closing, number) = (Arc::clone(&self.ctx), self.closing.clone(), self.accepted);
+        self.connections.spawn(async move {
+            connection::serve(stream, ctx, closing, number).await;
+            drop(slot);
+        });
+    }
+
+    async fn openpi(&mut self, incoming: std::io::Result<(TcpStream, SocketAddr)>) {
+        let (stream, peer) = match incoming {
+            Ok(accepted) => accepted,
+            Err(e) => return accept_failed("openpi accept", e).await,
+        };
+        self.accepted += 1;
+        // Over the limit it is still served far enough to be told why (its handshake is
+        // answered 503), bounded by the handshake timeout.
+        let slot = self.ctx.ledger.connect(self.ctx.config.max_connections);
+        let (ctx, closing) = (Arc::clone(&self.ctx), self.closing.clone());
+        self.connections.spawn(openpi::serve(
+            stream,
+            peer,
+            ctx,
+            closing,
+            self.accepted,
+            slot,
+        ));
+    }
+}
+
+/// Logs a failed accept and backs off: usually inferd is out of file descriptors, and
+/// retrying at once would spin.
+async fn accept_failed(what: &str, e: std::io::Error) {
+    log::warn!("{what} failed: {e}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
 async fn accept_until_drained(
     ctx: &Arc<Context>,
-    listener: UnixListener,
+    listeners: Listeners,
     signals: &mut Signals,
     owned_socket: Option<&Path>,
 ) {
     let (closing_tx, closing) = watch::channel(false);
-    let mut connections = JoinSet::new();
-    let mut accepted = 0u64;
+    let mut served = Served {
+        ctx: Arc::clone(ctx),
+        closing,
+        connections: JoinSet::new(),
+        accepted: 0,
+    };
     let signal_name = loop {
         tokio::select! {
             event = signals.events.recv() => match event {
@@ -155,30 +306,22 @@ async fn accept_until_drained(
                 Some(Event::Drain(name)) => break name,
                 None => break "signal thread gone",
             },
-            incoming = listener.accept() => match incoming {
-                Ok((stream, _)) => {
-                    accepted += 1;
-                    let Some(slot) = ctx.ledger.connect(ctx.config.max_connections) else {
-                        tokio::spawn(refuse_connection(stream, ctx.config.max_connections));
-                        continue;
-                    };
-                    let (ctx, closing) = (Arc::clone(ctx), closing.clone());
-                    connections.spawn(async move {
-                        connection::serve(stream, ctx, closing, accepted).await;
-                        drop(slot);
-                    });
-                }
-                Err(e) => {
-                    // Usually out of file descriptors: back off instead of spinning.
-                    log::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            incoming = listeners.unix.accept() => served.unix(incoming).await,
+            incoming = accept_openpi(listeners.openpi.as_ref()) => served.openpi(incoming).await,
+            Some(_) = served.connections.join_next(), if !served.connections.is_empty() => {}
         }
     };
-    drain(ctx, listener, signals, owned_socket, signal_name).await;
+    drain(
+        ctx,
+        listeners,
+        &mut served,
+        signals,
+        owned_socket,
+        signal_name,
+    )
+    .await;
     let _ = closing_tx.send(true);
+    let connections = &mut served.connections;
     if tokio::time::timeout(FLUSH_GRACE, async {
         while connections.join_next().await.is_some() {}
     })
@@ -196,10 +339,12 @@ async fn accept_until_drained(
 /// Stops accepting, lets queued work finish (up to the drain timeout), and answers
 /// `shutting_down` to new requests meanwhile. `owned_socket` is the socket file to remove:
 /// `None` under socket activation, where systemd keeps the socket (and queues connections on
-/// it) across restarts.
+/// it) across restarts. The openpi listener accepts on until the drain is over, only to
+/// answer 503: its `/healthz` then tells a load balancer that inferd is draining.
 async fn drain(
     ctx: &Context,
-    listener: UnixListener,
+    listeners: Listeners,
+    served: &mut Served,
     signals: &mut Signals,
     owned_socket: Option<&Path>,
     signal: &str,
@@ -208,7 +353,8 @@ async fn drain(
     ctx.scheduler.start_draining();
     ctx.metrics.set_state(State::Draining);
     crate::systemd::notify_stopping(&format!("{signal}: draining"));
-    drop(listener);
+    let Listeners { unix, openpi } = listeners;
+    drop(unix);
     if let Some(socket) = owned_socket {
         if let Err(e) = std::fs::remove_file(socket) {
             log::warn!("could not remove {}: {e}", socket.display());
@@ -239,6 +385,8 @@ async fn drain(
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            incoming = accept_openpi(openpi.as_ref()) => served.openpi(incoming).await,
+            Some(_) = served.connections.join_next(), if !served.connections.is_empty() => {}
             Some(event) = signals.events.recv() => {
                 if let Event::Drain(name) = event {
                     if !abandoned {
