@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -132,12 +133,17 @@ def batch_sizes(d):
     return 0, 0.0
 
 
-def open_connections(d):
-    """The segment's `connections` gauge, from shmdump's first lines."""
+def gauge(d, name):
+    """A process-wide gauge or counter of the segment (`connections`, `protocol_errors`), from
+    shmdump's first lines."""
     text = shmdump(d)
-    found = re.search(r"\bconnections (\d+)", text)
+    found = re.search(rf"\b{name} (\d+)", text)
     assert found, text
     return int(found[1])
+
+
+def open_connections(d):
+    return gauge(d, "connections")
 
 
 def settled(read, want):
@@ -301,6 +307,27 @@ def test_openpi_a_message_over_the_frame_limit_closes_after_the_error_text(start
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009, closed.value
     # The daemon serves on, a new connection too.
     assert client(port).infer({"obs": np.zeros(DEMO_OBS, np.float32)})["actions"].shape == (12,)
+
+
+ROBOT_THAT_EXITS = """
+import sys
+import numpy as np
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+robot = WebsocketClientPolicy("127.0.0.1", int(sys.argv[1]))
+robot.infer({"obs": np.zeros(48, np.float32)})
+"""
+
+
+def test_openpi_a_robot_that_exits_without_closing_is_no_protocol_error(start_inferd):
+    d, port = start_openpi(start_inferd, "--backend", "cpu")
+    # openpi's client has no close(): a robot's connection ends with its process, without a
+    # close frame. That is how every openpi robot leaves, not a protocol error.
+    subprocess.run([sys.executable, "-W", "ignore", "-c", ROBOT_THAT_EXITS, str(port)],
+                   check=True, timeout=PATIENCE_SECONDS)
+    assert settled(lambda: open_connections(d), 0) == 0
+    assert gauge(d, "protocol_errors") == 0, d.log.read_text()
+    assert "WARN" not in d.log.read_text(), d.log.read_text()
+    assert requests_total(d) == {("openpi", "ok"): 1}
 
 
 def test_openpi_healthz_answers_ok_while_serving(start_inferd):
