@@ -285,9 +285,10 @@ fn a_bad_observation_is_answered_in_text_and_the_robot_is_served_on() {
         data: vec![0; 48 * 4],
     };
     let cases: Vec<(Vec<u8>, &str)> = vec![
+        // A key the model does not take is left out: what is missing is then named.
         (
             encode_observation(&[("state".into(), Input::Tensor(zeros.clone()))]),
-            "\"state\"",
+            "missing input \"obs\"",
         ),
         (encode_observation(&[]), "missing input \"obs\""),
         (
@@ -708,4 +709,48 @@ fn a_nested_observation_dict_is_read_as_openpi_flattens_it() {
     robot.send(encode(&no_camera));
     let text = robot.error("invalid_input: ");
     assert!(text.contains("\"images/cam_high\""), "{text}");
+}
+
+#[test]
+fn keys_the_model_does_not_take_are_left_out_as_openpi_leaves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_policy(dir.path(), &camera_policy());
+    let (_d, addr) = start(&["--model", &model, "--backend", "cpu"]);
+    let image = Tensor::from_bytes(DType::U8, vec![4, 4, 3], vec![9; 48]).unwrap();
+    let state = Tensor::new(vec![8], vec![0.5; 8]).unwrap();
+    let mut robot = Robot::connect(addr);
+    let take = |robot: &mut Robot, extra: Vec<(String, Input)>| {
+        let mut inputs = vec![
+            ("images/cam_high".to_owned(), Input::Tensor(image.clone())),
+            ("state".to_owned(), Input::Tensor(state.clone())),
+        ];
+        inputs.extend(extra);
+        robot.send(encode_observation(&inputs));
+        match robot.reply() {
+            Reply::Answer(a) => a.outputs[0].1.clone(),
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    };
+    let plain = take(&mut robot, vec![]);
+    // A DROID robot's whole observation: joint positions and a prompt this policy does not read.
+    let extra = take(
+        &mut robot,
+        vec![
+            (
+                "observation/joint_position".into(),
+                Input::Tensor(Tensor::new(vec![7], vec![0.1; 7]).unwrap()),
+            ),
+            ("prompt".into(), Input::Text("pick up the cup".into())),
+        ],
+    );
+    assert_eq!(extra, plain, "the extra keys changed the answer");
+    // A key the model takes is still checked: the wrong dtype is refused by name.
+    let mut inputs = vec![(
+        "images/cam_high".to_owned(),
+        Input::Tensor(Tensor::new(vec![4, 4, 3], vec![0.0; 48]).unwrap()),
+    )];
+    inputs.push(("state".to_owned(), Input::Tensor(state.clone())));
+    robot.send(encode_observation(&inputs));
+    let text = robot.error("invalid_input: ");
+    assert!(text.contains("\"images/cam_high\" is \"<f4\""), "{text}");
 }

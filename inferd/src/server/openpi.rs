@@ -32,7 +32,7 @@ use shm_layout::{Counter, RobotTypeId};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -481,6 +481,12 @@ impl Connection {
                         CloseCode::Size,
                     )
                 }
+                // A peer gone without a close frame: what every openpi robot does as its
+                // process ends (openpi's client has no close()). The connection's end, as EOF
+                // is on the Unix socket, not a protocol error.
+                Next::Error(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+                    return None
+                }
                 Next::Error(WsError::Protocol(e)) => {
                     return self.fatal(
                         ErrorCode::ProtocolError,
@@ -526,12 +532,16 @@ impl Connection {
             Ok(inputs) => inputs,
             Err(e) => return refuse(self.number, ticket, ErrorCode::InvalidInput, e.to_string()),
         };
-        let inputs: Vec<_> = flattened.iter().map(|(n, v)| (n.as_ref(), *v)).collect();
-        let staged =
-            model
-                .metadata()
-                .signature
-                .stage(&body, &inputs, self.ctx.config.max_batch_size);
+        // Keys the model does not take are left out, as openpi's own input transforms leave
+        // them: an openpi robot sends its whole observation, whatever the policy reads of it.
+        // A key the model takes and the robot lacks is still `invalid_input` by name.
+        let signature = &model.metadata().signature;
+        let inputs: Vec<_> = flattened
+            .iter()
+            .map(|(n, v)| (n.as_ref(), *v))
+            .filter(|(name, _)| signature.inputs().iter().any(|s| s.name == *name))
+            .collect();
+        let staged = signature.stage(&body, &inputs, self.ctx.config.max_batch_size);
         match staged {
             Ok(staged) => self
                 .ctx
