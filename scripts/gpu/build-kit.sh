@@ -29,7 +29,8 @@ if [[ ${1:-} == --torch ]]; then
   CARGO_TARGET_DIR=target/torch cargo build --release --locked -p inferd --features torch --bins
   mkdir -p "$kit/vla" "$kit/wheels"
   cp target/torch/release/inferd target/torch/release/inferctl target/release/shmdump "$kit/vla/"
-  # Wheels for the Pythons the GPU machine may have; pip there installs the one that fits.
+  # msgpack wheels for the Pythons the GPU machine may have (the vla baseline needs it). Not
+  # openpi-client's: with numpy and pillow they are ~25 MB per Python, past what a kit may carry.
   for version in 3.10 3.11 3.12 3.13; do
     "$VIRTUAL_ENV/bin/python" -m pip download --quiet --disable-pip-version-check msgpack \
       --only-binary=:all: --python-version "$version" --platform manylinux2014_x86_64 \

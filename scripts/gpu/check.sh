@@ -12,7 +12,11 @@
 #      NVML values and the GPU memory the inferd process holds;
 #   4. scripts/bench/vla.sh on CUDA (from the kit's vla/ and wheels/, build-kit.sh --torch): the
 #      tiny VLA to 16 robots, inferd batching against one-at-a-time eager; goal ratio >= 4.
-#      VLA_SECONDS (default here 12) sets its length.
+#      VLA_SECONDS (default here 12) sets its length;
+#   5. scripts/bench/openpi.sh on CUDA, the same model to 16 real openpi clients over the
+#      websocket listener against openpi's server shape; goal ratio >= 4. Only where
+#      openpi-client is installed (scripts/setup-openpi.sh --check): its wheels are too large
+#      for the kit, and the GPU machine has no network.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 kit=${1:-target/gpu-kit}
@@ -130,6 +134,14 @@ else
   echo
   echo "-- vla bench on CUDA: FAIL (no $kit/vla: build the kit with --torch)"
   failed+=("vla bench")
+fi
+if [[ -d $kit/vla ]] && bash scripts/setup-openpi.sh --check >/dev/null 2>&1; then
+  check "openpi bench on CUDA (goal ratio >= 4)" env OPENPI_BIN_DIR="$kit/vla" \
+    OPENPI_WHEELS="$kit/wheels" OPENPI_DEVICE=cuda OPENPI_SECONDS="${OPENPI_SECONDS:-12}" \
+    bash scripts/bench/openpi.sh
+else
+  echo
+  echo "-- openpi bench on CUDA: skipped (no openpi-client venv here: scripts/setup-openpi.sh)"
 fi
 
 echo
