@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test run: README's test command, and what CI runs (.ci/run calls this).
-# It installs what the tests need (promtool and Prometheus, cargo-fuzz, numpy and msgpack, PyTorch for
+# It installs what the tests need (promtool and Prometheus, cargo-fuzz, numpy and msgpack, the real
+# openpi-client in its own venv (scripts/setup-openpi.sh), PyTorch for
 # libtorch) only when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
