@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use shm_layout::{Counter, RobotTypeId};
 use tokio::net::unix::OwnedReadHalf;
 use tokio::net::UnixStream;
@@ -18,7 +17,7 @@ use crate::protocol::{
     decode_body, ErrorCode, ErrorReply, FrameCodec, FrameError, Rejection, Request, ServerMessage,
     HEADER_BYTES,
 };
-use crate::server::{refuse, Context, EXTRA_BACKLOG_FRAMES};
+use crate::server::{read_or_idle, refuse, Context, Read, EXTRA_BACKLOG_FRAMES};
 
 /// Serves one connection until the peer leaves, breaks the protocol, idles out, or the
 /// server closes (`closing` becomes true after the drain).
@@ -199,16 +198,10 @@ async fn next_frame(
     frames: &mut FramedRead<OwnedReadHalf, FrameCodec>,
     idle: Option<Duration>,
 ) -> Next {
-    let next = match idle {
-        Some(limit) => match tokio::time::timeout(limit, frames.next()).await {
-            Ok(next) => next,
-            Err(_) => return Next::Idle,
-        },
-        None => frames.next().await,
-    };
-    match next {
-        Some(Ok(body)) => Next::Frame(body),
-        Some(Err(e)) => Next::Error(e),
-        None => Next::End,
+    match read_or_idle(frames, idle).await {
+        Read::Item(Ok(body)) => Next::Frame(body),
+        Read::Item(Err(e)) => Next::Error(e),
+        Read::Idle => Next::Idle,
+        Read::End => Next::End,
     }
 }

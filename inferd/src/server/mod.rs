@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use shm_layout::State;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -399,6 +400,32 @@ async fn drain(
         }
     }
     log::info!("drained in {:?}", started.elapsed());
+}
+
+/// What a connection's read gave, under `--idle-timeout-seconds`.
+pub(crate) enum Read<T> {
+    /// The next item of the stream.
+    Item(T),
+    /// Nothing came within the idle timeout.
+    Idle,
+    /// The stream ended.
+    End,
+}
+
+/// The next item of a connection's stream (frames or websocket messages), or `Idle` when
+/// `idle` passes first: one idle rule for both listeners.
+pub(crate) async fn read_or_idle<S>(stream: &mut S, idle: Option<Duration>) -> Read<S::Item>
+where
+    S: futures_util::Stream + Unpin,
+{
+    let next = match idle {
+        Some(limit) => match tokio::time::timeout(limit, stream.next()).await {
+            Ok(next) => next,
+            Err(_) => return Read::Idle,
+        },
+        None => stream.next().await,
+    };
+    next.map_or(Read::End, Read::Item)
 }
 
 /// Tells a connection over the limit why it is refused, then closes it.

@@ -45,7 +45,7 @@ use crate::model::LoadedModel;
 use crate::outbox::{outbox, Outgoing};
 use crate::protocol::openpi::{self, SERVER_TIMING};
 use crate::protocol::{ErrorCode, HEADER_BYTES};
-use crate::server::{refuse, Context, EXTRA_BACKLOG_FRAMES};
+use crate::server::{read_or_idle, refuse, Context, Read, EXTRA_BACKLOG_FRAMES};
 use crate::{Error, Result};
 
 /// How long a connection may take to send its HTTP request (the handshake or `/healthz`):
@@ -386,17 +386,11 @@ enum Next {
 }
 
 async fn next_message(stream: &mut SplitStream<Ws>, idle: Option<Duration>) -> Next {
-    let next = match idle {
-        Some(limit) => match tokio::time::timeout(limit, stream.next()).await {
-            Ok(next) => next,
-            Err(_) => return Next::Idle,
-        },
-        None => stream.next().await,
-    };
-    match next {
-        Some(Ok(m)) => Next::Message(m),
-        Some(Err(e)) => Next::Error(e),
-        None => Next::End,
+    match read_or_idle(stream, idle).await {
+        Read::Item(Ok(m)) => Next::Message(m),
+        Read::Item(Err(e)) => Next::Error(e),
+        Read::Idle => Next::Idle,
+        Read::End => Next::End,
     }
 }
 
