@@ -6,11 +6,13 @@ use crate::safety::ActionBounds;
 /// Layer widths of the demo: a 48-input, 12-action locomotion-sized network.
 pub const DEMO_WIDTHS: [usize; 4] = [48, 256, 128, 12];
 
-/// SplitMix64: tiny, and deterministic across platforms, which is all the demo weights need.
-struct SplitMix64(u64);
+/// SplitMix64: tiny, and deterministic across platforms, which is all the demo weights (and
+/// `inferctl bench`'s synthetic inputs) need.
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -16,6 +16,7 @@ mod forward;
 
 #[cfg(test)]
 pub(crate) use self::demo::chunked as chunked_test_policy;
+pub(crate) use self::demo::SplitMix64;
 pub use self::demo::DEMO_WIDTHS;
 pub use self::format::{
     FormatError, NotSafetensors, DEFAULT_OBS_EPS, MAX_POLICY_FILE_BYTES, MLP_FORMAT,

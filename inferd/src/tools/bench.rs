@@ -17,6 +17,7 @@ use hdrhistogram::Histogram;
 use rmpv::ValueRef;
 use serde::Serialize;
 
+use crate::policy::SplitMix64;
 use crate::protocol::{as_str, decode_body, DType, Input, MapRef, Metadata, Tensor};
 use crate::signature::TEXT_DTYPE;
 use crate::tools::client::{AnswerReceiver, Client, RequestSender};
@@ -106,19 +107,6 @@ fn random_elements(dtype: DType, count: usize, phase: f32, rng: &mut SplitMix64)
         }
     }
     data
-}
-
-/// Steele, Lea and Flood's SplitMix64: a few lines, and deterministic on every platform.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 /// How long to wait for answers still outstanding when the run ends.
