@@ -42,6 +42,9 @@ pub enum Error {
     /// The namespace is not a valid metric name prefix.
     #[error("invalid namespace {0:?}: use [a-zA-Z_][a-zA-Z0-9_]*")]
     Namespace(String),
+    /// `--classic-buckets-per-doubling` is not 1, 2, 4 or 8.
+    #[error("--classic-buckets-per-doubling {0}: give 1, 2, 4 or 8")]
+    ClassicBuckets(u8),
     /// A segment file is owned by a user not allowed to own segments (`--segment-owner`).
     #[error("segment {segment:?} is owned by uid {uid}, which is not an allowed owner ({allowed}); see --segment-owner")]
     ForeignOwner {
@@ -85,6 +88,7 @@ impl Error {
                 | Error::Pattern { .. }
                 | Error::PatternPath(_)
                 | Error::Namespace(_)
+                | Error::ClassicBuckets(_)
         )
     }
 }

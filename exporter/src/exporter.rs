@@ -9,6 +9,7 @@ use crate::collector::{
 };
 use crate::discovery::Discovery;
 use crate::gpu::{GpuSampler, GpuSource};
+use crate::histogram::ClassicBuckets;
 use crate::owner::Owners;
 use crate::scrape::{CollectorRun, Scrape};
 use crate::server::HttpStats;
@@ -34,12 +35,14 @@ impl Exporter {
         }
         let owners = Owners::from_specs(&options.segment_owners)?;
         let discovery = Discovery::new(&options.segment_dir, &options.segments, owners)?;
+        let classic = ClassicBuckets::new(options.classic_buckets_per_doubling)
+            .ok_or(Error::ClassicBuckets(options.classic_buckets_per_doubling))?;
         let sampler = GpuSampler::spawn(gpu, options.nvml_interval(), options.nvml_pcie)?;
         let http = Arc::new(HttpStats::default());
         // Order matters: the process and NVML collectors use the daemons the segment collector
         // found, and the exporter collector reports on all the others.
         let collectors: Vec<Box<dyn Collector>> = vec![
-            Box::new(SegmentCollector::new(discovery)),
+            Box::new(SegmentCollector::new(discovery, classic)),
             Box::new(ProcessCollector::new()),
             Box::new(NvmlCollector::new(sampler)),
             Box::new(ExporterCollector::new(Arc::clone(&http))),

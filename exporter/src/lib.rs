@@ -37,6 +37,7 @@ mod discovery;
 mod error;
 mod exporter;
 mod gpu;
+mod histogram;
 mod json;
 mod listen;
 mod options;
@@ -56,6 +57,7 @@ pub use crate::gpu::{
     FakeDevice, FakeGpuSource, GpuIdentity, GpuProcess, GpuSample, GpuSampler, GpuSource, GpuStats,
     NvmlSource, SourceError, THROTTLE_REASONS,
 };
+pub use crate::histogram::{ClassicBuckets, NativeHistogram, CLASSIC_PER_DOUBLING};
 pub use crate::listen::{BadListen, Listen};
 pub use crate::options::{Options, DEFAULT_PORT};
 pub use crate::owner::{Owners, INFERD_USER};

@@ -62,6 +62,15 @@ pub struct Options {
     #[arg(long)]
     pub nvml_pcie: bool,
 
+    /// Classic (`le`) buckets per doubling of the duration histograms: 1, 2, 4 or 8. The
+    /// segment keeps 8 per doubling (native-histogram schema 3); the text formats fold them to
+    /// this resolution, exactly, since every classic bound is one of the segment's. 1 (28
+    /// series per histogram, bounds 2^-20 s ... 64 s) keeps a page as large as it always was;
+    /// 8 gives classic-only servers the native resolution at 8 times the series. The protobuf
+    /// format serves the native histogram beside these buckets.
+    #[arg(long, default_value_t = 1, value_parser = parse_per_doubling)]
+    pub classic_buckets_per_doubling: u8,
+
     /// Prefix of every metric name.
     #[arg(long, default_value = "inferd")]
     pub namespace: String,
@@ -70,6 +79,14 @@ pub struct Options {
     /// first so that the page carries a GPU sample.
     #[arg(long)]
     pub once: bool,
+}
+
+/// Parses `--classic-buckets-per-doubling`: one of [`crate::CLASSIC_PER_DOUBLING`].
+fn parse_per_doubling(s: &str) -> Result<u8, String> {
+    s.parse::<u8>()
+        .ok()
+        .filter(|n| crate::CLASSIC_PER_DOUBLING.contains(n))
+        .ok_or_else(|| format!("'{s}' is not 1, 2, 4 or 8"))
 }
 
 impl Options {
@@ -103,6 +120,14 @@ mod tests {
         assert_eq!(o.namespace, "inferd");
         assert!(!o.nvml_pcie && !o.once);
         assert_eq!(o.max_connections, 64);
+        assert_eq!(o.classic_buckets_per_doubling, 1);
+        let o = Options::parse_from(["exporter", "--classic-buckets-per-doubling", "8"]);
+        assert_eq!(o.classic_buckets_per_doubling, 8);
+        let e = Options::try_parse_from(["exporter", "--classic-buckets-per-doubling", "3"]);
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("'3' is not 1, 2, 4 or 8"));
         assert!(Options::try_parse_from(["exporter", "--max-connections", "0"]).is_err());
     }
 

@@ -14,6 +14,7 @@
 use std::fmt::Write as _;
 
 use crate::catalog::MetricDef;
+use crate::histogram::NativeHistogram;
 
 /// Which exposition format to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,7 +199,16 @@ impl MetricsWriter {
 
     /// Writes the buckets, `_sum` and `_count` of one histogram of the current family.
     /// `le` holds the bucket bounds already formatted; `cumulative` has one more entry (`+Inf`).
-    pub fn histogram(&mut self, labels: &Labels<'_>, le: &[String], cumulative: &[u64], sum: f64) {
+    /// `native` is the same histogram's native form, which only the protobuf format carries.
+    pub fn histogram(
+        &mut self,
+        labels: &Labels<'_>,
+        le: &[String],
+        cumulative: &[u64],
+        sum: f64,
+        native: Option<&NativeHistogram>,
+    ) {
+        let _ = native;
         self.share_labels(labels);
         for (i, &count) in cumulative.iter().enumerate() {
             let bound = le.get(i).map_or("+Inf", String::as_str);
@@ -211,6 +221,11 @@ impl MetricsWriter {
         self.value(Value::Int(cumulative.last().copied().unwrap_or(0)));
         // The buckets, sum and count are one series each to Prometheus; count them so.
         self.series += cumulative.len() + 2;
+    }
+
+    /// Whether this format carries native histograms, so that callers build them only then.
+    pub fn wants_native(&self) -> bool {
+        false
     }
 
     /// Series written so far.
@@ -410,7 +425,7 @@ mod tests {
         let mut w = MetricsWriter::new(Format::Prometheus, "ns", 0);
         w.family("h_seconds", Kind::Histogram, "H.");
         let le = vec!["0.5".to_owned(), "1".to_owned()];
-        w.histogram(&[("m", "x")], &le, &[1, 3, 4], 2.25);
+        w.histogram(&[("m", "x")], &le, &[1, 3, 4], 2.25, None);
         assert_eq!(w.series(), 5);
         let text = w.finish();
         assert!(text.contains("ns_h_seconds_bucket{m=\"x\",le=\"0.5\"} 1\n"));

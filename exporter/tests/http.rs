@@ -32,7 +32,9 @@ fn metrics_page_carries_every_source() {
         (value(page, &sum).unwrap() - 9.0 * 0.002).abs() < 1e-9,
         "ns become seconds"
     );
-    assert!(page.contains("inferd_request_duration_seconds_bucket{daemon=\"inferd-a\",model=\"policy\",version=\"v1\",le=\"0.002048\"} 9\n"));
+    // 2 ms lies between the classic bounds 2^-9 s and 2^-8 s.
+    assert!(page.contains("inferd_request_duration_seconds_bucket{daemon=\"inferd-a\",model=\"policy\",version=\"v1\",le=\"0.001953125\"} 0\n"));
+    assert!(page.contains("inferd_request_duration_seconds_bucket{daemon=\"inferd-a\",model=\"policy\",version=\"v1\",le=\"0.00390625\"} 9\n"));
     assert_eq!(value(page, "inferd_up{daemon=\"inferd-a\"}"), Some(1.0));
     assert_eq!(
         value(page, "inferd_state{daemon=\"inferd-a\",state=\"ready\"}"),
@@ -170,7 +172,8 @@ fn json_endpoints_come_from_the_same_snapshot() {
     assert_eq!(policy["requests"]["ok"], 5);
     assert_eq!(policy["requests"]["overloaded"], 1);
     assert_eq!(policy["request_duration_seconds"]["count"], 6);
-    assert_eq!(policy["request_duration_seconds"]["p50"], 0.002048);
+    // The schema-3 bucket of 2 ms ends at 2^(-71/8) s, 2.129897 ms in whole nanoseconds.
+    assert_eq!(policy["request_duration_seconds"]["p50"], 0.002129897);
     assert_eq!(policy["active"], true);
     assert_eq!(
         policy["safety_actions_clamped_total"],

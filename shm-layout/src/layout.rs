@@ -4,7 +4,7 @@
 //!  0x00100  ModelSlot[9]     8 registry slots + `other`, 256 B each       2 304
 //!  0x00a00  RobotTypeSlot[65] 64 registry slots + `other`, 64 B each      4 160
 //!  0x01a40  Gauges           hot gauges on lines of their own              448
-//!  0x01c00  Shard[16]        one per recording thread, 64-byte aligned  16 × 47 488
+//!  0x01c00  Shard[16]        one per recording thread, 64-byte aligned  16 × 86 784
 //! ```
 //!
 //! Every offset is pinned by a `const` assertion below, and [`crate::offsets::fields`] lists each
@@ -27,9 +27,9 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"INFERDSM");
 /// The value of the `ready` word once the writer has published the header (`RDY!`).
 pub const READY: u32 = u32::from_le_bytes(*b"RDY!");
 /// Layout major version: a reader refuses any other.
-pub const VERSION_MAJOR: u32 = 1;
+pub const VERSION_MAJOR: u32 = 2;
 /// Layout minor version: bumped for append-only changes; a reader accepts a higher one.
-pub const VERSION_MINOR: u32 = 1;
+pub const VERSION_MINOR: u32 = 0;
 
 /// Model registry slots, before `other`.
 pub const MODEL_SLOTS: usize = 8;
@@ -223,8 +223,7 @@ pub struct ModelStats {
     /// Outputs rejected by the safety filter, by [`crate::SafetyReason`].
     pub outputs_rejected: [AtomicU64; SAFETY_REASONS],
     /// Action values moved to within `--action-max-step-delta` of the step before them: the
-    /// metrics' `kind="step_delta"`. Layout 1.1; reserved and zero in 1.0, so a 1.0 segment
-    /// reads as no step-delta clamps.
+    /// metrics' `kind="step_delta"`.
     pub actions_clamped_step_delta: AtomicU64,
 }
 
@@ -240,9 +239,13 @@ pub struct Shard {
     pub busy_ns: AtomicU64,
     /// Batches this worker computed.
     pub batches: AtomicU64,
+    /// Bit `m` is set (release) before anything is first recorded for model `m` in this
+    /// shard, and never cleared: a reader copies and sums only the models whose bit is set, so
+    /// a scrape costs what was used rather than the segment's size.
+    pub models_touched: AtomicU64,
     /// Named padding to the end of the first line. (A shard's request count is the sum of its
     /// `requests_by_label`; keeping it twice would cost the hot path a store.)
-    pub _pad0: [u8; 40],
+    pub _pad0: [u8; 32],
     /// Request counters by model × robot type × status.
     pub requests_by_label: [[[AtomicU64; STATUSES]; ROBOT_TYPES]; MODELS],
     /// Histograms and safety counters by model.
@@ -302,10 +305,12 @@ const _: () = {
     assert!(size_of::<RobotTypeSlot>() == 64);
     assert!(size_of::<PaddedGauge>() == 64);
     assert!(size_of::<Gauges>() == 448);
-    assert!(size_of::<Histogram<DURATION_BUCKETS>>() == 232);
-    assert!(size_of::<ModelStats>() == 1624);
+    assert!(size_of::<Histogram<DURATION_BUCKETS>>() == 1688);
+    assert!(size_of::<ModelStats>() == 5992);
+    assert!(offset_of!(Shard, models_touched) == 24);
     assert!(offset_of!(Shard, requests_by_label) == 64);
-    assert!(SHARD_SIZE == 47_488);
+    assert!(offset_of!(Shard, models) == 32_824);
+    assert!(SHARD_SIZE == 86_784);
     assert!(SHARD_SIZE % 64 == 0);
     assert!(MODELS_OFFSET == 0x100);
     assert!(ROBOT_TYPES_OFFSET == 0xa00);
@@ -313,6 +318,7 @@ const _: () = {
     assert!(SHARDS_OFFSET == 0x1c00);
     assert!(SHARDS_OFFSET % 64 == 0 && GAUGES_OFFSET % 64 == 0 && ROBOT_TYPES_OFFSET % 64 == 0);
     assert!(SEGMENT_SIZE == SHARDS_OFFSET + SHARDS * SHARD_SIZE);
+    assert!(MODELS <= 64, "Shard::models_touched has a bit per model");
     assert!(STATUSES == crate::Status::ALL.len());
     assert!(SAFETY_REASONS == crate::SafetyReason::ALL.len());
 };

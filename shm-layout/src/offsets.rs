@@ -68,7 +68,7 @@ pub fn fields() -> Vec<Field> {
         dim_robot_types: "u32 = 65",
         dim_statuses: "u32 = 7",
         dim_shards: "u32 = 16",
-        dim_duration_buckets: "u32 = 28",
+        dim_duration_buckets: "u32 = 210",
         dim_batch_buckets: "u32 = 65",
         dim_bytes_buckets: "u32 = 22",
         dim_safety_reasons: "u32 = 2",
@@ -116,23 +116,24 @@ pub fn fields() -> Vec<Field> {
         kind: "u32 (0 unused, 1 worker, 2 io)",
         busy_ns: "u64",
         batches: "u64",
-        _pad0: "u8[40]",
+        models_touched: "u64 (bit m: model m recorded here), release store",
+        _pad0: "u8[32]",
         requests_by_label: "u64[9][65][7] (model, robot type, status)",
         models: "ModelStats[9]",
     ));
     all.extend(table!(ModelStats, "ModelStats";
-        e2e_ns: "Histogram28",
-        queue_wait_ns: "Histogram28",
-        compute_ns: "Histogram28",
+        e2e_ns: "Histogram210",
+        queue_wait_ns: "Histogram210",
+        compute_ns: "Histogram210",
         batch_size: "Histogram65",
         request_bytes: "Histogram22",
         response_bytes: "Histogram22",
         actions_clamped: "u64 (range clamps)",
         outputs_rejected: "u64[2] (nan, inf)",
-        actions_clamped_step_delta: "u64 (step-delta clamps; since 1.1)",
+        actions_clamped_step_delta: "u64 (step-delta clamps)",
     ));
-    all.extend(table!(Histogram<DURATION_BUCKETS>, "Histogram28";
-        buckets: "u64[28] (not cumulative; last = +Inf)",
+    all.extend(table!(Histogram<DURATION_BUCKETS>, "Histogram210";
+        buckets: "u64[210] (not cumulative; 0 = underflow, last = overflow)",
         sum: "u64",
     ));
     all.extend(table!(Histogram<BATCH_BUCKETS>, "Histogram65";

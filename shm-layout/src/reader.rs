@@ -192,14 +192,7 @@ impl Buffer {
     /// Copies up to `want` bytes at `at` into the buffer and returns what arrived: fewer bytes
     /// where the file ends first.
     fn fill(&mut self, read: &mut ReadAt<'_>, at: u64, want: usize) -> Result<&[u8]> {
-        let lines = want.div_ceil(64);
-        if self.lines.len() < lines {
-            self.lines.resize(lines, Line([0; 64]));
-        }
-        // SAFETY: `lines` holds at least `want` initialized bytes, `Line` is plain bytes with
-        // no padding, and the slice borrows `self` mutably for its lifetime.
-        let buf =
-            unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), want) };
+        let buf = self.bytes_mut(want);
         let mut got = 0;
         while got < want {
             match read(&mut buf[got..], at + got as u64) {
@@ -211,6 +204,51 @@ impl Buffer {
             }
         }
         Ok(&buf[..got])
+    }
+
+    /// Copies exactly `len` bytes at `section + offset` of the file to `offset` in the buffer;
+    /// a file that ends first is [`Error::TooSmall`].
+    fn fill_range(
+        &mut self,
+        read: &mut ReadAt<'_>,
+        section: usize,
+        offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        let whole = self.bytes_mut(offset + len);
+        let buf = &mut whole[offset..];
+        let at = (section + offset) as u64;
+        let mut got = 0;
+        while got < len {
+            match read(&mut buf[got..], at + got as u64) {
+                Ok(0) => {
+                    return Err(Error::TooSmall {
+                        len: section + offset + got,
+                        need: SEGMENT_SIZE,
+                    })
+                }
+                Ok(n) => got += n,
+                Err(Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The first `len` bytes of the buffer, grown with zeros to that size if need be.
+    fn bytes(&mut self, len: usize) -> &[u8] {
+        self.bytes_mut(len)
+    }
+
+    fn bytes_mut(&mut self, len: usize) -> &mut [u8] {
+        let lines = len.div_ceil(64);
+        if self.lines.len() < lines {
+            self.lines.resize(lines, Line([0; 64]));
+        }
+        // SAFETY: `lines` holds at least `len` initialized bytes, `Line` is plain bytes with
+        // no padding, and the slice borrows `self` mutably for its lifetime.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), len) }
     }
 }
 
@@ -262,34 +300,33 @@ fn head_of(bytes: &[u8], file_len: u64) -> Result<Head<'_>> {
     })
 }
 
-/// The shard whose copy `bytes` is, if the copy is whole.
-fn shard_of(bytes: &[u8], at: u64) -> Result<&Shard> {
+/// A shard over a shard-sized buffer. Only the parts [`Buffer::fill_range`] filled for this
+/// shard are its values; the rest is zeros or an earlier shard's, and is not read.
+fn shard_of(bytes: &[u8]) -> Result<&Shard> {
     if bytes.len() < SHARD_SIZE {
         return Err(Error::TooSmall {
-            len: usize::try_from(at).unwrap_or(usize::MAX) + bytes.len(),
-            need: SEGMENT_SIZE,
+            len: bytes.len(),
+            need: SHARD_SIZE,
         });
     }
     // SAFETY: SHARD_SIZE bytes, 64-aligned, atomics and plain bytes.
     Ok(unsafe { &*bytes.as_ptr().cast::<Shard>() })
 }
 
-/// Copies the head, validates it, then copies and sums one shard at a time.
+/// Copies the head, validates it, then copies and sums one shard at a time: of each claimed
+/// shard, its first line, then only the counters and histograms of the models its
+/// `models_touched` word names, so that the cost follows what was recorded.
 fn read_snapshot(read: &mut ReadAt<'_>, file_len: u64, buffers: &mut Buffers) -> Result<Snapshot> {
     let head = head_of(buffers.head.fill(read, 0, SHARDS_OFFSET)?, file_len)?;
     let mut totals = Totals::new();
     let mut shards = Vec::with_capacity(SHARDS);
     for i in 0..SHARDS {
-        let at = (SHARDS_OFFSET + i * SHARD_SIZE) as u64;
+        let at = SHARDS_OFFSET + i * SHARD_SIZE;
+        let buf = &mut buffers.shard;
+        buf.fill_range(read, at, 0, 64)?;
+        let first = shard_of(buf.bytes(SHARD_SIZE))?;
         // A shard never claimed is all zeros: its first line says so, and the rest is skipped.
-        let first = buffers.shard.fill(read, at, 64)?;
-        let kind_at = std::mem::offset_of!(Shard, kind);
-        let kind = match first.get(kind_at..kind_at + 4) {
-            Some(word) if first.len() == 64 => {
-                u32::from_le_bytes([word[0], word[1], word[2], word[3]])
-            }
-            _ => shard_of(first, at).map(|_| 0)?,
-        };
+        let kind = first.kind.load(Relaxed);
         if kind == ShardKind::Unused as u32 {
             shards.push(ShardSnapshot {
                 kind: ShardKind::Unused,
@@ -299,8 +336,13 @@ fn read_snapshot(read: &mut ReadAt<'_>, file_len: u64, buffers: &mut Buffers) ->
             });
             continue;
         }
-        let shard = shard_of(buffers.shard.fill(read, at, SHARD_SIZE)?, at)?;
-        shards.push(totals.add(shard));
+        let touched = first.models_touched.load(Acquire) & ((1 << MODELS) - 1);
+        for m in (0..MODELS).filter(|m| touched & (1 << m) != 0) {
+            for (offset, len) in model_ranges(m) {
+                buf.fill_range(read, at, offset, len)?;
+            }
+        }
+        shards.push(totals.add(shard_of(buf.bytes(SHARD_SIZE))?, touched));
     }
     Ok(Snapshot {
         header: read_header(head.header),
@@ -312,9 +354,23 @@ fn read_snapshot(read: &mut ReadAt<'_>, file_len: u64, buffers: &mut Buffers) ->
             .collect(),
         requests_by_label: totals.requests_by_label,
         model_stats: totals.models.iter().map(ModelTotals::finish).collect(),
+        models_touched: totals.touched_any,
         shards,
         gauges: read_gauges(head.gauges),
     })
+}
+
+/// Where model `m`'s values lie within a shard, as (offset, length): its request counters
+/// (every robot type and status) and its `ModelStats`.
+fn model_ranges(m: usize) -> [(usize, usize); 2] {
+    let requests = std::mem::offset_of!(Shard, requests_by_label);
+    let per_model = ROBOT_TYPES * STATUSES * std::mem::size_of::<u64>();
+    let stats = std::mem::offset_of!(Shard, models);
+    let per_stats = std::mem::size_of::<ModelStats>();
+    [
+        (requests + m * per_model, per_model),
+        (stats + m * per_stats, per_stats),
+    ]
 }
 
 /// The header words that must equal this reader's layout, as `(field name, found, expected)`:
@@ -448,6 +504,8 @@ fn sum_into(acc: &mut [u64], values: &[AtomicU64]) {
 struct Totals {
     requests_by_label: Vec<u64>,
     models: Vec<ModelTotals>,
+    /// The union of the shards' `models_touched`.
+    touched_any: u64,
 }
 
 /// One model's histograms and safety counters, summed over shards.
@@ -495,20 +553,24 @@ impl Totals {
         Totals {
             requests_by_label: vec![0; MODELS * ROBOT_TYPES * STATUSES],
             models: (0..MODELS).map(|_| ModelTotals::default()).collect(),
+            touched_any: 0,
         }
     }
 
-    /// Adds one shard's values and returns the shard's own.
-    fn add(&mut self, shard: &Shard) -> ShardSnapshot {
-        let flat = shard.requests_by_label.iter().flatten().flatten();
+    /// Adds the values of the models `touched` names in one shard, and returns the shard's own.
+    fn add(&mut self, shard: &Shard, touched: u64) -> ShardSnapshot {
+        self.touched_any |= touched;
         let mut requests = 0u64;
-        for (acc, v) in self.requests_by_label.iter_mut().zip(flat) {
-            let v = v.load(Relaxed);
-            *acc = acc.saturating_add(v);
-            requests = requests.saturating_add(v);
-        }
-        for (total, stats) in self.models.iter_mut().zip(&shard.models) {
-            total.add(stats);
+        let per_model = ROBOT_TYPES * STATUSES;
+        for m in (0..MODELS).filter(|m| touched & (1 << m) != 0) {
+            let flat = shard.requests_by_label[m].iter().flatten();
+            let acc = &mut self.requests_by_label[m * per_model..(m + 1) * per_model];
+            for (acc, v) in acc.iter_mut().zip(flat) {
+                let v = v.load(Relaxed);
+                *acc = acc.saturating_add(v);
+                requests = requests.saturating_add(v);
+            }
+            self.models[m].add(&shard.models[m]);
         }
         ShardSnapshot {
             kind: ShardKind::from_word(shard.kind.load(Relaxed)),

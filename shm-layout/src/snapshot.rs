@@ -169,6 +169,9 @@ pub struct Snapshot {
     pub requests_by_label: Vec<u64>,
     /// Per-model histograms and safety counters, by model index.
     pub model_stats: Vec<ModelStatsSnapshot>,
+    /// Bit `m` is set when anything was ever recorded for model `m` (in any shard). Only those
+    /// models' counters were read; every other model's are zero.
+    pub models_touched: u64,
     /// Per-shard values, by shard index.
     pub shards: Vec<ShardSnapshot>,
     /// Gauges.
@@ -183,6 +186,11 @@ impl Snapshot {
         }
         let i = (model * ROBOT_TYPES + robot_type) * STATUSES + status.index();
         self.requests_by_label.get(i).copied().unwrap_or(0)
+    }
+
+    /// Whether anything was ever recorded for model index `model`.
+    pub fn model_touched(&self, model: usize) -> bool {
+        model < MODELS && self.models_touched & (1 << model) != 0
     }
 
     /// The display name of a model index: its slot name, or `other` for the overflow slot.

@@ -312,6 +312,7 @@ impl SegmentWriter {
                 return Ok(ShardWriter {
                     inner: Arc::clone(&self.inner),
                     index,
+                    models_touched: std::cell::Cell::new(shard.models_touched.load(Relaxed)),
                     _not_sync: PhantomData,
                 });
             }
@@ -418,6 +419,9 @@ impl CounterWriter<'_> {
 pub struct ShardWriter {
     inner: Arc<Inner>,
     index: usize,
+    /// This thread's copy of the shard's `models_touched`, so that recording reads a local
+    /// word and stores the shared one only the first time a model is seen.
+    models_touched: std::cell::Cell<u64>,
     _not_sync: PhantomData<std::cell::Cell<()>>,
 }
 
@@ -446,12 +450,31 @@ impl ShardWriter {
         &self.inner.mapping.segment().shards[self.index]
     }
 
+    /// The shard, with model `m`'s touched bit set first: a reader skips a model whose bit is
+    /// clear, so the bit must be visible no later than the counts.
+    #[inline(always)]
+    fn shard_for(&self, m: usize) -> &layout::Shard {
+        let shard = self.shard();
+        let bit = 1u64 << m;
+        if self.models_touched.get() & bit == 0 {
+            self.touch(shard, bit);
+        }
+        shard
+    }
+
+    #[cold]
+    fn touch(&self, shard: &layout::Shard, bit: u64) {
+        let touched = self.models_touched.get() | bit;
+        self.models_touched.set(touched);
+        shard.models_touched.store(touched, Release);
+    }
+
     /// Records one finished request: its counter, latency breakdown and sizes.
     #[inline]
     pub fn record_request(&self, s: &RequestSample) {
-        let shard = self.shard();
         let m = s.model.index().min(layout::MODELS - 1);
         let r = s.robot_type.index().min(layout::ROBOT_TYPES - 1);
+        let shard = self.shard_for(m);
         bump(&shard.requests_by_label[m][r][s.status.index()], 1);
         let stats = &shard.models[m];
         observe(&stats.e2e_ns, duration_bucket(s.e2e_ns), s.e2e_ns);
@@ -476,8 +499,8 @@ impl ShardWriter {
     /// Records one computed batch: its size and the worker's busy time.
     #[inline]
     pub fn record_batch(&self, model: ModelId, size: usize, busy_ns: u64) {
-        let shard = self.shard();
         let m = model.index().min(layout::MODELS - 1);
+        let shard = self.shard_for(m);
         observe(&shard.models[m].batch_size, batch_bucket(size), size as u64);
         bump(&shard.batches, 1);
         bump(&shard.busy_ns, busy_ns);
@@ -495,7 +518,8 @@ impl ShardWriter {
         clamped_step_delta: u64,
         rejected: Option<SafetyReason>,
     ) {
-        let stats = &self.shard().models[model.index().min(layout::MODELS - 1)];
+        let m = model.index().min(layout::MODELS - 1);
+        let stats = &self.shard_for(m).models[m];
         if clamped_range > 0 {
             bump(&stats.actions_clamped, clamped_range);
         }

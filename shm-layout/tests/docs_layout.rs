@@ -48,8 +48,7 @@ fn docs_python_reader_reads_a_real_segment() {
         "/../docs/shm-layout.md"
     ))
     .unwrap();
-    let start = doc.find("```python\n").expect("python block") + "```python\n".len();
-    let code = &doc[start..start + doc[start..].find("```").unwrap()];
+    let code = python_block(&doc, "import struct");
 
     let (writer, _c) = crate::util::fresh("pydoc");
     let model = writer.register_model(
@@ -87,4 +86,60 @@ fn docs_python_reader_reads_a_real_segment() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "docmodel 3");
+}
+
+/// The doc's Python block that contains `marker`.
+fn python_block<'a>(doc: &'a str, marker: &str) -> &'a str {
+    doc.split("```python\n")
+        .skip(1)
+        .map(|block| &block[..block.find("```").expect("closed block")])
+        .find(|block| block.contains(marker))
+        .unwrap_or_else(|| panic!("no python block with {marker}"))
+}
+
+/// The doc's bucket formula, run in Python, puts values around every bound (and a spread of
+/// others) in the bucket the writer's index does, and gives the native index the exporter uses.
+#[test]
+fn docs_duration_bucket_formula_matches_code() {
+    use shm_layout::buckets::{duration_bounds_ns, duration_bucket, DURATION_INDEX_OFFSET};
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/shm-layout.md"
+    ))
+    .unwrap();
+    let code = python_block(&doc, "def duration_bucket");
+    let mut values: Vec<u64> = vec![0, 1, 500, 70_000_000_000, 1 << 45];
+    for b in duration_bounds_ns() {
+        values.extend([b - 1, b, b + 1]);
+    }
+    values.extend((0..2000u64).map(|i| (1.0137f64.powi(i as i32) * 700.0) as u64));
+    let list = values
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let script = format!(
+        "{code}\nfor v in [{list}]:\n    i = duration_bucket(v)\n    print(i, native_index(i))\n"
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), values.len());
+    for (v, line) in values.iter().zip(lines) {
+        let i = duration_bucket(*v);
+        let native = match i {
+            0 => "None".to_owned(),
+            i => (i as i32 + DURATION_INDEX_OFFSET).to_string(),
+        };
+        assert_eq!(line, format!("{i} {native}"), "value {v} ns");
+    }
 }

@@ -265,11 +265,15 @@ fn image_with(edit: impl FnOnce(&mut [u8])) -> Result<Snapshot, Error> {
 fn versions_other_major_refused_higher_minor_accepted() {
     let major = std::mem::offset_of!(layout::Header, version_major);
     let minor = std::mem::offset_of!(layout::Header, version_minor);
-    let err = image_with(|b| b[major..major + 4].copy_from_slice(&2u32.to_le_bytes())).unwrap_err();
-    assert!(
-        matches!(err, Error::IncompatibleVersion { found_major: 2, .. }),
-        "{err}"
-    );
+    // 1 is the layout before schema-3 duration buckets; its histograms mean something else.
+    for other in [1u32, 3] {
+        let err =
+            image_with(|b| b[major..major + 4].copy_from_slice(&other.to_le_bytes())).unwrap_err();
+        assert!(
+            matches!(err, Error::IncompatibleVersion { found_major, expected_major: 2, .. } if found_major == other),
+            "{err}"
+        );
+    }
     let s = image_with(|b| b[minor..minor + 4].copy_from_slice(&7u32.to_le_bytes())).unwrap();
     assert_eq!(s.header.version_minor, 7);
     let err = image_with(|b| b[0] ^= 0xff).unwrap_err();
@@ -369,4 +373,61 @@ fn safety_clamps_are_counted_by_kind_and_summed_over_shards() {
         (4, 0)
     );
     assert_eq!(stats.outputs_rejected, vec![0, 1]);
+}
+
+/// A reader copies only the models a shard's `models_touched` names: bytes in an untouched
+/// model's part of a shard are never summed, and the bit survives a change of owner.
+#[test]
+fn snapshot_reads_only_touched_models() {
+    use shm_layout::{ModelInfo, RequestSample, ShardKind, Status};
+    let (writer, _c) = fresh("touched");
+    let info = |name: &str| ModelInfo {
+        name: name.into(),
+        ..Default::default()
+    };
+    let a = writer.register_model(&info("a"), Default::default());
+    let b = writer.register_model(&info("b"), Default::default());
+    let robot = writer.robot_type("r");
+    let sample = |model| RequestSample {
+        model,
+        robot_type: robot,
+        status: Status::Ok,
+        e2e_ns: 5_000,
+        queue_wait_ns: None,
+        compute_ns: None,
+        request_bytes: 10,
+        response_bytes: 10,
+    };
+    let shard = writer.claim_shard(ShardKind::Worker).unwrap();
+    let index = shard.index();
+    shard.record_request(&sample(a));
+    drop(shard);
+
+    let mut image = std::fs::read(writer.path()).unwrap();
+    let shard_at = layout::SHARDS_OFFSET + index * layout::SHARD_SIZE;
+    let b_stats = shard_at
+        + std::mem::offset_of!(layout::Shard, models)
+        + b.index() * std::mem::size_of::<layout::ModelStats>();
+    image[b_stats..b_stats + 8].copy_from_slice(&9u64.to_le_bytes());
+    let s = Snapshot::from_bytes(&image).unwrap();
+    assert_eq!(s.models_touched, 1 << a.index());
+    assert!(s.model_touched(a.index()) && !s.model_touched(b.index()));
+    assert_eq!(s.model_stats[a.index()].e2e_ns.count(), 1);
+    assert_eq!(
+        s.model_stats[b.index()].e2e_ns.count(),
+        0,
+        "untouched bytes were read"
+    );
+
+    // The next owner of the shard keeps the bits and adds its own.
+    let shard = writer.claim_shard(ShardKind::Worker).unwrap();
+    assert_eq!(shard.index(), index);
+    shard.record_request(&sample(b));
+    let s = SegmentReader::open(writer.path())
+        .unwrap()
+        .snapshot()
+        .unwrap();
+    assert_eq!(s.models_touched, 1 << a.index() | 1 << b.index());
+    assert_eq!(s.requests(a.index(), robot.index(), Status::Ok), 1);
+    assert_eq!(s.requests(b.index(), robot.index(), Status::Ok), 1);
 }

@@ -4,13 +4,14 @@ use std::collections::BTreeSet;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
-use shm_layout::buckets::{batch_bounds, bytes_bounds, duration_bounds_ns};
+use shm_layout::buckets::{batch_bounds, bytes_bounds};
 use shm_layout::layout::{MODELS, ROBOT_TYPES};
 use shm_layout::{ClampKind, HistogramSnapshot, SafetyReason, State, Status};
 
 use super::Collector;
 use crate::catalog::{self, MetricDef};
 use crate::discovery::Discovery;
+use crate::histogram::{ClassicBuckets, NativeHistogram};
 use crate::scrape::{Daemon, Scrape};
 use crate::text::MetricsWriter;
 use crate::Result;
@@ -18,12 +19,15 @@ use crate::Result;
 /// Reads every segment the `--segment` patterns match.
 pub(crate) struct SegmentCollector {
     discovery: Mutex<Discovery>,
+    /// The classic buckets the duration histograms are folded into.
+    classic: ClassicBuckets,
 }
 
 impl SegmentCollector {
-    pub(crate) fn new(discovery: Discovery) -> SegmentCollector {
+    pub(crate) fn new(discovery: Discovery, classic: ClassicBuckets) -> SegmentCollector {
         SegmentCollector {
             discovery: Mutex::new(discovery),
+            classic,
         }
     }
 }
@@ -58,6 +62,7 @@ impl Collector for SegmentCollector {
         let daemons: Vec<Labelled<'_>> = scrape.daemons.iter().map(Labelled::new).collect();
         render_lifecycle(&daemons, out);
         render_requests(&daemons, out);
+        render_durations(&daemons, &self.classic, out);
         render_histograms(&daemons, out);
         render_gauges(&daemons, out);
         render_workers(&daemons, out);
@@ -82,9 +87,14 @@ impl<'a> Labelled<'a> {
         let mut seen = BTreeSet::new();
         let mut models = Vec::new();
         for m in 0..MODELS {
+            // A published model is served from its first scrape, zeros and all, so that rate()
+            // sees its first request; `other` only once something was recorded in it, so that
+            // a daemon's page costs what it uses.
             let (name, version) = match s.models.get(m).and_then(Option::as_ref) {
                 Some(slot) => (slot.name.clone(), slot.version.clone()),
-                None if m == MODELS - 1 => (shm_layout::OTHER_LABEL.to_owned(), String::new()),
+                None if m == MODELS - 1 && s.model_touched(m) => {
+                    (shm_layout::OTHER_LABEL.to_owned(), String::new())
+                }
                 None => continue,
             };
             // Names cut to the slot's width can collide; keep every series distinct.
@@ -101,6 +111,10 @@ impl<'a> Labelled<'a> {
             let Some(name) = s.robot_type_label(r) else {
                 continue;
             };
+            // Likewise the `other` robot type: only once a request was counted under it.
+            if r == ROBOT_TYPES - 1 && !robot_type_used(s, r) {
+                continue;
+            }
             let name = if seen.insert(name.to_owned()) {
                 name.to_owned()
             } else {
@@ -144,6 +158,15 @@ impl<'a> Labelled<'a> {
             Some((*m, slot, self.model_labels(name, version)))
         })
     }
+}
+
+/// Whether any request of any model and status was counted under robot type `r`.
+fn robot_type_used(s: &shm_layout::Snapshot, r: usize) -> bool {
+    (0..MODELS).any(|m| {
+        Status::ALL
+            .iter()
+            .any(|&status| s.requests(m, r, status) > 0)
+    })
 }
 
 /// The labels every per-model series starts with: `daemon`, `model`, `version`.
@@ -209,9 +232,8 @@ fn render_requests(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
     }
 }
 
-/// Bucket bounds as `le` strings, formatted once.
+/// Bucket bounds of the batch-size and byte histograms as `le` strings, formatted once.
 struct Les {
-    seconds: Vec<String>,
     batch: Vec<String>,
     bytes: Vec<String>,
 }
@@ -219,57 +241,55 @@ struct Les {
 fn les() -> &'static Les {
     static LES: OnceLock<Les> = OnceLock::new();
     LES.get_or_init(|| Les {
-        seconds: duration_bounds_ns()
-            .iter()
-            .map(|&ns| (ns as f64 / 1e9).to_string())
-            .collect(),
         batch: batch_bounds().iter().map(u64::to_string).collect(),
         bytes: bytes_bounds().iter().map(u64::to_string).collect(),
     })
 }
 
-fn render_histograms(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
+/// The duration histograms: classic buckets folded from the segment's schema-3 buckets, and
+/// the native histogram beside them (which only the protobuf format carries).
+fn render_durations(daemons: &[Labelled<'_>], classic: &ClassicBuckets, out: &mut MetricsWriter) {
     type Pick = fn(&shm_layout::ModelStatsSnapshot) -> &HistogramSnapshot;
-    let les = les();
-    let families: [(&MetricDef, Pick, &[String], f64); 6] = [
-        (
-            &catalog::REQUEST_DURATION_SECONDS,
-            |s| &s.e2e_ns,
-            &les.seconds,
-            1e-9,
-        ),
-        (
-            &catalog::QUEUE_WAIT_SECONDS,
-            |s| &s.queue_wait_ns,
-            &les.seconds,
-            1e-9,
-        ),
-        (
-            &catalog::COMPUTE_SECONDS,
-            |s| &s.compute_ns,
-            &les.seconds,
-            1e-9,
-        ),
-        (&catalog::BATCH_SIZE, |s| &s.batch_size, &les.batch, 1.0),
-        (
-            &catalog::REQUEST_BYTES,
-            |s| &s.request_bytes,
-            &les.bytes,
-            1.0,
-        ),
-        (
-            &catalog::RESPONSE_BYTES,
-            |s| &s.response_bytes,
-            &les.bytes,
-            1.0,
-        ),
+    let families: [(&MetricDef, Pick); 3] = [
+        (&catalog::REQUEST_DURATION_SECONDS, |s| &s.e2e_ns),
+        (&catalog::QUEUE_WAIT_SECONDS, |s| &s.queue_wait_ns),
+        (&catalog::COMPUTE_SECONDS, |s| &s.compute_ns),
     ];
-    for (def, pick, le, scale) in families {
+    let native = out.wants_native();
+    for (def, pick) in families {
         out.family_def(def);
         for l in daemons {
             for (stats, labels) in l.model_stats() {
                 let h = pick(stats);
-                out.histogram(&labels, le, &h.cumulative, h.sum as f64 * scale);
+                let n = native.then(|| NativeHistogram::from_snapshot(h));
+                let sum = h.sum as f64 / 1e9;
+                out.histogram(
+                    &labels,
+                    classic.les(),
+                    &classic.cumulative(h),
+                    sum,
+                    n.as_ref(),
+                );
+            }
+        }
+    }
+}
+
+/// The batch-size and byte histograms, whose buckets are served as the segment has them.
+fn render_histograms(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
+    type Pick = fn(&shm_layout::ModelStatsSnapshot) -> &HistogramSnapshot;
+    let les = les();
+    let families: [(&MetricDef, Pick, &[String]); 3] = [
+        (&catalog::BATCH_SIZE, |s| &s.batch_size, &les.batch),
+        (&catalog::REQUEST_BYTES, |s| &s.request_bytes, &les.bytes),
+        (&catalog::RESPONSE_BYTES, |s| &s.response_bytes, &les.bytes),
+    ];
+    for (def, pick, le) in families {
+        out.family_def(def);
+        for l in daemons {
+            for (stats, labels) in l.model_stats() {
+                let h = pick(stats);
+                out.histogram(&labels, le, &h.cumulative, h.sum as f64, None);
             }
         }
     }

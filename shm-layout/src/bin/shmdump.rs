@@ -345,7 +345,7 @@ mod tests {
 
     /// What `render` prints for [`snapshot`], to the byte: people and scripts read this output.
     const EXPECTED: &str = concat!(
-        "segment v1.1  inferd 0.9.1  pid 4242  generation 0x0123456789abcdef  state ready  heartbeat 250 ms ago\n",
+        "segment v2.0  inferd 0.9.1  pid 4242  generation 0x0123456789abcdef  state ready  heartbeat 250 ms ago\n",
         "queue 5/64  in_flight 7  connections 2  gpu_memory 1073741824 B  reloads 2 (failed 1)  overflow models 0 robot_types 0  protocol_errors 4  connections_rejected 6\n",
         "\n",
         "slot model                    version      backend  device        load_ms\n",
@@ -358,9 +358,9 @@ mod tests {
         "walker                   spot                     overloaded                    1\n",
         "\n",
         "model                    histogram           count         mean        p99<=\n",
-        "policy                   e2e                    40      197.5us        512us\n",
-        "policy                   queue_wait             40       11.9us         16us\n",
-        "policy                   compute                40       70.0us        128us\n",
+        "policy                   e2e                    40      197.5us        317us\n",
+        "policy                   queue_wait             40       11.9us         14us\n",
+        "policy                   compute                40       70.0us         73us\n",
         "policy                   batch_size              2         20.0           32\n",
         "policy                   request_bytes          40       319.5B         512B\n",
         "policy                   response_bytes         40       120.0B         128B\n",
