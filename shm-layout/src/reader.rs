@@ -26,14 +26,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
-use crate::buckets::{BATCH_BUCKETS, BYTES_BUCKETS, DURATION_BUCKETS};
+use crate::buckets::{
+    batch_bounds, bytes_bounds, duration_bounds_ns, BATCH_BUCKETS, BYTES_BUCKETS, DURATION_BUCKETS,
+};
 use crate::layout::{
     self, Gauges, Header, Histogram, ModelSlot, ModelStats, RobotTypeSlot, Shard, HEADER_SIZE,
     MODELS, ROBOT_TYPES, SEGMENT_SIZE, SHARDS, SHARDS_OFFSET, SHARD_SIZE, STATUSES,
 };
 use crate::snapshot::{
-    batch_bounds_vec, bytes_bounds_vec, duration_bounds, GaugesSnapshot, HeaderInfo,
-    HistogramSnapshot, ModelSlotInfo, ModelStatsSnapshot, ShardSnapshot, Snapshot,
+    GaugesSnapshot, HeaderInfo, HistogramSnapshot, ModelSlotInfo, ModelStatsSnapshot,
+    ShardSnapshot, Snapshot,
 };
 use crate::text::read_text;
 use crate::{Error, Result, ShardKind, State};
@@ -353,7 +355,11 @@ fn read_snapshot(read: &mut ReadAt<'_>, file_len: u64, buffers: &mut Buffers) ->
             .map(|slot| published_text(&slot.published, &slot.name))
             .collect(),
         requests_by_label: totals.requests_by_label,
-        model_stats: totals.models.iter().map(ModelTotals::finish).collect(),
+        model_stats: totals
+            .models
+            .iter()
+            .map(ModelTotals::finish_or_zero)
+            .collect(),
         models_touched: totals.touched_any,
         shards,
         gauges: read_gauges(head.gauges),
@@ -500,10 +506,22 @@ fn sum_into(acc: &mut [u64], values: &[AtomicU64]) {
     }
 }
 
+/// The finite bucket bounds, evaluated when this crate is compiled. `duration_bounds_ns` is
+/// a `const fn` that works out 2^(k/8) by repeated halving: called at run time it cost
+/// ~30 µs, and a snapshot asked for it three times per model, 27 times per segment, which was
+/// most of what a scrape of a lightly used segment cost.
+const DURATION_BOUNDS_NS: [u64; DURATION_BUCKETS - 1] = duration_bounds_ns();
+/// See [`DURATION_BOUNDS_NS`].
+const BATCH_BOUNDS: [u64; BATCH_BUCKETS - 1] = batch_bounds();
+/// See [`DURATION_BOUNDS_NS`].
+const BYTES_BOUNDS: [u64; BYTES_BUCKETS - 1] = bytes_bounds();
+
 /// The sums over the shards read so far.
 struct Totals {
     requests_by_label: Vec<u64>,
-    models: Vec<ModelTotals>,
+    /// A model's sums exist once a shard that touched it is read: an untouched model costs
+    /// neither the summing nor the cumulative pass, only its zeros.
+    models: Vec<Option<ModelTotals>>,
     /// The union of the shards' `models_touched`.
     touched_any: u64,
 }
@@ -543,8 +561,18 @@ impl<const N: usize> HistogramTotal<N> {
         self.sum = self.sum.saturating_add(h.sum.load(Relaxed));
     }
 
-    fn finish(&self, bounds: Vec<u64>) -> HistogramSnapshot {
-        HistogramSnapshot::from_buckets(bounds, &self.buckets, self.sum)
+    fn finish(&self, bounds: &[u64]) -> HistogramSnapshot {
+        HistogramSnapshot::from_buckets(bounds.to_vec(), &self.buckets, self.sum)
+    }
+
+    /// What [`HistogramTotal::finish`] gives for a histogram with nothing in it, without
+    /// the pass over its buckets.
+    fn zero(bounds: &[u64]) -> HistogramSnapshot {
+        HistogramSnapshot {
+            bounds: bounds.to_vec(),
+            cumulative: vec![0; N],
+            sum: 0,
+        }
     }
 }
 
@@ -552,7 +580,7 @@ impl Totals {
     fn new() -> Totals {
         Totals {
             requests_by_label: vec![0; MODELS * ROBOT_TYPES * STATUSES],
-            models: (0..MODELS).map(|_| ModelTotals::default()).collect(),
+            models: (0..MODELS).map(|_| None).collect(),
             touched_any: 0,
         }
     }
@@ -570,7 +598,9 @@ impl Totals {
                 *acc = acc.saturating_add(v);
                 requests = requests.saturating_add(v);
             }
-            self.models[m].add(&shard.models[m]);
+            self.models[m]
+                .get_or_insert_with(ModelTotals::default)
+                .add(&shard.models[m]);
         }
         ShardSnapshot {
             kind: ShardKind::from_word(shard.kind.load(Relaxed)),
@@ -598,17 +628,53 @@ impl ModelTotals {
             .saturating_add(s.actions_clamped_step_delta.load(Relaxed));
     }
 
+    /// The snapshot of a model's sums; all zeros (the same values) for a model no shard
+    /// touched.
+    fn finish_or_zero(totals: &Option<ModelTotals>) -> ModelStatsSnapshot {
+        match totals {
+            Some(t) => t.finish(),
+            None => ModelStatsSnapshot {
+                e2e_ns: HistogramTotal::<DURATION_BUCKETS>::zero(&DURATION_BOUNDS_NS),
+                queue_wait_ns: HistogramTotal::<DURATION_BUCKETS>::zero(&DURATION_BOUNDS_NS),
+                compute_ns: HistogramTotal::<DURATION_BUCKETS>::zero(&DURATION_BOUNDS_NS),
+                batch_size: HistogramTotal::<BATCH_BUCKETS>::zero(&BATCH_BOUNDS),
+                request_bytes: HistogramTotal::<BYTES_BUCKETS>::zero(&BYTES_BOUNDS),
+                response_bytes: HistogramTotal::<BYTES_BUCKETS>::zero(&BYTES_BOUNDS),
+                actions_clamped: 0,
+                outputs_rejected: vec![0; layout::SAFETY_REASONS],
+                actions_clamped_step_delta: 0,
+            },
+        }
+    }
+
     fn finish(&self) -> ModelStatsSnapshot {
         ModelStatsSnapshot {
-            e2e_ns: self.e2e_ns.finish(duration_bounds()),
-            queue_wait_ns: self.queue_wait_ns.finish(duration_bounds()),
-            compute_ns: self.compute_ns.finish(duration_bounds()),
-            batch_size: self.batch_size.finish(batch_bounds_vec()),
-            request_bytes: self.request_bytes.finish(bytes_bounds_vec()),
-            response_bytes: self.response_bytes.finish(bytes_bounds_vec()),
+            e2e_ns: self.e2e_ns.finish(&DURATION_BOUNDS_NS),
+            queue_wait_ns: self.queue_wait_ns.finish(&DURATION_BOUNDS_NS),
+            compute_ns: self.compute_ns.finish(&DURATION_BOUNDS_NS),
+            batch_size: self.batch_size.finish(&BATCH_BOUNDS),
+            request_bytes: self.request_bytes.finish(&BYTES_BOUNDS),
+            response_bytes: self.response_bytes.finish(&BYTES_BOUNDS),
             actions_clamped: self.actions_clamped,
             outputs_rejected: self.outputs_rejected.to_vec(),
             actions_clamped_step_delta: self.actions_clamped_step_delta,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buckets::{batch_bounds, bytes_bounds, duration_bounds_ns};
+
+    #[test]
+    fn an_untouched_models_zeros_are_what_summing_nothing_gives() {
+        let summed = ModelTotals::default().finish();
+        assert_eq!(ModelTotals::finish_or_zero(&None), summed);
+        assert_eq!(summed.e2e_ns.bounds, duration_bounds_ns().to_vec());
+        assert_eq!(summed.e2e_ns.cumulative, vec![0; DURATION_BUCKETS]);
+        assert_eq!(summed.batch_size.bounds, batch_bounds().to_vec());
+        assert_eq!(summed.response_bytes.bounds, bytes_bounds().to_vec());
+        assert_eq!(summed.outputs_rejected, vec![0; layout::SAFETY_REASONS]);
     }
 }

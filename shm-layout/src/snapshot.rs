@@ -1,6 +1,5 @@
 //! Plain values read out of a segment at one moment: what the exporter and `shmdump` render.
 
-use crate::buckets::{batch_bounds, bytes_bounds, duration_bounds_ns};
 use crate::layout::{MODELS, ROBOT_TYPES, SHARDS, STATUSES};
 use crate::{ClampKind, ShardKind, State, Status};
 
@@ -220,19 +219,4 @@ impl Snapshot {
     pub const fn shard_count() -> usize {
         SHARDS
     }
-}
-
-/// Bounds for the duration histograms, ns.
-pub(crate) fn duration_bounds() -> Vec<u64> {
-    duration_bounds_ns().to_vec()
-}
-
-/// Bounds for the batch-size histogram.
-pub(crate) fn batch_bounds_vec() -> Vec<u64> {
-    batch_bounds().to_vec()
-}
-
-/// Bounds for the byte histograms.
-pub(crate) fn bytes_bounds_vec() -> Vec<u64> {
-    bytes_bounds().to_vec()
 }
