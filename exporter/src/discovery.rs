@@ -1,7 +1,9 @@
 //! Finding segments and following each one across inferd restarts.
 //!
 //! Each scrape lists the segment directory (tmpfs: a few entries, microseconds) and matches
-//! the names against the `--segment` patterns. A segment is tracked by name and inode: a new
+//! the names against the `--segment` patterns. The listing itself gives each entry's type and
+//! inode (`d_type`, `d_ino`), so a scrape costs no `stat` per file; a file is looked at
+//! through its own descriptor only when it is opened. A segment is tracked by name and inode: a new
 //! inode at the name (inferd renames a fresh segment into place when it starts) means a
 //! restart, and the file is opened again. A segment whose file is gone keeps its open
 //! descriptor for [`FORGET_DELETED_AFTER`] so that its `up 0` is seen, then it is dropped.
@@ -13,7 +15,7 @@
 //! goes away or is replaced.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -187,11 +189,10 @@ impl Discovery {
                 continue;
             }
             // Not followed: a link or FIFO is passed over here, and one swapped in after this
-            // look is caught by the checks on the opened descriptor.
-            if let Ok(meta) = entry.metadata() {
-                if meta.is_file() {
-                    out.push((name, meta.ino()));
-                }
+            // look is caught by the checks on the opened descriptor. The type is the listing's
+            // own (`lstat` only where the file system leaves it unknown).
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                out.push((name, entry.ino()));
             }
         }
         Ok(out)
@@ -231,7 +232,22 @@ impl Discovery {
         self.listing = now;
     }
 
+    /// `inode` is the listing's (`d_ino`).
     fn refresh_one(&mut self, name: &str, inode: u64) {
+        let held = match self.tracked.get(name) {
+            Some(Tracked::Attached(a)) => Some(a.reader.inode()),
+            Some(Tracked::Refused(r)) => Some(r.inode),
+            None => None,
+        };
+        // On most file systems (tmpfs among them) the listing's inode is the file's own; where
+        // they can differ (overlayfs across layers), the file's `lstat` settles whether it
+        // was replaced, so a mere difference of numbering never reopens it.
+        let inode = match held {
+            Some(held) if held != inode => {
+                std::fs::symlink_metadata(self.dir.join(name)).map_or(inode, |meta| meta.ino())
+            }
+            _ => inode,
+        };
         let reopen = match self.tracked.get(name) {
             None => self.tracked.len() < MAX_TRACKED_SEGMENTS,
             Some(Tracked::Attached(a)) if a.reader.inode() != inode => {
