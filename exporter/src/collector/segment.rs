@@ -1,5 +1,6 @@
 //! Inference metrics from each inferd's segment.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Instant;
@@ -13,7 +14,7 @@ use crate::catalog::{self, MetricDef};
 use crate::discovery::Discovery;
 use crate::histogram::{ClassicBuckets, NativeHistogram};
 use crate::scrape::{Daemon, Scrape};
-use crate::text::MetricsWriter;
+use crate::text::{MetricsWriter, Value};
 use crate::Result;
 
 /// Reads every segment the `--segment` patterns match.
@@ -73,12 +74,13 @@ impl Collector for SegmentCollector {
 }
 
 /// A daemon with its label values resolved once: model and robot-type names, made unique.
+/// They borrow the snapshot's strings; only a name made unique is a string of its own.
 struct Labelled<'a> {
     d: &'a Daemon,
     /// (slot index, name, version) of each published model slot, then `other`.
-    models: Vec<(usize, String, String)>,
+    models: Vec<(usize, &'a str, Cow<'a, str>)>,
     /// (slot index, name) of each published robot-type slot, then `other`.
-    robots: Vec<(usize, String)>,
+    robots: Vec<(usize, Cow<'a, str>)>,
 }
 
 impl<'a> Labelled<'a> {
@@ -91,17 +93,15 @@ impl<'a> Labelled<'a> {
             // sees its first request; `other` only once something was recorded in it, so that
             // a daemon's page costs what it uses.
             let (name, version) = match s.models.get(m).and_then(Option::as_ref) {
-                Some(slot) => (slot.name.clone(), slot.version.clone()),
-                None if m == MODELS - 1 && s.model_touched(m) => {
-                    (shm_layout::OTHER_LABEL.to_owned(), String::new())
-                }
+                Some(slot) => (slot.name.as_str(), slot.version.as_str()),
+                None if m == MODELS - 1 && s.model_touched(m) => (shm_layout::OTHER_LABEL, ""),
                 None => continue,
             };
             // Names cut to the slot's width can collide; keep every series distinct.
-            let version = if seen.insert((name.clone(), version.clone())) {
-                version
+            let version = if seen.insert((name, version)) {
+                Cow::Borrowed(version)
             } else {
-                format!("{version}#{m}")
+                Cow::Owned(format!("{version}#{m}"))
             };
             models.push((m, name, version));
         }
@@ -115,10 +115,10 @@ impl<'a> Labelled<'a> {
             if r == ROBOT_TYPES - 1 && !robot_type_used(s, r) {
                 continue;
             }
-            let name = if seen.insert(name.to_owned()) {
-                name.to_owned()
+            let name = if seen.insert(name) {
+                Cow::Borrowed(name)
             } else {
-                format!("{name}#{r}")
+                Cow::Owned(format!("{name}#{r}"))
             };
             robots.push((r, name));
         }
@@ -309,7 +309,10 @@ fn render_gauges(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
     for (def, pick) in gauges {
         out.family_def(def);
         for l in daemons {
-            out.sample(&l.daemon(), pick(&l.d.snapshot.gauges) as f64);
+            // Integers (the reader clamps them at 0), written as such: the same text as the
+            // float for any value below 2^53, exact above, and without float formatting.
+            let value = u64::try_from(pick(&l.d.snapshot.gauges)).unwrap_or(0);
+            out.sample(&l.daemon(), value);
         }
     }
     out.family_def(&catalog::QUEUE_UTILIZATION_RATIO);
@@ -347,22 +350,26 @@ fn render_gauges(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
     }
 }
 
+/// The `worker` label of each shard index. Its length is the layout's shard count, so that a
+/// layout with more shards does not build until this names them all.
+const WORKER_LABELS: [&str; shm_layout::layout::SHARDS] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
+];
+
 fn render_workers(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
-    type Pick = fn(&shm_layout::ShardSnapshot) -> f64;
+    type Pick = fn(&shm_layout::ShardSnapshot) -> Value;
+    // Counts are written as integers: the same text as the float below 2^53, exact above.
     let families: [(&MetricDef, Pick); 3] = [
         (&catalog::WORKER_BUSY_SECONDS_TOTAL, |s| {
-            s.busy_ns as f64 / 1e9
+            Value::Float(s.busy_ns as f64 / 1e9)
         }),
-        (&catalog::WORKER_REQUESTS_TOTAL, |s| s.requests as f64),
-        (&catalog::WORKER_BATCHES_TOTAL, |s| s.batches as f64),
+        (&catalog::WORKER_REQUESTS_TOTAL, |s| Value::Int(s.requests)),
+        (&catalog::WORKER_BATCHES_TOTAL, |s| Value::Int(s.batches)),
     ];
-    let workers: Vec<String> = (0..shm_layout::layout::SHARDS)
-        .map(|i| i.to_string())
-        .collect();
     for (def, pick) in families {
         out.family_def(def);
         for l in daemons {
-            for (shard, worker) in l.d.snapshot.shards.iter().zip(&workers) {
+            for (shard, worker) in l.d.snapshot.shards.iter().zip(WORKER_LABELS) {
                 if shard.kind == shm_layout::ShardKind::Unused {
                     continue;
                 }
