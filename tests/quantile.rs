@@ -22,7 +22,7 @@ use shm_layout::{
     ModelInfo, RequestSample, SegmentOptions, SegmentWriter, ShardKind, ShardWriter, State, Status,
 };
 
-use crate::util::{bin, free_port, http_get, tool, unique, wait_for, Prometheus, Proc};
+use crate::util::{bin, free_port, http_get, tool, unique, wait_for, Proc, Prometheus};
 
 /// Durations recorded: enough that the sample's p99 is a smooth point of the distribution
 /// (200 values lie above it), few enough to record in a millisecond.
@@ -265,9 +265,10 @@ impl Server {
     }
 
     fn wait_ready(&self) {
-        wait_for(&format!("the {} Prometheus to be ready", self.name()), || {
-            http_get(self.addr, "/-/ready").ok()
-        });
+        wait_for(
+            &format!("the {} Prometheus to be ready", self.name()),
+            || http_get(self.addr, "/-/ready").ok(),
+        );
     }
 
     /// The result array of the instant query `promql`, if the query succeeded.
@@ -291,9 +292,10 @@ impl Server {
     /// Waits until the server has stored a scrape that started after `after` (unix seconds):
     /// `up`'s timestamp is the scrape's start.
     fn wait_scrape_after(&self, after: f64) {
-        wait_for(&format!("a scrape by the {} Prometheus", self.name()), || {
-            self.scalar("timestamp(up)").filter(|&t| t > after)
-        });
+        wait_for(
+            &format!("a scrape by the {} Prometheus", self.name()),
+            || self.scalar("timestamp(up)").filter(|&t| t > after),
+        );
     }
 }
 
@@ -503,7 +505,10 @@ fn accept_with_q_values_gets_the_best_format_offered() {
             }
             "application/openmetrics-text" => {
                 assert!(content_type.contains("version=1.0.0"), "{content_type:?}");
-                assert!(body.ends_with(b"# EOF\n"), "an OpenMetrics page ends in # EOF");
+                assert!(
+                    body.ends_with(b"# EOF\n"),
+                    "an OpenMetrics page ends in # EOF"
+                );
             }
             _ => {
                 let page = String::from_utf8(body).unwrap();
@@ -511,7 +516,10 @@ fn accept_with_q_values_gets_the_best_format_offered() {
                     page.contains("inferd_request_duration_seconds_bucket{"),
                     "a text page without the duration histogram"
                 );
-                assert!(!page.contains("# EOF"), "a text page with OpenMetrics' # EOF");
+                assert!(
+                    !page.contains("# EOF"),
+                    "a text page with OpenMetrics' # EOF"
+                );
             }
         }
     }
