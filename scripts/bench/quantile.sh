@@ -24,7 +24,7 @@ test_out=$(cargo test --quiet -p e2e --test e2e -- --exact quantile::p99_through
   echo "quantile: the accuracy test failed (above)" >&2
   exit 1
 }
-accuracy=$(grep '^quantile:' <<<"$test_out" | tail -1)
+accuracy=$(grep -o 'quantile: native_err=.*' <<<"$test_out" | tail -1)
 echo "$accuracy" >&2
 record=$(cargo bench -p shm-layout --bench record 2>/dev/null | tee /dev/stderr | grep '^BENCH record' | tail -1)
 
