@@ -38,7 +38,9 @@ pub const BYTES_BUCKETS: usize = 22;
 
 /// 2^(j/8) for j = 0..8, the mantissas of the schema-3 bounds, as Prometheus tabulates them
 /// (`nativeHistogramBounds[3]` in prometheus/model/histogram, times 2), so that a bound here and
-/// Prometheus' own are the same `f64`.
+/// Prometheus' own are the same `f64`. (Its 2^(4/8) is one ulp below `SQRT_2`, so that constant
+/// would not do.)
+#[allow(clippy::approx_constant)]
 const SCHEMA3_MANTISSAS: [f64; 8] = [
     1.0,
     1.0905077326652577,
