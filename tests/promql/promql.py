@@ -31,7 +31,8 @@ What `check` asserts, and the rule it uses for alerts:
     it answers text, the native server stores classic buckets too and is checked as classic;
   * every expression that reads a duration histogram both ways (`native or classic`, as the
     latency quantiles do) gets its answer from the half that the server stores: that half
-    returns data, the other none, and the whole expression returns exactly that half's result.
+    returns data, the other none, and the whole expression returns exactly that half's result,
+    with at least one finite value (not the NaN of a histogram without observations).
 These checks run on both servers; each result line names its server.
 Expressions that use a metric marked "GPU only" in docs/metrics.md are skipped with the
 reason "no GPU" while the exporter's NVML is down; with NVML up they are checked as well.
@@ -375,8 +376,13 @@ def check_halves(prom, expr, at, stores):
     for operand in silent:
         if prom.query(operand, at):
             return f"its {other} half returned data on a server that stores {stores} histograms: {' '.join(operand.split())}"
-    if result_set(prom.query(expr, at)) != expected:
+    result = prom.query(expr, at)
+    if result_set(result) != expected:
         return f"its result is not its {stores} half's result"
+    # NaN is what histogram_quantile answers for a histogram that did not move: the load ran
+    # within the window, so a quantile of it must be a number.
+    if not any(s.get("value") and s["value"][1] not in ("NaN", "+Inf", "-Inf") for s in result):
+        return f"every value is NaN or infinite: {[s.get('value') for s in result][:3]}"
     return None
 
 

@@ -125,15 +125,18 @@ grep -q "overloaded=" "$work/bench-arm.log" "$work/bench-legged.log" || die "the
 grep -q "deadline_exceeded=" "$work/bench-legged.log" || die "the load produced no deadline_exceeded answers"
 alive "$inferd_pid" inferd
 
-# A few more scrapes and rule evaluations after the load, so the last samples are in.
+# Both servers have seen the load in a recorded rule, then a few more scrapes and rule
+# evaluations so the last samples are in.
+seen=
 for _ in $(seq 60); do
-  python3 - "$prom_classic" "$prom_native" <<'EOF' && break
+  python3 - "$prom_classic" "$prom_native" <<'EOF' && { seen=1; break; }
 import json, sys, urllib.request
 query = "/api/v1/query?query=instance_daemon_model%3Ainferd_requests%3Arate1m%20%3E%200"
 sys.exit(0 if all(json.load(urllib.request.urlopen(p + query, timeout=5))["data"]["result"] for p in sys.argv[1:]) else 1)
 EOF
   sleep 0.5
 done
+[[ -n $seen ]] || die "instance_daemon_model:inferd_requests:rate1m never went above 0 on both servers"
 sleep 3
 
 python3 tests/promql/promql.py check --classic "$prom_classic" --native "$prom_native" \
