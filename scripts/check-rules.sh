@@ -5,8 +5,11 @@
 #   promtool test rules    scripts/prometheus/rules_test.yml
 # and that every alert carries a severity, summary, description and `for:`, and is tested both
 # firing and silent; that every recording rule is tested; and that the dashboard is valid JSON
-# whose queries all go through its ${datasource} variable. tests/promql/run.sh evaluates every
-# expression against a real Prometheus.
+# whose queries all go through its ${datasource} variable; and that every rule and dashboard query
+# reading a duration histogram reads it both natively and from its classic series, so that it
+# answers on a Prometheus with native histograms as well as on one without (README, "Native
+# histograms"). tests/promql/run.sh evaluates every expression against both kinds of real
+# Prometheus.
 set -euo pipefail
 cd "$(dirname "$0")/prometheus"
 command -v promtool >/dev/null || { echo "check-rules: promtool is missing: run scripts/setup-prometheus.sh" >&2; exit 1; }
@@ -21,6 +24,7 @@ promtool test rules rules_test.yml
 
 python3 - <<'EOF'
 import json
+import re
 import sys
 
 import yaml
@@ -98,10 +102,37 @@ for panel in walk(dash["panels"]):
         if not t.get("expr") or t.get("datasource", {}).get("uid") != "${datasource}":
             failures.append(f"{where} {t.get('refId')}: no expr, or a datasource other than ${{datasource}}")
 
+# A Prometheus with --enable-feature=native-histograms stores the exporter's duration histograms
+# as native histograms only (no _bucket, _sum or _count series), one without it as classic series
+# only: an expression that reads just one of them is empty on the other kind of server.
+DURATION = ("inferd_request_duration_seconds", "inferd_queue_wait_seconds", "inferd_compute_seconds")
+exprs = [(f"rules.yml {r.get('record') or r.get('alert')}", r["expr"])
+         for g in rules["groups"] for r in g["rules"]]
+exprs += [(f"{path}: panel {p.get('title')!r} {t.get('refId')}", t.get("expr", ""))
+          for p in walk(dash["panels"]) for t in p.get("targets", [])]
+both_ways = 0
+for where, expr in exprs:
+    for family in DURATION:
+        def uses(name):
+            return re.search(rf"(?<![A-Za-z0-9_:]){name}(?![A-Za-z0-9_:])", expr) is not None
+        native, buckets = uses(family), uses(family + "_bucket")
+        if buckets and not native:
+            failures.append(f"{where}: reads {family}_bucket only, which a Prometheus with native histograms "
+                            f"does not store: put `histogram_quantile(Q, sum by (...) (rate({family}[...]))) or` in front")
+        if native and not buckets and "histogram_quantile" in expr:
+            failures.append(f"{where}: reads {family} natively only: add `or` the same over {family}_bucket "
+                            f"for a Prometheus without native histograms")
+        for part, function in (("_count", "histogram_count"), ("_sum", "histogram_sum")):
+            if uses(family + part) and not (native and function in expr):
+                failures.append(f"{where}: reads {family}{part} only: `{function}(rate({family}[...])) or` it "
+                                f"for a Prometheus with native histograms")
+        both_ways += native and buckets
+
 for f in failures:
     print(f"check-rules: FAIL: {f}", file=sys.stderr)
 if failures:
     sys.exit(1)
 print(f"check-rules: {len(alerts)} alerts and {len(records)} recording rules tested; "
-      f"dashboard: {len(ids)} panels, all on ${{datasource}}")
+      f"dashboard: {len(ids)} panels, all on ${{datasource}}; {both_ways} duration-histogram queries read "
+      f"native and classic histograms")
 EOF

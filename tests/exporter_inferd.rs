@@ -19,8 +19,8 @@ use serde_json::Value;
 use shm_layout::Status;
 
 use crate::util::{
-    eventually, http_get, promtool_check_metrics, tool, wait_for, Exporter, Inferd, Prometheus,
-    PATIENCE,
+    eventually, http_get, promtool_check_metrics, sample_value, tool, wait_for, Exporter, Inferd,
+    Prometheus, PATIENCE,
 };
 
 /// The robot type every request here is counted under.
@@ -304,6 +304,55 @@ fn metrics_over_a_real_inferd_pass_promtool() {
     });
 
     promtool_check_metrics(&exporter.get("/metrics"));
+}
+
+/// With the finest classic buckets (8 per doubling, one per segment bucket) the page still
+/// passes promtool, its `le` values are exactly the schema-3 bounds 2^(k/8) s, and their counts
+/// never decrease and end at the count.
+#[test]
+fn eight_classic_buckets_per_doubling_pass_promtool_with_exact_les() {
+    tool("promtool");
+    let inferd = start_inferd();
+    let name = inferd.segment_name.clone();
+    let exporter = Exporter::start_with(&[&name], &["--classic-buckets-per-doubling", "8"]);
+    let tally = traffic(&inferd);
+    let ok = tally["ok"] as f64;
+    let count = format!(
+        "inferd_request_duration_seconds_count{{daemon=\"{name}\",model=\"{}\",version=\"{}\"}}",
+        model_name(&inferd),
+        model_version(&inferd),
+    );
+    wait_for(&format!("{count} >= {ok}"), || {
+        exporter.sample(&count).filter(|&n| n >= ok).map(|_| ())
+    });
+    let page = exporter.get("/metrics");
+    promtool_check_metrics(&page);
+    let prefix = count
+        .replace("_count{", "_bucket{")
+        .replace("\"}", "\",le=\"");
+    let buckets: Vec<(String, f64)> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .filter_map(|rest| {
+            let (le, value) = rest.split_once("\"} ")?;
+            Some((le.to_owned(), value.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(buckets.len(), 210, "209 finite bounds and +Inf");
+    for (n, (le, _)) in buckets.iter().take(209).enumerate() {
+        let k = n as i32 - 160;
+        let exact = shm_layout::buckets::schema3_bound_seconds(k);
+        assert_eq!(le.parse::<f64>().ok(), Some(exact), "le {le} is 2^({k}/8)");
+        assert!((exact / 2f64.powf(k as f64 / 8.0) - 1.0).abs() < 1e-15);
+    }
+    assert_eq!(buckets[209].0, "+Inf");
+    assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1));
+    assert_eq!(
+        Some(buckets[209].1),
+        sample_value(&page, &count),
+        "+Inf is the count"
+    );
+    assert!(buckets[209].1 >= ok);
 }
 
 /// The entry for `name` in a JSON endpoint's `daemons` list.

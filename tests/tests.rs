@@ -14,5 +14,7 @@ mod docs;
 mod exporter_inferd;
 /// kill -9 inferd, kill -9 the exporter, SIGTERM under load: nothing is lost.
 mod faults;
+/// A p99 through a real native-histogram Prometheus and a classic one; `Accept` negotiation.
+mod quantile;
 /// Segment and socket permissions, read-only mapping, no payloads exposed.
 mod security;

@@ -184,12 +184,18 @@ pub struct Exporter {
 impl Exporter {
     /// Starts the exporter on a free port and waits until /health answers.
     pub fn start(patterns: &[&str]) -> Exporter {
+        Exporter::start_with(patterns, &[])
+    }
+
+    /// As [`Exporter::start`], with more flags.
+    pub fn start_with(patterns: &[&str], flags: &[&str]) -> Exporter {
         let dir = tempfile::tempdir().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut args = vec!["--listen".to_owned(), addr.to_string()];
         for p in patterns {
             args.extend(["--segment".to_owned(), p.to_string()]);
         }
+        args.extend(flags.iter().map(|f| (*f).to_owned()));
         let proc = Proc::spawn(&bin("exporter"), &args, dir.path().join("exporter.log"));
         let e = Exporter {
             proc,

@@ -137,7 +137,7 @@ fn main() {
     opts.nvml_interval_ms = 1000;
     let exporter = Exporter::new(&opts, Box::new(FakeGpuSource::missing())).expect("exporter");
     let scrape = exporter.scrape();
-    let page = exporter.render(&scrape, Format::Prometheus);
+    let page = String::from_utf8(exporter.render(&scrape, Format::Prometheus)).expect("UTF-8");
     let series = page
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())

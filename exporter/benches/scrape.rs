@@ -1,7 +1,9 @@
 //! `GET /metrics` latency over real HTTP against a segment with every slot filled and eight
 //! (fake) GPUs, on one kept-alive connection as Prometheus scrapes, asked two ways: a bare GET
-//! (uncompressed text) and as Prometheus asks (OpenMetrics, gzip). Prints, last:
-//! `BENCH scrape_http series=<n> p50_us=.. p99_us=.. prometheus_p50_us=.. prometheus_p99_us=..`
+//! (uncompressed text), as Prometheus asks (OpenMetrics, gzip) and as Prometheus with native
+//! histograms asks (protobuf, gzip). Prints, last:
+//! `BENCH scrape_http series=<n> p50_us=.. p99_us=.. prometheus_p50_us=.. prometheus_p99_us=..
+//! protobuf_p50_us=.. protobuf_p99_us=..`
 //! (`scripts/bench/scrape.sh` turns this into the `BENCH scrape` line).
 
 #[path = "common/mod.rs"]
@@ -43,6 +45,7 @@ fn main() {
     };
     let (p50, p99) = run(Ask::Plain);
     let (g50, g99) = run(Ask::AsPrometheus);
+    let (n50, n99) = run(Ask::AsPrometheusNative);
     assert_eq!(
         count_series(&KeepAlive::new(addr).scrape(Ask::Plain)),
         series,
@@ -50,6 +53,6 @@ fn main() {
     );
     server.stop().expect("stop");
     println!(
-        "BENCH scrape_http series={series} p50_us={p50:.0} p99_us={p99:.0} prometheus_p50_us={g50:.0} prometheus_p99_us={g99:.0}"
+        "BENCH scrape_http series={series} p50_us={p50:.0} p99_us={p99:.0} prometheus_p50_us={g50:.0} prometheus_p99_us={g99:.0} protobuf_p50_us={n50:.0} protobuf_p99_us={n99:.0}"
     );
 }

@@ -82,7 +82,7 @@ impl Exporter {
     }
 
     /// Writes a scrape as a metrics page.
-    pub fn render(&self, scrape: &Scrape, format: Format) -> String {
+    pub fn render(&self, scrape: &Scrape, format: Format) -> Vec<u8> {
         let capacity = self.last_page_bytes.load(Relaxed) + 4096;
         let mut out = MetricsWriter::new(format, &self.namespace, capacity);
         for c in &self.collectors {
@@ -94,7 +94,7 @@ impl Exporter {
     }
 
     /// A scrape rendered: what `GET /metrics` answers.
-    pub fn metrics(&self, format: Format) -> String {
+    pub fn metrics(&self, format: Format) -> Vec<u8> {
         self.render(&self.scrape(), format)
     }
 }

@@ -22,10 +22,34 @@ pub struct ClassicBuckets {
     per_doubling: u8,
     /// The segment bucket each finite classic bound ends, in order.
     ends: Vec<usize>,
-    /// `ends`' bounds in seconds, formatted as the shortest decimal that reads back exactly.
-    les: Vec<String>,
     /// `ends`' bounds in seconds.
-    bounds_seconds: Vec<f64>,
+    bounds: BucketBounds,
+}
+
+/// The finite upper bounds of a histogram's classic buckets, as numbers (for protobuf) and as
+/// `le` label values (for text), formatted once.
+#[derive(Clone, Debug, Default)]
+pub struct BucketBounds {
+    values: Vec<f64>,
+    les: Vec<String>,
+}
+
+impl BucketBounds {
+    /// Bounds in increasing order; each `le` is the shortest decimal that reads back exactly.
+    pub fn new(values: Vec<f64>) -> BucketBounds {
+        let les = values.iter().map(|v| format_le(*v)).collect();
+        BucketBounds { values, les }
+    }
+
+    /// The bounds as numbers.
+    pub fn values(&self) -> &[f64] {
+        &self.values
+    }
+
+    /// The bounds as `le` label values.
+    pub fn les(&self) -> &[String] {
+        &self.les
+    }
 }
 
 impl ClassicBuckets {
@@ -38,13 +62,11 @@ impl ClassicBuckets {
         }
         let step = DURATION_BUCKETS_PER_DOUBLING / usize::from(per_doubling);
         let ends: Vec<usize> = (0..DURATION_BUCKETS - 1).step_by(step).collect();
-        let bounds_seconds: Vec<f64> = ends.iter().map(|&i| duration_bound_seconds(i)).collect();
-        let les = bounds_seconds.iter().map(|s| format_le(*s)).collect();
+        let seconds = ends.iter().map(|&i| duration_bound_seconds(i)).collect();
         Some(ClassicBuckets {
             per_doubling,
             ends,
-            les,
-            bounds_seconds,
+            bounds: BucketBounds::new(seconds),
         })
     }
 
@@ -53,14 +75,9 @@ impl ClassicBuckets {
         self.per_doubling
     }
 
-    /// The finite bounds as `le` label values.
-    pub fn les(&self) -> &[String] {
-        &self.les
-    }
-
-    /// The finite bounds in seconds.
-    pub fn bounds_seconds(&self) -> &[f64] {
-        &self.bounds_seconds
+    /// The finite bounds, in seconds.
+    pub fn bounds(&self) -> &BucketBounds {
+        &self.bounds
     }
 
     /// The cumulative count at each finite bound, then the count (`+Inf`), of a duration
@@ -196,21 +213,24 @@ mod tests {
     #[test]
     fn default_keeps_28_classic_series_with_exact_power_of_two_bounds() {
         let c = ClassicBuckets::default();
-        assert_eq!(c.les().len() + 1, 28);
-        assert_eq!(c.les()[0], "0.00000095367431640625");
-        assert_eq!(c.les()[20], "1");
-        assert_eq!(c.les().last().map(String::as_str), Some("64"));
-        for (le, s) in c.les().iter().zip(c.bounds_seconds()) {
+        assert_eq!(c.bounds().les().len() + 1, 28);
+        assert_eq!(c.bounds().les()[0], "0.00000095367431640625");
+        assert_eq!(c.bounds().les()[20], "1");
+        assert_eq!(c.bounds().les().last().map(String::as_str), Some("64"));
+        for (le, s) in c.bounds().les().iter().zip(c.bounds().values()) {
             assert_eq!(
                 le.parse::<f64>().ok(),
                 Some(*s),
                 "le {le} reads back exactly"
             );
         }
-        assert_eq!(ClassicBuckets::new(8).map(|c| c.les().len()), Some(209));
+        assert_eq!(
+            ClassicBuckets::new(8).map(|c| c.bounds().les().len()),
+            Some(209)
+        );
         assert_eq!(
             ClassicBuckets::new(2)
-                .map(|c| c.les()[1].clone())
+                .map(|c| c.bounds().les()[1].clone())
                 .as_deref(),
             Some("0.000001348699152348609")
         );
@@ -233,8 +253,8 @@ mod tests {
         for per in CLASSIC_PER_DOUBLING {
             let c = ClassicBuckets::new(per).unwrap();
             let cum = c.cumulative(&h);
-            assert_eq!(cum.len(), c.les().len() + 1);
-            for (n, bound) in c.bounds_seconds().iter().enumerate() {
+            assert_eq!(cum.len(), c.bounds().les().len() + 1);
+            for (n, bound) in c.bounds().values().iter().enumerate() {
                 let expected = values.iter().filter(|&&v| v as f64 <= bound * 1e9).count() as u64;
                 assert_eq!(cum[n], expected, "per {per}, le {bound}");
             }

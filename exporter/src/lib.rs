@@ -26,7 +26,7 @@
 //! let dir = tempfile::tempdir_in("/dev/shm")?;
 //! let options = Options::local(dir.path(), &["inferd*"]);
 //! let exporter = Exporter::new(&options, Box::new(FakeGpuSource::missing()))?;
-//! let page = exporter.metrics(Format::Prometheus);
+//! let page = String::from_utf8(exporter.metrics(Format::Prometheus))?;
 //! assert!(page.contains("# TYPE inferd_requests_total counter"));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -43,6 +43,7 @@ mod listen;
 mod options;
 mod owner;
 mod priority;
+mod protobuf;
 mod scrape;
 mod server;
 mod text;
@@ -57,10 +58,11 @@ pub use crate::gpu::{
     FakeDevice, FakeGpuSource, GpuIdentity, GpuProcess, GpuSample, GpuSampler, GpuSource, GpuStats,
     NvmlSource, SourceError, THROTTLE_REASONS,
 };
-pub use crate::histogram::{ClassicBuckets, NativeHistogram, CLASSIC_PER_DOUBLING};
+pub use crate::histogram::{BucketBounds, ClassicBuckets, NativeHistogram, CLASSIC_PER_DOUBLING};
 pub use crate::listen::{BadListen, Listen};
 pub use crate::options::{Options, DEFAULT_PORT};
 pub use crate::owner::{Owners, INFERD_USER};
+pub use crate::protobuf::{decode_page, proto};
 pub use crate::scrape::{
     CollectorRun, Daemon, HttpConnections, ProcessStats, Scrape, HEARTBEAT_TIMEOUT,
 };

@@ -68,7 +68,7 @@ fn run(options: &Options) -> Result<(), Failure> {
         std::thread::sleep(options.nvml_interval() + std::time::Duration::from_millis(200));
         let page = exporter.metrics(Format::Prometheus);
         return std::io::stdout()
-            .write_all(page.as_bytes())
+            .write_all(&page)
             .map_err(|e| Failure::Runtime(format!("writing to stdout: {e}")));
     }
     // Bound before anything starts, so that a bad address fails alone, with nothing logged.

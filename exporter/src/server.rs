@@ -517,7 +517,7 @@ pub fn handle(exporter: &Exporter, req: &Request<Incoming>) -> Response<Full<Byt
     let (status, content_type, body) = match req.uri().path() {
         "/metrics" => {
             let format = Format::from_accept(header(header::ACCEPT));
-            ok((format.content_type(), exporter.metrics(format).into_bytes()))
+            ok((format.content_type(), exporter.metrics(format)))
         }
         "/health" => {
             // 503 tells a load balancer or a probe what the body says: an inferd is not up.

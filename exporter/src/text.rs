@@ -14,7 +14,8 @@
 use std::fmt::Write as _;
 
 use crate::catalog::MetricDef;
-use crate::histogram::NativeHistogram;
+use crate::histogram::{BucketBounds, NativeHistogram};
+use crate::protobuf::ProtoPage;
 
 /// Which exposition format to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +24,9 @@ pub enum Format {
     Prometheus,
     /// OpenMetrics 1.0.0 text.
     OpenMetrics,
+    /// Length-delimited `io.prometheus.client.MetricFamily` protobuf messages: the only format
+    /// that carries native histograms.
+    Protobuf,
 }
 
 impl Format {
@@ -31,21 +35,62 @@ impl Format {
         match self {
             Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
             Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Protobuf => crate::protobuf::CONTENT_TYPE,
         }
     }
 
-    /// Picks the format an `Accept` header asks for: OpenMetrics when it lists
-    /// `application/openmetrics-text` with a nonzero quality, else the Prometheus text format.
+    /// Picks the format an `Accept` header asks for: of the formats it names explicitly with a
+    /// nonzero quality (protobuf only as `application/vnd.google.protobuf` with
+    /// `proto=io.prometheus.client.MetricFamily` and `encoding=delimited`), the one with the
+    /// highest quality; a tie goes to protobuf, then OpenMetrics. `text/plain`, `text/*` and
+    /// `*/*` count for the text format, which is also the answer when nothing else is acceptable,
+    /// as Prometheus' own exporters do rather than refuse with 406.
     pub fn from_accept(accept: Option<&str>) -> Format {
-        let wants_om = accept.into_iter().flat_map(|a| a.split(',')).any(|range| {
+        let mut best = (Format::Prometheus, 0.0f64);
+        for range in accept.into_iter().flat_map(|a| a.split(',')) {
             let mut parts = range.split(';').map(str::trim);
             let media = parts.next().unwrap_or_default();
-            media.eq_ignore_ascii_case("application/openmetrics-text") && quality(parts) > 0.0
-        });
-        if wants_om {
-            Format::OpenMetrics
-        } else {
-            Format::Prometheus
+            let params: Vec<(&str, &str)> = parts
+                .filter_map(|p| p.split_once('='))
+                .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
+                .collect();
+            let param = |name: &str| {
+                params
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|&(_, v)| v)
+            };
+            let q = param("q")
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(1.0);
+            let format = if media.eq_ignore_ascii_case("application/vnd.google.protobuf")
+                && param("proto") == Some("io.prometheus.client.MetricFamily")
+                && param("encoding").is_some_and(|e| e.eq_ignore_ascii_case("delimited"))
+            {
+                Format::Protobuf
+            } else if media.eq_ignore_ascii_case("application/openmetrics-text") {
+                Format::OpenMetrics
+            } else if ["text/plain", "text/*", "*/*"]
+                .iter()
+                .any(|m| media.eq_ignore_ascii_case(m))
+            {
+                Format::Prometheus
+            } else {
+                continue;
+            };
+            if q > best.1 || (q == best.1 && q > 0.0 && format.rank() > best.0.rank()) {
+                best = (format, q);
+            }
+        }
+        best.0
+    }
+
+    /// Which format wins a tie in quality: the richer one.
+    const fn rank(self) -> u8 {
+        match self {
+            Format::Prometheus => 0,
+            Format::OpenMetrics => 1,
+            Format::Protobuf => 2,
         }
     }
 }
@@ -111,13 +156,16 @@ impl From<bool> for Value {
 /// A label set: name and value pairs, written in order.
 pub type Labels<'a> = [(&'a str, &'a str)];
 
-/// Writes metric families into one text buffer, in either format.
+/// Writes metric families into one page, in any [`Format`].
 ///
 /// Family names are given without the namespace and, for counters, with their `_total`:
 /// the writer adds the namespace and drops `_total` from an OpenMetrics counter's family name,
-/// as that format wants.
+/// as that format wants. The text formats are written straight into one `String`; the
+/// protobuf format goes through [`crate::protobuf`], which the same calls feed.
 pub struct MetricsWriter {
     out: String,
+    /// The protobuf page, when the format is [`Format::Protobuf`].
+    proto: Option<ProtoPage>,
     format: Format,
     namespace: String,
     /// The current family's sample name, namespace included.
@@ -134,8 +182,10 @@ pub struct MetricsWriter {
 impl MetricsWriter {
     /// A writer for `format` whose names start with `namespace_`.
     pub fn new(format: Format, namespace: &str, capacity_bytes: usize) -> MetricsWriter {
+        let proto = (format == Format::Protobuf).then(|| ProtoPage::with_capacity(capacity_bytes));
         MetricsWriter {
-            out: String::with_capacity(capacity_bytes),
+            out: String::with_capacity(if proto.is_some() { 0 } else { capacity_bytes }),
+            proto,
             format,
             namespace: namespace.to_owned(),
             sample_name: String::new(),
@@ -162,6 +212,10 @@ impl MetricsWriter {
         self.sample_name.push('_');
         self.sample_name.push_str(name);
         self.kind = kind;
+        if let Some(proto) = &mut self.proto {
+            proto.family(&self.sample_name, kind, help);
+            return;
+        }
         let family = match (self.format, kind) {
             (Format::OpenMetrics, Kind::Counter) => self
                 .sample_name
@@ -177,6 +231,11 @@ impl MetricsWriter {
     /// Writes one sample of the current (counter or gauge) family.
     pub fn sample(&mut self, labels: &Labels<'_>, value: impl Into<Value>) {
         self.share_labels(labels);
+        if let Some(proto) = &mut self.proto {
+            proto.sample(None, value.into());
+            self.series += 1;
+            return;
+        }
         self.series_line("", None);
         self.value(value.into());
     }
@@ -192,24 +251,35 @@ impl MetricsWriter {
         self.share_labels(labels);
         self.check_label(name);
         for (label_value, value) in samples {
+            if let Some(proto) = &mut self.proto {
+                proto.sample(Some((name, label_value)), value.into());
+                self.series += 1;
+                continue;
+            }
             self.series_line("", Some((name, label_value)));
             self.value(value.into());
         }
     }
 
     /// Writes the buckets, `_sum` and `_count` of one histogram of the current family.
-    /// `le` holds the bucket bounds already formatted; `cumulative` has one more entry (`+Inf`).
+    /// `bounds` are the finite bucket bounds; `cumulative` has one more entry (`+Inf`).
     /// `native` is the same histogram's native form, which only the protobuf format carries.
     pub fn histogram(
         &mut self,
         labels: &Labels<'_>,
-        le: &[String],
+        bounds: &BucketBounds,
         cumulative: &[u64],
         sum: f64,
         native: Option<&NativeHistogram>,
     ) {
-        let _ = native;
         self.share_labels(labels);
+        // The buckets, sum and count are one series each to Prometheus; count them so.
+        self.series += cumulative.len() + 2;
+        if let Some(proto) = &mut self.proto {
+            proto.histogram(bounds, cumulative, sum, native);
+            return;
+        }
+        let le = bounds.les();
         for (i, &count) in cumulative.iter().enumerate() {
             let bound = le.get(i).map_or("+Inf", String::as_str);
             self.series_line("_bucket", Some(("le", bound)));
@@ -219,13 +289,11 @@ impl MetricsWriter {
         self.value(Value::Float(sum));
         self.series_line("_count", None);
         self.value(Value::Int(cumulative.last().copied().unwrap_or(0)));
-        // The buckets, sum and count are one series each to Prometheus; count them so.
-        self.series += cumulative.len() + 2;
     }
 
     /// Whether this format carries native histograms, so that callers build them only then.
     pub fn wants_native(&self) -> bool {
-        false
+        self.proto.is_some()
     }
 
     /// Series written so far.
@@ -233,16 +301,29 @@ impl MetricsWriter {
         self.series
     }
 
-    /// Ends the exposition (`# EOF` for OpenMetrics) and returns the text.
-    pub fn finish(mut self) -> String {
+    /// Ends the exposition (`# EOF` for OpenMetrics) and returns the page.
+    pub fn finish(mut self) -> Vec<u8> {
+        if let Some(proto) = self.proto {
+            return proto.finish();
+        }
         if self.format == Format::OpenMetrics {
             self.out.push_str("# EOF\n");
         }
-        self.out
+        self.out.into_bytes()
     }
 
-    /// Escapes `labels` into `shared_labels`, for the series lines that follow.
+    /// Escapes `labels` into `shared_labels` (or hands them to the protobuf page), for the
+    /// series that follow.
     fn share_labels(&mut self, labels: &Labels<'_>) {
+        if self.proto.is_some() {
+            for (name, _) in labels {
+                self.check_label(name);
+            }
+            if let Some(proto) = &mut self.proto {
+                proto.share_labels(labels);
+            }
+            return;
+        }
         self.shared_labels.clear();
         for (i, (name, value)) in labels.iter().enumerate() {
             self.check_label(name);
@@ -356,7 +437,7 @@ mod tests {
             let mut w = MetricsWriter::new(format, "ns", 0);
             w.family("requests_total", Kind::Counter, "Requests.");
             w.sample(&[("a", "b")], 3u64);
-            let text = w.finish();
+            let text = String::from_utf8(w.finish()).unwrap();
             assert!(text.contains(type_line), "{text}");
             assert!(text.contains("ns_requests_total{a=\"b\"} 3\n"), "{text}");
             assert_eq!(text.ends_with("# EOF\n"), format == Format::OpenMetrics);
@@ -368,7 +449,7 @@ mod tests {
         let mut w = MetricsWriter::new(Format::Prometheus, "ns", 0);
         w.family_def(&crate::catalog::QUEUE_DEPTH);
         w.sample(&[("daemon", "d")], 3u64);
-        let text = w.finish();
+        let text = String::from_utf8(w.finish()).unwrap();
         assert!(text.starts_with(
             "# HELP ns_queue_depth Requests waiting in the queue.\n# TYPE ns_queue_depth gauge\n"
         ));
@@ -388,7 +469,7 @@ mod tests {
         let mut w = MetricsWriter::new(Format::Prometheus, "ns", 0);
         w.family("g", Kind::Gauge, "a \\ b\nc \"q\"");
         w.sample(&[("l", "x\"y\\z\nw")], 1.5);
-        let text = w.finish();
+        let text = String::from_utf8(w.finish()).unwrap();
         assert!(text.contains("# HELP ns_g a \\\\ b\\nc \"q\"\n"), "{text}");
         assert!(text.contains("ns_g{l=\"x\\\"y\\\\z\\nw\"} 1.5\n"), "{text}");
     }
@@ -400,7 +481,7 @@ mod tests {
         w.sample_each(&[("m", "a\"b")], "status", [("ok", 2u64), ("bad", 0)]);
         w.sample_each(&[], "state", [("up", true)]);
         assert_eq!(w.series(), 3);
-        let text = w.finish();
+        let text = String::from_utf8(w.finish()).unwrap();
         assert!(
             text.contains("ns_c_total{m=\"a\\\"b\",status=\"ok\"} 2\n"),
             "{text}"
@@ -417,17 +498,17 @@ mod tests {
         let mut w = MetricsWriter::new(Format::Prometheus, "ns", 0);
         w.family("g", Kind::Gauge, "G.");
         w.sample(&[], u64::MAX);
-        assert!(w.finish().ends_with("\nns_g 18446744073709551615\n"));
+        assert!(w.finish().ends_with(b"\nns_g 18446744073709551615\n"));
     }
 
     #[test]
     fn histogram_writes_buckets_sum_count_and_counts_series() {
         let mut w = MetricsWriter::new(Format::Prometheus, "ns", 0);
         w.family("h_seconds", Kind::Histogram, "H.");
-        let le = vec!["0.5".to_owned(), "1".to_owned()];
+        let le = BucketBounds::new(vec![0.5, 1.0]);
         w.histogram(&[("m", "x")], &le, &[1, 3, 4], 2.25, None);
         assert_eq!(w.series(), 5);
-        let text = w.finish();
+        let text = String::from_utf8(w.finish()).unwrap();
         assert!(text.contains("ns_h_seconds_bucket{m=\"x\",le=\"0.5\"} 1\n"));
         assert!(text.contains("ns_h_seconds_bucket{m=\"x\",le=\"1\"} 3\n"));
         assert!(text.contains("ns_h_seconds_bucket{m=\"x\",le=\"+Inf\"} 4\n"));
@@ -454,18 +535,30 @@ mod tests {
 
     #[test]
     fn accept_header_negotiation() {
-        assert_eq!(Format::from_accept(None), Format::Prometheus);
-        assert_eq!(
-            Format::from_accept(Some("text/plain;version=0.0.4")),
-            Format::Prometheus
-        );
-        let prom =
-            "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3";
-        assert_eq!(Format::from_accept(Some(prom)), Format::OpenMetrics);
-        assert_eq!(
-            Format::from_accept(Some("application/openmetrics-text; q=0, text/plain")),
-            Format::Prometheus
-        );
+        use Format::{OpenMetrics, Prometheus, Protobuf};
+        let proto = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited";
+        let cases: [(Option<&str>, Format); 14] = [
+            (None, Prometheus),
+            (Some(""), Prometheus),
+            (Some("text/plain;version=0.0.4"), Prometheus),
+            (Some("*/*"), Prometheus),
+            (Some("application/json"), Prometheus),
+            // Prometheus 2.x without native histograms.
+            (Some("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"), OpenMetrics),
+            // Prometheus 2.42 with --enable-feature=native-histograms.
+            (Some("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"), Protobuf),
+            (Some("application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3"), OpenMetrics),
+            (Some("text/plain;q=0.9, application/openmetrics-text;q=0.5"), Prometheus),
+            (Some("application/openmetrics-text; q=0, text/plain"), Prometheus),
+            (Some(&format!("{proto};q=0.2,text/plain;version=0.0.4;q=0.8")), Prometheus),
+            (Some(&format!("text/plain;q=0.5, {proto};q=0.6")), Protobuf),
+            // Protobuf only when the message type and the delimited encoding are named.
+            (Some("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text"), Prometheus),
+            (Some("application/vnd.google.protobuf; proto=\"io.prometheus.client.MetricFamily\"; encoding=delimited; q=0.9, text/plain; q=0.9"), Protobuf),
+        ];
+        for (accept, want) in cases {
+            assert_eq!(Format::from_accept(accept), want, "Accept: {accept:?}");
+        }
     }
 
     #[test]

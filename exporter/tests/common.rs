@@ -107,8 +107,10 @@ pub struct Response {
     pub status: u16,
     /// Headers, names lower-cased.
     pub headers: Vec<(String, String)>,
-    /// The body, gunzipped if it came gzipped.
+    /// The body, gunzipped if it came gzipped, as text (lossy for a binary body).
     pub body: String,
+    /// The body's bytes, gunzipped if it came gzipped.
+    pub bytes: Vec<u8>,
     /// Whether it came gzipped.
     pub gzipped: bool,
 }
@@ -156,19 +158,20 @@ pub fn try_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result
     let gzipped = headers
         .iter()
         .any(|(k, v)| k == "content-encoding" && v == "gzip");
-    let body = if gzipped {
-        let mut out = String::new();
+    let bytes = if gzipped {
+        let mut out = Vec::new();
         flate2::read::GzDecoder::new(body)
-            .read_to_string(&mut out)
+            .read_to_end(&mut out)
             .map_err(|x| e(&x))?;
         out
     } else {
-        String::from_utf8(body.to_vec()).map_err(|x| e(&x))?
+        body.to_vec()
     };
     Ok(Response {
         status,
         headers,
-        body,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+        bytes,
         gzipped,
     })
 }
@@ -214,7 +217,8 @@ pub fn get_on(s: &mut TcpStream, path: &str) -> Result<Response, String> {
     Ok(Response {
         status,
         headers,
-        body: String::from_utf8(body).map_err(|x| e(&x))?,
+        body: String::from_utf8(body.clone()).map_err(|x| e(&x))?,
+        bytes: body,
         gzipped: false,
     })
 }

@@ -134,7 +134,8 @@ fn golden_page() -> String {
     let mut opts = Options::local(dir.path(), &["inferd*"]);
     opts.nvml_pcie = true;
     let exporter = Exporter::new(&opts, Box::new(gpu())).unwrap();
-    exporter.render(&fixed_scrape(&exporter), Format::Prometheus)
+    String::from_utf8(exporter.render(&fixed_scrape(&exporter), Format::Prometheus))
+        .expect("text is UTF-8")
 }
 
 /// The first line where `want` and `got` differ: its number (from 1) and both versions.

@@ -132,6 +132,123 @@ fn openmetrics_and_gzip_are_negotiated() {
         .contains("# TYPE inferd_requests_total counter\n"));
 }
 
+/// The protobuf page, asked for as Prometheus with native histograms asks, holds the same
+/// families and values as the text page, and each duration histogram carries its native form
+/// (schema 3) beside classic buckets that equal the text page's.
+#[test]
+fn protobuf_is_negotiated_and_matches_the_text_page() {
+    let dir = shm_dir();
+    let w = writer(dir.path(), "inferd-pb");
+    populate(&w, 5, 1);
+    let _alive = keep_alive(&w);
+    let server = start(dir.path(), &["inferd-pb"], fake_gpu());
+    let accept = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let r = get(
+        server.addr(),
+        "/metrics",
+        &[("Accept", accept), ("Accept-Encoding", "gzip")],
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.gzipped);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited")
+    );
+    let families = exporter::decode_page(&r.bytes).expect("a valid protobuf page");
+    let text = metrics(server.addr());
+    let family = |name: &str| {
+        families
+            .iter()
+            .find(|f| f.name() == name)
+            .unwrap_or_else(|| panic!("no family {name}"))
+    };
+    let labels_of = |m: &exporter::proto::Metric| {
+        m.label
+            .iter()
+            .map(|l| format!("{}=\"{}\"", l.name(), l.value()))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    // Every counter and gauge sample of the protobuf page is on the text page, same value.
+    let mut checked = 0;
+    for f in &families {
+        for m in &f.metric {
+            let v = match (&m.counter, &m.gauge) {
+                (Some(c), _) => c.value(),
+                (_, Some(g)) => g.value(),
+                _ => continue,
+            };
+            // What the segment holds is the same in both scrapes; the exporter's, the process'
+            // and the GPUs' own figures move between them.
+            let volatile = [
+                "inferd_process_",
+                "inferd_exporter_",
+                "inferd_heartbeat_",
+                "inferd_gpu_",
+                "inferd_nvml_",
+                "inferd_scrape",
+            ];
+            if volatile.iter().any(|p| f.name().starts_with(p)) {
+                continue;
+            }
+            let labels = labels_of(m);
+            let series = if labels.is_empty() {
+                f.name().to_owned()
+            } else {
+                format!("{}{{{labels}}}", f.name())
+            };
+            let Some(t) = value(&text, &series) else {
+                panic!("{series} is not on the text page");
+            };
+            assert_eq!(t, v, "{series}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 30, "only {checked} samples compared");
+    let ok = family("inferd_requests_total")
+        .metric
+        .iter()
+        .find(|m| labels_of(m).contains("status=\"ok\""))
+        .and_then(|m| m.counter.as_ref())
+        .map(|c| c.value());
+    assert_eq!(ok, Some(5.0));
+    let e2e = family("inferd_request_duration_seconds");
+    assert_eq!(e2e.r#type(), exporter::proto::MetricType::Histogram);
+    let h = e2e.metric[0].histogram.as_ref().expect("a histogram");
+    assert_eq!(h.sample_count(), 6);
+    assert_eq!(h.schema(), 3);
+    assert_eq!(h.zero_threshold(), 2f64.powi(-20));
+    let native: i64 = h
+        .positive_delta
+        .iter()
+        .scan(0i64, |c, d| {
+            *c += d;
+            Some(*c)
+        })
+        .sum();
+    assert_eq!(
+        native as u64 + h.zero_count(),
+        6,
+        "native buckets hold every observation"
+    );
+    let labels = labels_of(&e2e.metric[0]);
+    for b in &h.bucket {
+        let mut le = String::new();
+        let _ = std::fmt::Write::write_fmt(&mut le, format_args!("{}", b.upper_bound()));
+        let series = format!("inferd_request_duration_seconds_bucket{{{labels},le=\"{le}\"}}");
+        assert_eq!(
+            value(&text, &series),
+            Some(b.cumulative_count() as f64),
+            "{series}"
+        );
+    }
+    assert_eq!(
+        h.bucket.len(),
+        27,
+        "one classic bucket per doubling, +Inf implied"
+    );
+}
+
 #[test]
 fn json_endpoints_come_from_the_same_snapshot() {
     let dir = shm_dir();

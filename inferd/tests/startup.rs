@@ -191,7 +191,7 @@ fn inferd_survives_its_tmpfs_filling_up() {
         r#"set -u
 d={dir}
 mkdir -p "$d/shm"
-mount -t tmpfs -o size=1m tmpfs "$d/shm" || exit 90
+mount -t tmpfs -o size=2m tmpfs "$d/shm" || exit 90
 timeout 60 "$INFERD" --segment-dir "$d/shm" --segment-name seg --socket "$d/s.sock" --log-level warn 2>"$d/inferd.log" &
 pid=$!
 i=0; while [ ! -S "$d/s.sock" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done

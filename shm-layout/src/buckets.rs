@@ -38,7 +38,9 @@ pub const BYTES_BUCKETS: usize = 22;
 
 /// 2^(j/8) for j = 0..8, the mantissas of the schema-3 bounds, as Prometheus tabulates them
 /// (`nativeHistogramBounds[3]` in prometheus/model/histogram, times 2), so that a bound here and
-/// Prometheus' own are the same `f64`.
+/// Prometheus' own are the same `f64`. (Its 2^(4/8) is one ulp below `SQRT_2`, so that constant
+/// would not do.)
+#[allow(clippy::approx_constant)]
 const SCHEMA3_MANTISSAS: [f64; 8] = [
     1.0,
     1.0905077326652577,
@@ -118,10 +120,22 @@ const fn duration_cell(v: u64) -> usize {
     ((e << CELL_BITS) as u64 | m) as usize
 }
 
-/// The bucket of the smallest value of each cell: a cell holds at most one bound, so the
-/// bucket of any value in it is this or the next.
-const DURATION_CELL_FIRST: [u8; CELLS] = {
-    let mut t = [0u8; CELLS];
+/// One cell of the index table: the bucket of the cell's smallest value, and the one bound
+/// that can fall inside the cell (that bucket's), side by side so that an index is one load.
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct Cell {
+    bound_ns: u64,
+    first: u64,
+}
+
+/// The index table: a cell holds at most one bound, so the bucket of any value in it is
+/// `first`, or the next one when the value is above `bound_ns`.
+const DURATION_CELLS: [Cell; CELLS] = {
+    let mut t = [Cell {
+        bound_ns: 0,
+        first: 0,
+    }; CELLS];
     let mut c = 0;
     while c < CELLS {
         let e = (c >> CELL_BITS) as u32;
@@ -136,7 +150,10 @@ const DURATION_CELL_FIRST: [u8; CELLS] = {
         while lo > DURATION_LIMITS_NS[b] {
             b += 1;
         }
-        t[c] = b as u8;
+        t[c] = Cell {
+            bound_ns: DURATION_LIMITS_NS[b],
+            first: b as u64,
+        };
         c += 1;
     }
     t
@@ -173,8 +190,8 @@ pub const fn duration_bucket(ns: u64) -> usize {
     } else {
         DURATION_CLAMP_NS
     };
-    let first = DURATION_CELL_FIRST[duration_cell(v)] as usize;
-    first + (v > DURATION_LIMITS_NS[first]) as usize
+    let cell = DURATION_CELLS[duration_cell(v)];
+    cell.first as usize + (v > cell.bound_ns) as usize
 }
 
 /// The bucket of a batch size; 0 counts as 1.

@@ -100,8 +100,7 @@ pub struct ModelStatsSnapshot {
     pub actions_clamped: u64,
     /// Outputs rejected, by [`crate::SafetyReason`] index.
     pub outputs_rejected: Vec<u64>,
-    /// Action values clamped to within the step-delta limit of the step before them (0 in a
-    /// layout 1.0 segment, which had no such counter).
+    /// Action values clamped to within the step-delta limit of the step before them.
     pub actions_clamped_step_delta: u64,
 }
 

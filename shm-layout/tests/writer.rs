@@ -351,28 +351,6 @@ fn safety_clamps_are_counted_by_kind_and_summed_over_shards() {
     assert_eq!(stats.outputs_rejected, vec![0, 1]);
     let by_kind = shm_layout::ClampKind::ALL.map(|k| (k.as_str(), stats.actions_clamped_by(k)));
     assert_eq!(by_kind, [("range", 4), ("step_delta", 14)]);
-
-    // A layout 1.0 segment had the step-delta word reserved, zero: it reads as no step-delta
-    // clamps, and every other counter as before.
-    let mut image = std::fs::read(writer.path()).unwrap();
-    let minor = std::mem::offset_of!(layout::Header, version_minor);
-    image[minor..minor + 4].copy_from_slice(&0u32.to_le_bytes());
-    for shard in [a.index(), b.index()] {
-        let word = layout::SHARDS_OFFSET
-            + shard * layout::SHARD_SIZE
-            + std::mem::offset_of!(layout::Shard, models)
-            + model.index() * std::mem::size_of::<layout::ModelStats>()
-            + std::mem::offset_of!(layout::ModelStats, actions_clamped_step_delta);
-        image[word..word + 8].fill(0);
-    }
-    let old = Snapshot::from_bytes(&image).unwrap();
-    let stats = &old.model_stats[model.index()];
-    assert_eq!(old.header.version_minor, 0);
-    assert_eq!(
-        (stats.actions_clamped, stats.actions_clamped_step_delta),
-        (4, 0)
-    );
-    assert_eq!(stats.outputs_rejected, vec![0, 1]);
 }
 
 /// A reader copies only the models a shard's `models_touched` names: bytes in an untouched

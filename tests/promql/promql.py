@@ -6,8 +6,11 @@ Subcommands:
   config --out F --targets F --exporter A write a Prometheus config derived from
                                           scripts/prometheus/prometheus.yml: 1 s scrapes and
                                           rule evaluations, the exporter at A as its only target
-  check --prometheus URL                  evaluate every PromQL expression in rules.yml and the
-                                          dashboard against that Prometheus; print a summary line
+  check --classic URL --native URL --exporter A
+                                          evaluate every PromQL expression in rules.yml and the
+                                          dashboard against both Prometheus servers (one started
+                                          without, one with --enable-feature=native-histograms);
+                                          print a summary line per server and a total
 
 What `check` asserts, and the rule it uses for alerts:
   * every recording rule's expression returns data, and so does the series it records;
@@ -19,7 +22,18 @@ What `check` asserts, and the rule it uses for alerts:
     metric, label and value the alert selects exists and that its vector matching works;
   * every dashboard target and template-variable query returns data, with $instance, $daemon,
     $model -> `.*` (the variables' "All") and $__rate_interval -> 1m;
-  * every inferd_* name used is in docs/metrics.md (or is a recorded series).
+  * every inferd_* name used is in docs/metrics.md (or is a recorded series): a histogram family
+    by its bare name (how native histograms are stored and queried) or with _bucket, _sum or
+    _count (the classic series); those suffixes on any other name are not accepted;
+  * the duration histograms are stored the way each server should store them. The classic server
+    has X_bucket and no bare X. The native server, when the exporter answers Prometheus'
+    protobuf Accept header (A is probed), has bare X as native histograms and no X_bucket; when
+    it answers text, the native server stores classic buckets too and is checked as classic;
+  * every expression that reads a duration histogram both ways (`native or classic`, as the
+    latency quantiles do) gets its answer from the half that the server stores: that half
+    returns data, the other none, and the whole expression returns exactly that half's result,
+    with at least one finite value (not the NaN of a histogram without observations).
+These checks run on both servers; each result line names its server.
 Expressions that use a metric marked "GPU only" in docs/metrics.md are skipped with the
 reason "no GPU" while the exporter's NVML is down; with NVML up they are checked as well.
 Only the Python standard library and PyYAML (run.sh installs it if missing).
@@ -46,6 +60,12 @@ CATALOG = REPO / "docs/metrics.md"
 # Grafana's built-in interval variables, as a 1 s scrape interval makes them.
 BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+# The histograms the exporter serves natively (schema 3) as well as in classic buckets.
+DURATION_HISTOGRAMS = ("inferd_request_duration_seconds", "inferd_queue_wait_seconds", "inferd_compute_seconds")
+# What Prometheus 2.42 started with --enable-feature=native-histograms sends (scrape/scrape.go).
+NATIVE_ACCEPT = ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,"
+                 "application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,"
+                 "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
 IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
 NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$|^[+-]?(Inf|NaN)$")
 
@@ -104,14 +124,17 @@ class QueryError(Exception):
 # --- the catalog ------------------------------------------------------------------------------
 
 def catalog():
-    """Metric name -> True if GPU only, from the tables in docs/metrics.md."""
+    """Metric name -> (GPU only, type), from the tables in docs/metrics.md."""
     names = {}
     for line in CATALOG.read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 6 and re.fullmatch(r"`[a-z_:]+`", cells[0]) and cells[4] in ("yes", "no"):
-            names[cells[0].strip("`")] = cells[4] == "yes"
+            names[cells[0].strip("`")] = (cells[4] == "yes", cells[1])
     if not names:
         raise SystemExit(f"promql: no metric rows found in {CATALOG}")
+    missing = [n for n in DURATION_HISTOGRAMS if names.get(n, (None, None))[1] != "histogram"]
+    if missing:
+        raise SystemExit(f"promql: {CATALOG} does not list {', '.join(missing)} as histograms")
     return names
 
 
@@ -121,11 +144,35 @@ def metric_names(expr):
     return {m.group(0) for m in IDENT.finditer(bare)}
 
 
-def base_name(name):
+def base_name(name, names):
+    """The catalog name a series name belongs to: itself, or the histogram family whose classic
+    _bucket/_sum/_count series it is. A native histogram is stored under the family's bare name,
+    which is itself a catalog name."""
+    if name in names:
+        return name
     for suffix in HISTOGRAM_SUFFIXES:
         if name.endswith(suffix):
-            return name[: -len(suffix)]
+            family = name[: -len(suffix)]
+            if names.get(family, (None, None))[1] == "histogram":
+                return family
     return name
+
+
+def histogram_halves(expr):
+    """For an expression that reads a duration histogram both natively and from its classic
+    buckets: (native operands, classic operands) of its top-level `or`. None otherwise."""
+    used = metric_names(expr)
+    families = [f for f in DURATION_HISTOGRAMS if f in used or f + "_bucket" in used]
+    if not any(f in used and f + "_bucket" in used for f in families):
+        return None
+    native, classic = [], []
+    for operand in split_set_operators(expr):
+        names = metric_names(operand)
+        if any(f + "_bucket" in names for f in families):
+            classic.append(operand)
+        elif any(f in names for f in families):
+            native.append(operand)
+    return native, classic
 
 
 # --- taking alert expressions apart -------------------------------------------------------------
@@ -298,10 +345,76 @@ def walk_panels(panels):
         yield from walk_panels(panel.get("panels", []))
 
 
-def check(prom_url):
-    prom = Prometheus(prom_url)
-    names = catalog()
-    gpu_only = {n for n, gpu in names.items() if gpu}
+def exporter_serves_protobuf(exporter):
+    """Whether the exporter answers a native-histograms Prometheus' scrape in protobuf: only then
+    does that Prometheus get (and store) native histograms."""
+    request = urllib.request.Request(f"http://{exporter}/metrics", headers={"Accept": NATIVE_ACCEPT})
+    with urllib.request.urlopen(request, timeout=10.0) as resp:
+        resp.read()
+        return resp.headers.get("Content-Type", "").startswith("application/vnd.google.protobuf")
+
+
+def result_set(result):
+    """A query result as a comparable set: (labels, value or histogram) per series."""
+    return {(tuple(sorted(s.get("metric", {}).items())), json.dumps(s.get("value") or s.get("histogram"), sort_keys=True))
+            for s in result}
+
+
+def check_halves(prom, expr, at, stores):
+    """None if the half of `native or classic` that the server stores gives the answer, else why not."""
+    native, classic = histogram_halves(expr)
+    if not native or not classic:
+        return "reads a duration histogram both natively and from _bucket inside one operand of `or`"
+    answering, silent = (native, classic) if stores == "native" else (classic, native)
+    expected = set()
+    for operand in answering:
+        result = prom.query(operand, at)
+        if not result:
+            return f"its {stores} half returned no data: {' '.join(operand.split())}"
+        expected |= result_set(result)
+    other = "classic" if stores == "native" else "native"
+    for operand in silent:
+        if prom.query(operand, at):
+            return f"its {other} half returned data on a server that stores {stores} histograms: {' '.join(operand.split())}"
+    result = prom.query(expr, at)
+    if result_set(result) != expected:
+        return f"its result is not its {stores} half's result"
+    # NaN is what histogram_quantile answers for a histogram that did not move: the load ran
+    # within the window, so a quantile of it must be a number.
+    if not any(s.get("value") and s["value"][1] not in ("NaN", "+Inf", "-Inf") for s in result):
+        return f"every value is NaN or infinite: {[s.get('value') for s in result][:3]}"
+    return None
+
+
+def check_storage(prom, at, stores):
+    """(label, expr, reason or None) per duration histogram: stored the way `stores` says."""
+    out = []
+    for family in DURATION_HISTOGRAMS:
+        bare, buckets = prom.query(family, at), prom.query(f"{family}_bucket", at)
+        label = f"storage of {family}"
+        if stores == "native":
+            if not bare:
+                out.append((label, family, "no native histogram stored"))
+            elif not all("histogram" in s for s in bare):
+                out.append((label, family, "stored as floats, not native histograms"))
+            elif buckets:
+                # Prometheus 2.42 with native histograms keeps only the native part of a histogram
+                # that has native buckets; a _bucket series here is one the exporter sent without.
+                out.append((label, f"{family}_bucket", f"classic buckets stored too: {', '.join(sorted({str(s['metric']) for s in buckets})[:3])}"))
+            else:
+                out.append((label, family, None))
+        elif not buckets:
+            out.append((label, f"{family}_bucket", "no classic buckets stored"))
+        elif bare:
+            out.append((label, family, "a native histogram (bare name) stored on a classic server"))
+        else:
+            out.append((label, f"{family}_bucket", None))
+    return out
+
+
+def check_server(server, prom, names, stores):
+    """Checks one Prometheus; `stores` is the kind of duration histogram it should hold."""
+    gpu_only = {n for n, (gpu, _) in names.items() if gpu}
     at = time.time()
     nvml_up = any(float(s["value"][1]) == 1 for s in prom.query("inferd_nvml_up", at))
     inferd_on_gpu = bool(prom.query('inferd_model_info{device!="cpu"}', at))
@@ -309,6 +422,8 @@ def check(prom_url):
     all_checks = rule_checks + checks_from_dashboard()
 
     passed, failed, skipped = [], [], []
+    for label, expr, reason in check_storage(prom, at, stores):
+        (failed.append((label, expr, reason)) if reason else passed.append(label))
 
     for label, expr, extra in all_checks:
         if extra == "unsupported":
@@ -317,7 +432,7 @@ def check(prom_url):
         if extra and extra.startswith("error:"):
             failed.append((label, expr, extra[len("error:"):]))
             continue
-        used = {base_name(n) for n in metric_names(expr)}
+        used = {base_name(n, names) for n in metric_names(expr)}
         unknown = sorted(n for n in used if n.startswith("inferd_") and n not in names and n not in recorded)
         if unknown:
             failed.append((label, expr, f"not in docs/metrics.md: {', '.join(unknown)}"))
@@ -331,6 +446,7 @@ def check(prom_url):
             continue
         try:
             result = prom.query(expr, at)
+            halves = histogram_halves(expr) and check_halves(prom, expr, at, stores)
         except (QueryError, urllib.error.URLError, OSError) as e:
             failed.append((label, expr, str(e)))
             continue
@@ -338,6 +454,8 @@ def check(prom_url):
             failed.append((label, expr, "returned no data"))
         elif extra and not any(extra in s.get("metric", {}) for s in result):
             failed.append((label, expr, f"no series has the label {extra!r}"))
+        elif halves:
+            failed.append((label, expr, halves))
         else:
             passed.append(label)
 
@@ -356,15 +474,30 @@ def check(prom_url):
         failed.append(("rules loaded", str(RULES), f"Prometheus loaded {loaded} rules, rules.yml has {want}"))
 
     for label, expr, reason in skipped:
-        print(f"skip  {label}: {reason}")
+        print(f"skip  [{server}] {label}: {reason}")
     for label, expr, reason in failed:
-        print(f"FAIL  {label}: {reason}\n        {' '.join(expr.split())}")
+        print(f"FAIL  [{server}] {label}: {reason}\n        {' '.join(expr.split())}")
     firing = prom.query("ALERTS", at)
     if firing:
         active = sorted({f"{s['metric'].get('alertname')} ({s['metric'].get('alertstate')})" for s in firing})
-        print(f"note  alerts active in the test (expected with no GPU: NVMLDown): {', '.join(active)}")
-    print(f"promql: {len(passed)} passed, {len(failed)} failed, {len(skipped)} skipped")
-    return 1 if failed else 0
+        print(f"note  [{server}] alerts active in the test (expected with no GPU: NVMLDown): {', '.join(active)}")
+    print(f"promql: [{server}, {stores} histograms] {len(passed)} passed, {len(failed)} failed, {len(skipped)} skipped")
+    return len(passed), len(failed), len(skipped)
+
+
+def check(classic_url, native_url, exporter):
+    names = catalog()
+    protobuf = exporter_serves_protobuf(exporter)
+    if not protobuf:
+        print("note  the exporter answers the native server's protobuf Accept header with text, so that "
+              "server stores classic buckets too and is checked as classic")
+    servers = [("classic", classic_url, "classic"), ("native", native_url, "native" if protobuf else "classic")]
+    totals = [0, 0, 0]
+    for server, url, stores in servers:
+        for i, n in enumerate(check_server(server, Prometheus(url), names, stores)):
+            totals[i] += n
+    print(f"promql: {totals[0]} passed, {totals[1]} failed, {totals[2]} skipped on {len(servers)} servers")
+    return 1 if totals[1] else 0
 
 
 def make_config(out, targets, exporter):
@@ -393,13 +526,15 @@ def main():
     p.add_argument("--targets", required=True)
     p.add_argument("--exporter", required=True)
     p = sub.add_parser("check")
-    p.add_argument("--prometheus", required=True)
+    p.add_argument("--classic", required=True, help="Prometheus started without native histograms")
+    p.add_argument("--native", required=True, help="Prometheus started with --enable-feature=native-histograms")
+    p.add_argument("--exporter", required=True, help="the exporter's host:port, probed for protobuf")
     args = parser.parse_args()
     if args.command == "wait":
         return wait(args.url, args.timeout)
     if args.command == "config":
         return make_config(args.out, args.targets, args.exporter)
-    return check(args.prometheus)
+    return check(args.classic, args.native, args.exporter)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,14 @@
 # The real-Prometheus test of scripts/prometheus/rules.yml and scripts/grafana/inferd-dashboard.json.
 #
 # Starts inferd (temp socket, unique segment), the exporter on a free port reading that segment,
-# and a real `prometheus` scraping it every second with rules.yml loaded (its config derived from
-# scripts/prometheus/prometheus.yml); drives load with `inferctl bench`, including traffic that
+# and two real `prometheus` servers scraping it every second with rules.yml loaded (their config
+# derived from scripts/prometheus/prometheus.yml): one as started by default, which stores the
+# duration histograms as classic `le` buckets, and one with --enable-feature=native-histograms,
+# which asks for protobuf and stores them as native histograms only. Both scrape the same load, so
+# the second costs no extra test time. It drives load with `inferctl bench`, including traffic that
 # ends overloaded (a queue of 4) and deadline_exceeded (1 us deadlines); then tests/promql/promql.py
-# evaluates every PromQL expression of the rules and the dashboard and prints
-# `promql: N passed, F failed, K skipped`. Exits non-zero on any failure.
+# evaluates every PromQL expression of the rules and the dashboard on both servers and prints
+# `promql: N passed, F failed, K skipped on 2 servers`. Exits non-zero on any failure.
 #
 # Builds nothing: uses target/debug/{inferd,inferctl,exporter} (or $INFERD_BIN_DIR). Needs
 # prometheus and promtool (scripts/setup-prometheus.sh) and python3; installs PyYAML with pip
@@ -87,17 +90,25 @@ pids+=("$!")
 python3 tests/promql/promql.py wait "http://127.0.0.1:$exporter_port/health" --timeout 30
 say "exporter on 127.0.0.1:$exporter_port"
 
-# --- Prometheus ---------------------------------------------------------------------------------
-prometheus_port=$(free_port)
+# --- Prometheus: classic and native ------------------------------------------------------------
 python3 tests/promql/promql.py config --out "$work/prometheus.yml" --targets "$work/targets.yml" \
   --exporter "127.0.0.1:$exporter_port"
 promtool check config "$work/prometheus.yml" >"$work/promtool.log" 2>&1 || { cat "$work/promtool.log" >&2; die "derived config is invalid"; }
-prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/data" \
-  --web.listen-address="127.0.0.1:$prometheus_port" --log.level=warn >"$work/prometheus.log" 2>&1 &
-pids+=("$!")
-prom=http://127.0.0.1:$prometheus_port
-python3 tests/promql/promql.py wait "$prom/-/ready" --timeout 60
-say "prometheus on 127.0.0.1:$prometheus_port"
+start_prometheus() { # name, extra flags...
+  local name=$1 port
+  shift
+  port=$(free_port)
+  prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/data-$name" \
+    --web.listen-address="127.0.0.1:$port" --log.level=warn "$@" >"$work/prometheus-$name.log" 2>&1 &
+  pids+=("$!")
+  printf -v "prom_$name" '%s' "http://127.0.0.1:$port"
+}
+start_prometheus classic
+start_prometheus native --enable-feature=native-histograms
+for prom in "$prom_classic" "$prom_native"; do
+  python3 tests/promql/promql.py wait "$prom/-/ready" --timeout 60
+done
+say "prometheus (classic) on ${prom_classic#http://}, (native histograms) on ${prom_native#http://}"
 
 # --- load: ok and overloaded from a closed-loop burst; deadline_exceeded from 1 us deadlines --------
 bench() { "$bin_dir/inferctl" --socket "$socket" bench --warmup-seconds 0 "$@"; }
@@ -114,15 +125,19 @@ grep -q "overloaded=" "$work/bench-arm.log" "$work/bench-legged.log" || die "the
 grep -q "deadline_exceeded=" "$work/bench-legged.log" || die "the load produced no deadline_exceeded answers"
 alive "$inferd_pid" inferd
 
-# A few more scrapes and rule evaluations after the load, so the last samples are in.
+# Both servers have seen the load in a recorded rule, then a few more scrapes and rule
+# evaluations so the last samples are in.
+seen=
 for _ in $(seq 60); do
-  python3 - "$prom" <<'EOF' && break
+  python3 - "$prom_classic" "$prom_native" <<'EOF' && { seen=1; break; }
 import json, sys, urllib.request
-url = sys.argv[1] + "/api/v1/query?query=instance_daemon_model%3Ainferd_requests%3Arate1m%20%3E%200"
-sys.exit(0 if json.load(urllib.request.urlopen(url, timeout=5))["data"]["result"] else 1)
+query = "/api/v1/query?query=instance_daemon_model%3Ainferd_requests%3Arate1m%20%3E%200"
+sys.exit(0 if all(json.load(urllib.request.urlopen(p + query, timeout=5))["data"]["result"] for p in sys.argv[1:]) else 1)
 EOF
   sleep 0.5
 done
+[[ -n $seen ]] || die "instance_daemon_model:inferd_requests:rate1m never went above 0 on both servers"
 sleep 3
 
-python3 tests/promql/promql.py check --prometheus "$prom"
+python3 tests/promql/promql.py check --classic "$prom_classic" --native "$prom_native" \
+  --exporter "127.0.0.1:$exporter_port"

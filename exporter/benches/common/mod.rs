@@ -90,6 +90,10 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 #[allow(dead_code)] // Not every benchmark scrapes over HTTP.
 pub const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
+/// The `Accept` header Prometheus 2.42 sends with `--enable-feature=native-histograms`.
+#[allow(dead_code)] // Not every benchmark scrapes over HTTP.
+pub const PROMETHEUS_NATIVE_ACCEPT: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
 /// How a benchmark asks for `/metrics`.
 #[allow(dead_code)] // Not every benchmark scrapes over HTTP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +102,8 @@ pub enum Ask {
     Plain,
     /// What Prometheus sends: OpenMetrics preferred, gzip accepted.
     AsPrometheus,
+    /// What Prometheus with native histograms enabled sends: protobuf preferred, gzip accepted.
+    AsPrometheusNative,
 }
 
 /// A client that scrapes `/metrics` over one kept-alive connection, as Prometheus does.
@@ -128,6 +134,9 @@ impl KeepAlive {
             Ask::Plain => String::new(),
             Ask::AsPrometheus => {
                 format!("Accept: {PROMETHEUS_ACCEPT}\r\nAccept-Encoding: gzip\r\n")
+            }
+            Ask::AsPrometheusNative => {
+                format!("Accept: {PROMETHEUS_NATIVE_ACCEPT}\r\nAccept-Encoding: gzip\r\n")
             }
         };
         let req = format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{accept}\r\n");

@@ -12,7 +12,7 @@ use shm_layout::{ClampKind, HistogramSnapshot, SafetyReason, State, Status};
 use super::Collector;
 use crate::catalog::{self, MetricDef};
 use crate::discovery::Discovery;
-use crate::histogram::{ClassicBuckets, NativeHistogram};
+use crate::histogram::{BucketBounds, ClassicBuckets, NativeHistogram};
 use crate::scrape::{Daemon, Scrape};
 use crate::text::{MetricsWriter, Value};
 use crate::Result;
@@ -234,15 +234,16 @@ fn render_requests(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
 
 /// Bucket bounds of the batch-size and byte histograms as `le` strings, formatted once.
 struct Les {
-    batch: Vec<String>,
-    bytes: Vec<String>,
+    batch: BucketBounds,
+    bytes: BucketBounds,
 }
 
 fn les() -> &'static Les {
     static LES: OnceLock<Les> = OnceLock::new();
+    let bounds = |b: &[u64]| BucketBounds::new(b.iter().map(|&v| v as f64).collect());
     LES.get_or_init(|| Les {
-        batch: batch_bounds().iter().map(u64::to_string).collect(),
-        bytes: bytes_bounds().iter().map(u64::to_string).collect(),
+        batch: bounds(&batch_bounds()),
+        bytes: bounds(&bytes_bounds()),
     })
 }
 
@@ -265,7 +266,7 @@ fn render_durations(daemons: &[Labelled<'_>], classic: &ClassicBuckets, out: &mu
                 let sum = h.sum as f64 / 1e9;
                 out.histogram(
                     &labels,
-                    classic.les(),
+                    classic.bounds(),
                     &classic.cumulative(h),
                     sum,
                     n.as_ref(),
@@ -279,7 +280,7 @@ fn render_durations(daemons: &[Labelled<'_>], classic: &ClassicBuckets, out: &mu
 fn render_histograms(daemons: &[Labelled<'_>], out: &mut MetricsWriter) {
     type Pick = fn(&shm_layout::ModelStatsSnapshot) -> &HistogramSnapshot;
     let les = les();
-    let families: [(&MetricDef, Pick, &[String]); 3] = [
+    let families: [(&MetricDef, Pick, &BucketBounds); 3] = [
         (&catalog::BATCH_SIZE, |s| &s.batch_size, &les.batch),
         (&catalog::REQUEST_BYTES, |s| &s.request_bytes, &les.bytes),
         (&catalog::RESPONSE_BYTES, |s| &s.response_bytes, &les.bytes),
