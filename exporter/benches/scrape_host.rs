@@ -9,8 +9,9 @@
 //!
 //! For each count of segments (`SEGMENTS`, default `1,4,8`) it times `SCRAPES` (default 2000)
 //! scrapes after 100 unmeasured ones and prints
-//! `scrape_host segments=<n> series=<s> page_bytes=.. gzip_bytes=.. p50_us=.. p99_us=..`
-//! (the page's size as text and as sent), then
+//! `scrape_host segments=<n> series=<s> page_bytes=.. gzip_bytes=.. p50_us=.. p99_us=..
+//! protobuf_p99_us=..` (the page's size as text and as sent; the p99 of as many scrapes asked
+//! as Prometheus with native histograms asks: protobuf, gzip), then
 //! `scrape_host_breakdown segments=<n> segment_us=.. process_us=.. nvml_us=.. exporter_us=..
 //! render_us=.. gzip_us=..`: medians of each part, timed in-process on the same segments
 //! (each collector's `collect`, the page's rendering, its gzip). Last, for the largest count:
@@ -172,6 +173,8 @@ struct Measured {
     gzip_bytes: usize,
     p50_us: f64,
     p99_us: f64,
+    /// The p99 of as many scrapes asked as Prometheus with native histograms asks (protobuf).
+    protobuf_p99_us: f64,
     /// [`breakdown`]'s fields.
     breakdown: String,
 }
@@ -200,14 +203,19 @@ fn run(segments: usize, rounds: usize) -> Measured {
     for _ in 0..100 {
         gzip_bytes = client.scrape(Ask::AsPrometheus).len();
     }
-    let mut t: Vec<f64> = (0..rounds)
-        .map(|_| {
-            let start = Instant::now();
-            std::hint::black_box(client.scrape(Ask::AsPrometheus));
-            start.elapsed().as_secs_f64() * 1e6
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
+    let mut time = |ask: Ask| {
+        let mut t: Vec<f64> = (0..rounds)
+            .map(|_| {
+                let start = Instant::now();
+                std::hint::black_box(client.scrape(ask));
+                start.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t
+    };
+    let t = time(Ask::AsPrometheus);
+    let protobuf = time(Ask::AsPrometheusNative);
     assert_eq!(
         count_series(&KeepAlive::new(addr).scrape(Ask::Plain)),
         series,
@@ -221,6 +229,7 @@ fn run(segments: usize, rounds: usize) -> Measured {
         gzip_bytes,
         p50_us: common::quantile(&t, 0.5),
         p99_us: common::quantile(&t, 0.99),
+        protobuf_p99_us: common::quantile(&protobuf, 0.99),
         breakdown,
     }
 }
@@ -239,8 +248,8 @@ fn main() {
     for &segments in &counts {
         let m = run(segments, rounds);
         println!(
-            "scrape_host segments={segments} series={} page_bytes={} gzip_bytes={} p50_us={:.0} p99_us={:.0}",
-            m.series, m.page_bytes, m.gzip_bytes, m.p50_us, m.p99_us
+            "scrape_host segments={segments} series={} page_bytes={} gzip_bytes={} p50_us={:.0} p99_us={:.0} protobuf_p99_us={:.0}",
+            m.series, m.page_bytes, m.gzip_bytes, m.p50_us, m.p99_us, m.protobuf_p99_us
         );
         println!("scrape_host_breakdown segments={segments} {}", m.breakdown);
         last = Some((segments, m));
