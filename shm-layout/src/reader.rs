@@ -339,10 +339,8 @@ fn read_snapshot(read: &mut ReadAt<'_>, file_len: u64, buffers: &mut Buffers) ->
             continue;
         }
         let touched = first.models_touched.load(Acquire) & ((1 << MODELS) - 1);
-        for m in (0..MODELS).filter(|m| touched & (1 << m) != 0) {
-            for (offset, len) in model_ranges(m) {
-                buf.fill_range(read, at, offset, len)?;
-            }
+        for (offset, len) in touched_ranges(touched) {
+            buf.fill_range(read, at, offset, len)?;
         }
         shards.push(totals.add(shard_of(buf.bytes(SHARD_SIZE))?, touched));
     }
@@ -366,17 +364,35 @@ fn read_snapshot(read: &mut ReadAt<'_>, file_len: u64, buffers: &mut Buffers) ->
     })
 }
 
-/// Where model `m`'s values lie within a shard, as (offset, length): its request counters
-/// (every robot type and status) and its `ModelStats`.
-fn model_ranges(m: usize) -> [(usize, usize); 2] {
+/// Where the values of the models `touched` names lie within a shard, as (offset, length):
+/// their request counters (every robot type and status) and their `ModelStats`. Models next
+/// to each other are one range of each, so a shard that recorded every model is read in two
+/// copies, not eighteen.
+fn touched_ranges(touched: u64) -> impl Iterator<Item = (usize, usize)> {
     let requests = std::mem::offset_of!(Shard, requests_by_label);
     let per_model = ROBOT_TYPES * STATUSES * std::mem::size_of::<u64>();
     let stats = std::mem::offset_of!(Shard, models);
     let per_stats = std::mem::size_of::<ModelStats>();
-    [
-        (requests + m * per_model, per_model),
-        (stats + m * per_stats, per_stats),
-    ]
+    runs(touched).flat_map(move |(first, n)| {
+        [
+            (requests + first * per_model, n * per_model),
+            (stats + first * per_stats, n * per_stats),
+        ]
+    })
+}
+
+/// The runs of set bits in `bits`, lowest first, as (first bit, length).
+fn runs(mut bits: u64) -> impl Iterator<Item = (usize, usize)> {
+    std::iter::from_fn(move || {
+        if bits == 0 {
+            return None;
+        }
+        let first = bits.trailing_zeros();
+        let n = (bits >> first).trailing_ones();
+        // Clears the run: n >= 1 (bit `first` is set), so the shift is at most 63.
+        bits &= !(u64::MAX >> (64 - n) << first);
+        Some((first as usize, n as usize))
+    })
 }
 
 /// The header words that must equal this reader's layout, as `(field name, found, expected)`:
@@ -666,6 +682,46 @@ impl ModelTotals {
 mod tests {
     use super::*;
     use crate::buckets::{batch_bounds, bytes_bounds, duration_bounds_ns};
+
+    #[test]
+    fn runs_of_touched_models_are_read_as_one_range_each() {
+        let all: Vec<_> = runs(0b1_0110_0111).collect();
+        assert_eq!(all, vec![(0, 3), (5, 2), (8, 1)]);
+        assert_eq!(runs(0).count(), 0);
+        assert_eq!(runs(u64::MAX).collect::<Vec<_>>(), vec![(0, 64)]);
+        assert_eq!(runs(1 << 63).collect::<Vec<_>>(), vec![(63, 1)]);
+        // The ranges cover exactly the bytes of each touched model's two blocks.
+        let per_model = |m: usize| {
+            let r = std::mem::offset_of!(Shard, requests_by_label);
+            let per = ROBOT_TYPES * STATUSES * 8;
+            let s = std::mem::offset_of!(Shard, models);
+            let per_stats = std::mem::size_of::<ModelStats>();
+            [
+                r + m * per..r + (m + 1) * per,
+                s + m * per_stats..s + (m + 1) * per_stats,
+            ]
+        };
+        for touched in [
+            0b1u64,
+            0b1_0000_0000,
+            0b1_1111_1111,
+            0b1_0101_0101,
+            0b0_0110_0110,
+        ] {
+            let mut got: Vec<usize> = touched_ranges(touched)
+                .flat_map(|(at, len)| at..at + len)
+                .collect();
+            let mut want: Vec<usize> = (0..MODELS)
+                .filter(|m| touched & (1 << m) != 0)
+                .flat_map(per_model)
+                .flatten()
+                .collect();
+            got.sort_unstable();
+            want.sort_unstable();
+            assert_eq!(got, want, "touched {touched:#b}");
+        }
+        assert_eq!(touched_ranges(0b1_1111_1111).count(), 2);
+    }
 
     #[test]
     fn an_untouched_models_zeros_are_what_summing_nothing_gives() {
