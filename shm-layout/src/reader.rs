@@ -516,6 +516,29 @@ fn read_gauges(g: &Gauges) -> GaugesSnapshot {
     }
 }
 
+/// [`sum_into`], returning the sum of `values` too (saturating).
+fn sum_counting(acc: &mut [u64], values: &[AtomicU64]) -> u64 {
+    // Four running totals: with one, every add would wait for the one before it. Saturating
+    // each and then their sum is the same as saturating one: the values are never negative.
+    let mut totals = [0u64; 4];
+    let mut acc_quads = acc.chunks_exact_mut(4);
+    let mut quads = values.chunks_exact(4);
+    for (a, v) in acc_quads.by_ref().zip(quads.by_ref()) {
+        for k in 0..4 {
+            let v = v[k].load(Relaxed);
+            a[k] = a[k].saturating_add(v);
+            totals[k] = totals[k].saturating_add(v);
+        }
+    }
+    let rest = acc_quads.into_remainder().iter_mut().zip(quads.remainder());
+    for (a, v) in rest {
+        let v = v.load(Relaxed);
+        *a = a.saturating_add(v);
+        totals[0] = totals[0].saturating_add(v);
+    }
+    totals.iter().fold(0, |t, &x| t.saturating_add(x))
+}
+
 fn sum_into(acc: &mut [u64], values: &[AtomicU64]) {
     for (a, v) in acc.iter_mut().zip(values) {
         *a = a.saturating_add(v.load(Relaxed));
@@ -607,13 +630,9 @@ impl Totals {
         let mut requests = 0u64;
         let per_model = ROBOT_TYPES * STATUSES;
         for m in (0..MODELS).filter(|m| touched & (1 << m) != 0) {
-            let flat = shard.requests_by_label[m].iter().flatten();
+            let flat = shard.requests_by_label[m].as_flattened();
             let acc = &mut self.requests_by_label[m * per_model..(m + 1) * per_model];
-            for (acc, v) in acc.iter_mut().zip(flat) {
-                let v = v.load(Relaxed);
-                *acc = acc.saturating_add(v);
-                requests = requests.saturating_add(v);
-            }
+            requests = requests.saturating_add(sum_counting(acc, flat));
             self.models[m]
                 .get_or_insert_with(ModelTotals::default)
                 .add(&shard.models[m]);
@@ -721,6 +740,27 @@ mod tests {
             assert_eq!(got, want, "touched {touched:#b}");
         }
         assert_eq!(touched_ranges(0b1_1111_1111).count(), 2);
+    }
+
+    #[test]
+    fn sum_counting_is_one_saturating_sum() {
+        for len in [0, 1, 3, 4, 5, 455] {
+            for big in [false, true] {
+                let values: Vec<AtomicU64> = (0..len as u64)
+                    .map(|i| AtomicU64::new(if big && i % 3 == 0 { u64::MAX / 2 } else { i }))
+                    .collect();
+                let mut acc: Vec<u64> = (0..len as u64).map(|i| i * 7).collect();
+                let mut want_acc = acc.clone();
+                let mut want = 0u64;
+                for (a, v) in want_acc.iter_mut().zip(&values) {
+                    let v = v.load(Relaxed);
+                    *a = a.saturating_add(v);
+                    want = want.saturating_add(v);
+                }
+                assert_eq!(sum_counting(&mut acc, &values), want, "len {len} big {big}");
+                assert_eq!(acc, want_acc);
+            }
+        }
     }
 
     #[test]
