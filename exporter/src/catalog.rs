@@ -551,7 +551,7 @@ pub(crate) static PROCESS_RESIDENT_MEMORY_BYTES: MetricDef = MetricDef {
     labels: DAEMON,
     gpu_only: false,
     collector: "process",
-    source: "/proc/<pid>/status: VmRSS",
+    source: "/proc/<pid>/stat: rss × page size (what status shows as VmRSS)",
 };
 
 /// `process_threads`: inferd's threads.
@@ -575,7 +575,7 @@ pub(crate) static PROCESS_OPEN_FDS: MetricDef = MetricDef {
     labels: DAEMON,
     gpu_only: false,
     collector: "process",
-    source: "/proc/<pid>/fd: entries",
+    source: "/proc/<pid>/fd: its size (Linux 6.2 and later), else its entries",
 };
 
 /// `nvml_up`: Whether NVML answers.
