@@ -161,7 +161,7 @@ pub type Labels<'a> = [(&'a str, &'a str)];
 /// Family names are given without the namespace and, for counters, with their `_total`:
 /// the writer adds the namespace and drops `_total` from an OpenMetrics counter's family name,
 /// as that format wants. The text formats are written straight into one `String`; the
-/// protobuf format goes through [`crate::protobuf`], which the same calls feed.
+/// protobuf format goes through the protobuf module, which the same calls feed.
 pub struct MetricsWriter {
     out: String,
     /// The protobuf page, when the format is [`Format::Protobuf`].

@@ -14,7 +14,7 @@
 //!
 //! Durations are recorded in integer nanoseconds, so a duration bound is the integer
 //! `floor(1e9 × 2^(k/8))`: for an integer `v`, `v ≤ 1e9 × 2^(k/8)` exactly when `v` is at most
-//! that floor. [`duration_bucket`] finds the bucket in a few instructions: the exponent from
+//! that floor. [`crate::buckets::duration_bucket`] finds the bucket in a few instructions: the exponent from
 //! `leading_zeros`, the next four bits of the value select a cell of a 16-per-doubling table,
 //! and one compare against that cell's only possible bound settles it. Four bits, not three:
 //! nanosecond doublings do not line up with doublings of seconds (1e9 is not a power of two),
