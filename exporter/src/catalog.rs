@@ -927,15 +927,51 @@ pub(crate) static EXPORTER_BUILD_INFO: MetricDef = MetricDef {
     name: "exporter_build_info",
     kind: Kind::Gauge,
     unit: "always 1",
-    help: Help::Text("The exporter's version; always 1."),
-    labels: &["version"],
+    help: Help::Text("The exporter's version, git commit and rustc version; always 1."),
+    labels: &["version", "revision", "rustc_version"],
     gpu_only: false,
     collector: "exporter",
-    source: "Scrape::exporter_version (CARGO_PKG_VERSION)",
+    source: "CARGO_PKG_VERSION; `git rev-parse HEAD` and `rustc --version` at build time",
+};
+
+/// `exporter_process_cpu_seconds_total`: CPU time the exporter used.
+pub(crate) static EXPORTER_PROCESS_CPU_SECONDS_TOTAL: MetricDef = MetricDef {
+    name: "exporter_process_cpu_seconds_total",
+    kind: Kind::Counter,
+    unit: "seconds",
+    help: Help::Text("CPU time the exporter used, user plus system."),
+    labels: NONE,
+    gpu_only: false,
+    collector: "exporter",
+    source: "/proc/<own pid>/stat: utime + stime",
+};
+
+/// `exporter_process_resident_memory_bytes`: the exporter's resident memory.
+pub(crate) static EXPORTER_PROCESS_RESIDENT_MEMORY_BYTES: MetricDef = MetricDef {
+    name: "exporter_process_resident_memory_bytes",
+    kind: Kind::Gauge,
+    unit: "bytes",
+    help: Help::Text("The exporter's resident memory."),
+    labels: NONE,
+    gpu_only: false,
+    collector: "exporter",
+    source: "/proc/<own pid>/stat: rss × page size",
+};
+
+/// `exporter_process_open_fds`: the exporter's open file descriptors.
+pub(crate) static EXPORTER_PROCESS_OPEN_FDS: MetricDef = MetricDef {
+    name: "exporter_process_open_fds",
+    kind: Kind::Gauge,
+    unit: "descriptors",
+    help: Help::Text("File descriptors the exporter holds open: one per segment it reads, its sockets, and its own."),
+    labels: NONE,
+    gpu_only: false,
+    collector: "exporter",
+    source: "/proc/<own pid>/fd",
 };
 
 /// Every family the exporter serves, in the order a page has them.
-pub static CATALOG: [&MetricDef; 69] = [
+pub static CATALOG: [&MetricDef; 72] = [
     &UP,
     &HEARTBEAT_AGE_SECONDS,
     &GENERATION,
@@ -1005,6 +1041,9 @@ pub static CATALOG: [&MetricDef; 69] = [
     &EXPORTER_HTTP_CONNECTIONS,
     &EXPORTER_HTTP_CONNECTIONS_CLOSED_TOTAL,
     &EXPORTER_BUILD_INFO,
+    &EXPORTER_PROCESS_CPU_SECONDS_TOTAL,
+    &EXPORTER_PROCESS_RESIDENT_MEMORY_BYTES,
+    &EXPORTER_PROCESS_OPEN_FDS,
 ];
 
 #[cfg(test)]

@@ -129,6 +129,13 @@ pub struct Scrape {
     /// The exporter's version (`exporter_build_info`): its crate version, unless a test fixes
     /// it to render a page that stays the same from one release to the next.
     pub exporter_version: &'static str,
+    /// The git commit the exporter was built from (`unknown` outside a checkout).
+    pub exporter_revision: &'static str,
+    /// The rustc version that built the exporter.
+    pub rustc_version: &'static str,
+    /// The exporter's own process: CPU, resident memory and descriptors (`pid` is its own,
+    /// `daemon` empty); `None` where `/proc/self` cannot be read.
+    pub exporter_process: Option<ProcessStats>,
 }
 
 impl Scrape {
@@ -146,6 +153,9 @@ impl Scrape {
             exporter_started_at,
             http: HttpConnections::default(),
             exporter_version: env!("CARGO_PKG_VERSION"),
+            exporter_revision: env!("EXPORTER_GIT_REVISION"),
+            rustc_version: env!("EXPORTER_RUSTC_VERSION"),
+            exporter_process: None,
         }
     }
 }

@@ -517,7 +517,14 @@ pub fn handle(exporter: &Exporter, req: &Request<Incoming>) -> Response<Full<Byt
     let (status, content_type, body) = match req.uri().path() {
         "/metrics" => {
             let format = Format::from_accept(header(header::ACCEPT));
-            ok((format.content_type(), exporter.metrics(format)))
+            let mut r = respond(format.content_type(), exporter.metrics(format), gzip);
+            // The body depends on Accept as well: a cache must not hand one format to a client
+            // that asked for another.
+            r.headers_mut().insert(
+                header::VARY,
+                HeaderValue::from_static("Accept, Accept-Encoding"),
+            );
+            return r;
         }
         "/health" => {
             // 503 tells a load balancer or a probe what the body says: an inferd is not up.
@@ -541,7 +548,7 @@ pub fn handle(exporter: &Exporter, req: &Request<Incoming>) -> Response<Full<Byt
     r
 }
 
-const INDEX: &str = "inferd exporter\n\n/metrics       Prometheus text 0.0.4, or OpenMetrics 1.0 by Accept\n/health        exporter, inferd and NVML status (JSON)\n/gpu/stats     latest GPU sample (JSON)\n/queue/stats   queues, in-flight requests, connections (JSON)\n/models/stats  per-model requests and latency (JSON)\n";
+const INDEX: &str = "inferd exporter\n\n/metrics       Prometheus text 0.0.4, OpenMetrics 1.0 or protobuf (native histograms), by Accept\n/health        exporter, inferd and NVML status (JSON)\n/gpu/stats     latest GPU sample (JSON)\n/queue/stats   queues, in-flight requests, connections (JSON)\n/models/stats  per-model requests and latency (JSON)\n";
 
 fn json_body(v: serde_json::Value) -> (&'static str, Vec<u8>) {
     let mut body = serde_json::to_vec_pretty(&v).unwrap_or_else(|_| b"{}".to_vec());

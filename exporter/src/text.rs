@@ -226,6 +226,11 @@ impl MetricsWriter {
         let _ = write!(self.out, "# HELP {family} ");
         escape_into(&mut self.out, help, false);
         let _ = writeln!(self.out, "\n# TYPE {family} {}", kind.as_str());
+        if self.format == Format::OpenMetrics {
+            if let Some(unit) = unit_of(family) {
+                let _ = writeln!(self.out, "# UNIT {family} {unit}");
+            }
+        }
     }
 
     /// Writes one sample of the current (counter or gauge) family.
@@ -377,6 +382,21 @@ impl MetricsWriter {
     }
 }
 
+/// The base units a family name can end in; OpenMetrics wants a `# UNIT` line naming it, and
+/// the unit must be the name's suffix, so it is read from there.
+const UNITS: [&str; 7] = [
+    "seconds", "bytes", "joules", "watts", "hertz", "celsius", "ratio",
+];
+
+/// The unit a family name ends in (`_seconds`, `_bytes`, ...), if any.
+fn unit_of(family: &str) -> Option<&'static str> {
+    UNITS.iter().copied().find(|unit| {
+        family
+            .strip_suffix(unit)
+            .is_some_and(|rest| rest.ends_with('_'))
+    })
+}
+
 /// Formats a float as both formats want it: `+Inf`, `-Inf`, `NaN`, else the shortest decimal
 /// that reads back as the same value (Rust's `Display` never uses an exponent, which both
 /// formats accept).
@@ -442,6 +462,30 @@ mod tests {
             assert!(text.contains("ns_requests_total{a=\"b\"} 3\n"), "{text}");
             assert_eq!(text.ends_with("# EOF\n"), format == Format::OpenMetrics);
         }
+    }
+
+    #[test]
+    fn openmetrics_names_the_unit_a_family_ends_in() {
+        let mut w = MetricsWriter::new(Format::OpenMetrics, "ns", 0);
+        w.family("busy_seconds_total", Kind::Counter, "Busy.");
+        w.family("latency_seconds", Kind::Histogram, "Latency.");
+        w.family("queue_depth", Kind::Gauge, "Depth.");
+        w.family("util_ratio", Kind::Gauge, "Utilization.");
+        let text = String::from_utf8(w.finish()).unwrap();
+        assert!(
+            text.contains("# TYPE ns_busy_seconds counter\n# UNIT ns_busy_seconds seconds\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# UNIT ns_latency_seconds seconds\n"),
+            "{text}"
+        );
+        assert!(text.contains("# UNIT ns_util_ratio ratio\n"), "{text}");
+        assert!(!text.contains("# UNIT ns_queue_depth"), "{text}");
+        let mut w = MetricsWriter::new(Format::Prometheus, "ns", 0);
+        w.family("latency_seconds", Kind::Histogram, "Latency.");
+        assert!(!String::from_utf8(w.finish()).unwrap().contains("# UNIT"));
+        assert_eq!(unit_of("ns_xseconds"), None, "a unit is a whole suffix");
     }
 
     #[test]

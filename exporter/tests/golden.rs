@@ -122,6 +122,16 @@ fn fixed_scrape(exporter: &Exporter) -> Scrape {
         header_timeouts_total: 3,
     };
     scrape.exporter_version = "0.0.0-golden";
+    scrape.exporter_revision = "0123456789ab";
+    scrape.rustc_version = "1.95.0";
+    scrape.exporter_process = Some(ProcessStats {
+        daemon: String::new(),
+        pid: 4321,
+        cpu_seconds: 0.75,
+        resident_memory_bytes: 12 << 20,
+        threads: 5,
+        open_fds: 11,
+    });
     scrape
 }
 

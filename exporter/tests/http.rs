@@ -154,6 +154,7 @@ fn protobuf_is_negotiated_and_matches_the_text_page() {
         r.header("content-type"),
         Some("application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited")
     );
+    assert_eq!(r.header("vary"), Some("Accept, Accept-Encoding"));
     let families = exporter::decode_page(&r.bytes).expect("a valid protobuf page");
     let text = metrics(server.addr());
     let family = |name: &str| {

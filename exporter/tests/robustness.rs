@@ -263,8 +263,17 @@ fn a_missing_segment_directory_fails_the_collector_not_the_scrape() {
         ),
         Some(0.0)
     );
-    assert_eq!(
-        value(&page, "inferd_exporter_build_info{version=\"0.1.0\"}"),
-        Some(1.0)
+    let build = page
+        .lines()
+        .find(|l| l.starts_with("inferd_exporter_build_info{version=\"0.1.0\",revision=\""))
+        .unwrap_or_else(|| panic!("no build_info in {page}"));
+    assert!(
+        build.contains(",rustc_version=\"") && build.ends_with("} 1"),
+        "{build}"
     );
+    // The exporter's own process is read from /proc/self, whatever the segments do.
+    let rss = value(&page, "inferd_exporter_process_resident_memory_bytes").unwrap_or(0.0);
+    assert!(rss > 1e6, "resident memory {rss}");
+    assert!(value(&page, "inferd_exporter_process_open_fds").unwrap_or(0.0) >= 3.0);
+    assert!(value(&page, "inferd_exporter_process_cpu_seconds_total").is_some());
 }

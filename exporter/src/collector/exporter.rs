@@ -13,12 +13,18 @@ use crate::Result;
 /// Reports the scrape itself and the HTTP server's connection counts.
 pub(crate) struct ExporterCollector {
     http: Arc<HttpStats>,
+    ticks_per_second: u64,
+    page_size: u64,
 }
 
 impl ExporterCollector {
     /// Reports `http`, the counts the HTTP server keeps.
     pub(crate) fn new(http: Arc<HttpStats>) -> ExporterCollector {
-        ExporterCollector { http }
+        ExporterCollector {
+            http,
+            ticks_per_second: procfs::ticks_per_second(),
+            page_size: procfs::page_size(),
+        }
     }
 }
 
@@ -29,6 +35,12 @@ impl Collector for ExporterCollector {
 
     fn collect(&self, scrape: &mut Scrape) -> Result<()> {
         scrape.http = self.http.read();
+        // The same files the process collector reads for each inferd, of this process.
+        let pid = u64::from(std::process::id());
+        let files = super::process::read(std::path::Path::new("/proc"), pid)?;
+        scrape.exporter_process = files
+            .map(|f| super::process::parse("", pid, &f, self.ticks_per_second, self.page_size))
+            .transpose()?;
         Ok(())
     }
 
@@ -60,6 +72,24 @@ impl Collector for ExporterCollector {
             out.sample(&[("reason", reason)], n);
         }
         out.family_def(&catalog::EXPORTER_BUILD_INFO);
-        out.sample(&[("version", scrape.exporter_version)], 1u64);
+        let build = [
+            ("version", scrape.exporter_version),
+            ("revision", scrape.exporter_revision),
+            ("rustc_version", scrape.rustc_version),
+        ];
+        out.sample(&build, 1u64);
+        let own = scrape.exporter_process.as_ref();
+        out.family_def(&catalog::EXPORTER_PROCESS_CPU_SECONDS_TOTAL);
+        if let Some(p) = own {
+            out.sample(&[], p.cpu_seconds);
+        }
+        out.family_def(&catalog::EXPORTER_PROCESS_RESIDENT_MEMORY_BYTES);
+        if let Some(p) = own {
+            out.sample(&[], p.resident_memory_bytes);
+        }
+        out.family_def(&catalog::EXPORTER_PROCESS_OPEN_FDS);
+        if let Some(p) = own {
+            out.sample(&[], p.open_fds);
+        }
     }
 }
