@@ -9,8 +9,6 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::time::Instant;
-
 use common::{count_series, Ask, KeepAlive};
 use exporter::{FakeDevice, FakeGpuSource, Options, Server};
 
@@ -33,14 +31,7 @@ fn main() {
         client.scrape(Ask::AsPrometheus);
     }
     let mut run = |ask: Ask| {
-        let mut t: Vec<f64> = (0..rounds)
-            .map(|_| {
-                let start = Instant::now();
-                std::hint::black_box(client.scrape(ask));
-                start.elapsed().as_secs_f64() * 1e6
-            })
-            .collect();
-        t.sort_by(f64::total_cmp);
+        let t = common::time_scrapes(&mut client, ask, rounds);
         (common::quantile(&t, 0.5), common::quantile(&t, 0.99))
     };
     let (p50, p99) = run(Ask::Plain);

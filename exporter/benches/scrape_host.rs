@@ -203,19 +203,8 @@ fn run(segments: usize, rounds: usize) -> Measured {
     for _ in 0..100 {
         gzip_bytes = client.scrape(Ask::AsPrometheus).len();
     }
-    let mut time = |ask: Ask| {
-        let mut t: Vec<f64> = (0..rounds)
-            .map(|_| {
-                let start = Instant::now();
-                std::hint::black_box(client.scrape(ask));
-                start.elapsed().as_secs_f64() * 1e6
-            })
-            .collect();
-        t.sort_by(f64::total_cmp);
-        t
-    };
-    let t = time(Ask::AsPrometheus);
-    let protobuf = time(Ask::AsPrometheusNative);
+    let t = common::time_scrapes(&mut client, Ask::AsPrometheus, rounds);
+    let protobuf = common::time_scrapes(&mut client, Ask::AsPrometheusNative, rounds);
     assert_eq!(
         count_series(&KeepAlive::new(addr).scrape(Ask::Plain)),
         series,

@@ -50,19 +50,15 @@ impl Format {
         for range in accept.into_iter().flat_map(|a| a.split(',')) {
             let mut parts = range.split(';').map(str::trim);
             let media = parts.next().unwrap_or_default();
-            let params: Vec<(&str, &str)> = parts
-                .filter_map(|p| p.split_once('='))
-                .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
-                .collect();
+            let q = quality(parts.clone());
             let param = |name: &str| {
-                params
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .map(|&(_, v)| v)
+                parts.clone().find_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    k.trim()
+                        .eq_ignore_ascii_case(name)
+                        .then(|| v.trim().trim_matches('"'))
+                })
             };
-            let q = param("q")
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(1.0);
             let format = if media.eq_ignore_ascii_case("application/vnd.google.protobuf")
                 && param("proto") == Some("io.prometheus.client.MetricFamily")
                 && param("encoding").is_some_and(|e| e.eq_ignore_ascii_case("delimited"))

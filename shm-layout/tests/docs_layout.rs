@@ -6,8 +6,7 @@ const END: &str = "<!-- layout-table:end -->";
 
 #[test]
 fn docs_offsets_table_matches_code() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/shm-layout.md");
-    let doc = std::fs::read_to_string(path).unwrap();
+    let doc = shm_layout_doc();
     let start = doc.find(BEGIN).expect("begin marker") + BEGIN.len();
     let end = doc.find(END).expect("end marker");
     let table = &doc[start..end];
@@ -20,11 +19,7 @@ fn docs_offsets_table_matches_code() {
 
 #[test]
 fn docs_state_the_versions_and_magic() {
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../docs/shm-layout.md"
-    ))
-    .unwrap();
+    let doc = shm_layout_doc();
     let version = format!(
         "{}.{}",
         shm_layout::layout::VERSION_MAJOR,
@@ -43,11 +38,7 @@ fn docs_state_the_versions_and_magic() {
 #[test]
 fn docs_python_reader_reads_a_real_segment() {
     use shm_layout::{ModelInfo, RequestSample, ShardKind, Status};
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../docs/shm-layout.md"
-    ))
-    .unwrap();
+    let doc = shm_layout_doc();
     let code = python_block(&doc, "import struct");
 
     let (writer, _c) = crate::util::fresh("pydoc");
@@ -88,6 +79,15 @@ fn docs_python_reader_reads_a_real_segment() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "docmodel 3");
 }
 
+/// docs/shm-layout.md.
+fn shm_layout_doc() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/shm-layout.md"
+    ))
+    .expect("docs/shm-layout.md")
+}
+
 /// The doc's Python block that contains `marker`.
 fn python_block<'a>(doc: &'a str, marker: &str) -> &'a str {
     doc.split("```python\n")
@@ -102,11 +102,7 @@ fn python_block<'a>(doc: &'a str, marker: &str) -> &'a str {
 #[test]
 fn docs_duration_bucket_formula_matches_code() {
     use shm_layout::buckets::{duration_bounds_ns, duration_bucket, DURATION_INDEX_OFFSET};
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../docs/shm-layout.md"
-    ))
-    .unwrap();
+    let doc = shm_layout_doc();
     let code = python_block(&doc, "def duration_bucket");
     let mut values: Vec<u64> = vec![0, 1, 500, 70_000_000_000, 1 << 45];
     for b in duration_bounds_ns() {

@@ -164,6 +164,20 @@ impl KeepAlive {
     }
 }
 
+/// `rounds` scrapes asked as `ask`, each timed, in µs, sorted.
+#[allow(dead_code)] // Not every benchmark scrapes over HTTP.
+pub fn time_scrapes(client: &mut KeepAlive, ask: Ask, rounds: usize) -> Vec<f64> {
+    let mut t: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            std::hint::black_box(client.scrape(ask));
+            start.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t
+}
+
 /// The number of series on an uncompressed text page: its sample lines.
 #[allow(dead_code)] // Not every benchmark scrapes over HTTP.
 pub fn count_series(page: &[u8]) -> usize {

@@ -36,11 +36,13 @@ impl Collector for ExporterCollector {
     fn collect(&self, scrape: &mut Scrape) -> Result<()> {
         scrape.http = self.http.read();
         // The same files the process collector reads for each inferd, of this process.
-        let pid = u64::from(std::process::id());
-        let files = super::process::read(std::path::Path::new("/proc"), pid)?;
-        scrape.exporter_process = files
-            .map(|f| super::process::parse("", pid, &f, self.ticks_per_second, self.page_size))
-            .transpose()?;
+        scrape.exporter_process = super::process::stats(
+            std::path::Path::new("/proc"),
+            "",
+            u64::from(std::process::id()),
+            self.ticks_per_second,
+            self.page_size,
+        )?;
         Ok(())
     }
 

@@ -73,6 +73,19 @@ pub(crate) fn read(proc_root: &Path, pid: u64) -> Result<Option<ProcFiles>> {
     Ok(Some(ProcFiles { stat, open_fds }))
 }
 
+/// Reads and parses `/proc/<pid>` in one go: `Ok(None)` when the process does not exist.
+pub(crate) fn stats(
+    proc_root: &Path,
+    daemon: &str,
+    pid: u64,
+    ticks_per_second: u64,
+    page_size: u64,
+) -> Result<Option<ProcessStats>> {
+    read(proc_root, pid)?
+        .map(|f| parse(daemon, pid, &f, ticks_per_second, page_size))
+        .transpose()
+}
+
 /// Parses the files into stats.
 /// `page_size` is the kernel's, in bytes, which `rss` counts in.
 pub(crate) fn parse(
@@ -115,10 +128,13 @@ impl Collector for ProcessCollector {
             .filter(|d| !d.deleted && d.snapshot.header.state != shm_layout::State::Stopped)
         {
             let pid = d.snapshot.header.writer_pid;
-            match read(self.proc_root, pid).and_then(|f| {
-                f.map(|f| parse(&d.name, pid, &f, self.ticks_per_second, self.page_size))
-                    .transpose()
-            }) {
+            match stats(
+                self.proc_root,
+                &d.name,
+                pid,
+                self.ticks_per_second,
+                self.page_size,
+            ) {
                 Ok(Some(stats)) => scrape.processes.push(stats),
                 Ok(None) => {}
                 Err(e) => {
