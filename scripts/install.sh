@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs inferd on a systemd host: binaries, units, users and directories; then enables and
-# (re)starts inferd.socket, inferd.service and inferd-exporter.service.
+# (re)starts inferd.socket, inferd.service and inferd-exporter.service, or with --gpus one
+# inferd per GPU: inferd@0.socket/.service ... inferd@N-1 instead of inferd.socket/.service.
 #
 #   sudo scripts/install.sh                        build (cargo build --release) and install on this host
+#   sudo scripts/install.sh --gpus all             the same, one inferd per GPU that nvidia-smi -L lists
 #   scripts/install.sh --root DIR --no-build       stage into DIR as if it were /; touches nothing else
 #
 # Options:
@@ -11,10 +13,16 @@
 #   --no-build     do not run cargo; use the binaries already in --bin-dir
 #   --bin-dir DIR  where the built inferd, inferctl and exporter are (default: target/release)
 #   --no-start     enable the units but do not (re)start them
+#   --gpus all|N   one inferd per GPU, inferd@K for K = 0 .. N-1 (socket /run/inferd/inferd-K.sock,
+#                  segment /dev/shm/inferd-K, GPU /dev/nvidiaK; see systemd/inferd@.service).
+#                  all: N is the number of GPUs `nvidia-smi -L` lists; with none (or no
+#                  nvidia-smi) the single inferd.service is installed instead, and said so.
+#                  Without --gpus: the single inferd.service. Either way the other layout's
+#                  units are stopped and disabled, so running install again switches layouts.
 #
 # What goes where (scripts/uninstall.sh removes the same list):
 #   /usr/local/bin/inferd, /usr/local/bin/inferctl, /usr/local/bin/inferd-exporter (built as `exporter`)
-#   /etc/systemd/system/{inferd.service,inferd.socket,inferd-exporter.service}
+#   /etc/systemd/system/{inferd.service,inferd.socket,inferd@.service,inferd@.socket,inferd-exporter.service}
 #   /etc/sysusers.d/inferd.conf, /etc/tmpfiles.d/inferd.conf
 #   /etc/inferd/inferd.toml (only if there is none: it is the admin's file once installed)
 set -euo pipefail
@@ -24,6 +32,7 @@ root=""
 build=1
 start=1
 bin_dir="$repo/target/release"
+gpus=""
 die() { echo "install: $*" >&2; exit 1; }
 # --help prints the header comment to stdout; a bad command line gets it on stderr.
 usage() {
@@ -39,6 +48,8 @@ while [[ $# -gt 0 ]]; do
     --bin-dir) [[ $# -ge 2 ]] || usage; bin_dir=$2; shift 2 ;;
     --bin-dir=*) bin_dir=${1#--bin-dir=}; shift ;;
     --no-start) start=0; shift ;;
+    --gpus) [[ $# -ge 2 ]] || usage; gpus=$2; shift 2 ;;
+    --gpus=*) gpus=${1#--gpus=}; shift ;;
     -h|--help) usage 0 ;;
     *) echo "install: unknown option $1" >&2; usage ;;
   esac
@@ -50,6 +61,26 @@ if [[ -n $root ]]; then
 fi
 if [[ -z $root && $(id -u) -ne 0 ]]; then
   die "installing on this host needs root (sudo $0), or stage with --root DIR"
+fi
+# The number of inferd@ instances: 0 is the single inferd.service. Checked before anything is
+# built or copied, so a typo changes nothing.
+instances=0
+if [[ $gpus == all ]]; then
+  if ! command -v nvidia-smi >/dev/null; then
+    echo "install: --gpus all: nvidia-smi is not installed, so no GPU is known; installing the single inferd.service"
+  else
+    # "GPU 0: NVIDIA H200 (UUID: GPU-...)"; MIG devices are indented lines under their GPU.
+    instances=$(nvidia-smi -L 2>/dev/null | grep -cE '^GPU [0-9]+:' || true)
+    if [[ $instances -eq 0 ]]; then
+      echo "install: --gpus all: nvidia-smi -L lists no GPU; installing the single inferd.service"
+    else
+      echo "install: --gpus all: nvidia-smi -L lists $instances GPU(s)"
+    fi
+  fi
+elif [[ $gpus =~ ^[1-9][0-9]{0,2}$ ]]; then
+  instances=$gpus
+elif [[ -n $gpus ]]; then
+  die "--gpus $gpus: give all, or a number of GPUs from 1 to 999 (leave --gpus out for the single inferd.service)"
 fi
 
 if [[ $build -eq 1 ]]; then
@@ -67,7 +98,8 @@ for pair in "${binaries[@]}"; do
   install -D -m 0755 "$bin_dir/${pair%%:*}" "$root/usr/local/bin/${pair#*:}"
 done
 step "binaries in $root/usr/local/bin"
-for unit in inferd.service inferd.socket inferd-exporter.service; do
+# Both layouts' units, so that switching between them is only enabling and disabling.
+for unit in inferd.service inferd.socket inferd@.service inferd@.socket inferd-exporter.service; do
   install -D -m 0644 "$repo/systemd/$unit" "$root/etc/systemd/system/$unit"
 done
 step "units in $root/etc/systemd/system"
@@ -91,24 +123,85 @@ else
   step "not root: skipping systemd-sysusers and systemd-tmpfiles (they must chown)"
 fi
 
-units=(inferd.socket inferd.service inferd-exporter.service)
+# What to enable, and the other layout's units to stop and disable.
+enabled_instances() {
+  local link
+  for link in "$root"/etc/systemd/system/*.wants/inferd@*.service "$root"/etc/systemd/system/*.wants/inferd@*.socket; do
+    [[ -L $link ]] || continue
+    link=${link##*/inferd@}
+    printf '%s\n' "${link%.*}"
+  done
+  # On a live host, also instances started by hand without being enabled.
+  if [[ -z $root && -d /run/systemd/system ]]; then
+    systemctl list-units --all --plain --no-legend 'inferd@*' | awk '{ print $1 }' \
+      | sed -n 's/^inferd@\(.*\)\.\(service\|socket\)$/\1/p'
+  fi
+}
+if [[ $instances -eq 0 ]]; then
+  sockets=(inferd.socket)
+  services=(inferd.service)
+  retire=()
+  while read -r k; do
+    [[ -n $k ]] && retire+=("inferd@$k.socket" "inferd@$k.service")
+  done < <(enabled_instances | sort -u)
+else
+  sockets=()
+  services=()
+  for ((k = 0; k < instances; k++)); do
+    sockets+=("inferd@$k.socket")
+    services+=("inferd@$k.service")
+  done
+  retire=(inferd.socket inferd.service)
+  while read -r k; do
+    [[ -n $k ]] || continue
+    if ! [[ $k =~ ^[0-9]+$ ]] || ((k >= instances)); then
+      retire+=("inferd@$k.socket" "inferd@$k.service")
+    fi
+  done < <(enabled_instances | sort -u)
+fi
+units=("${sockets[@]}" "${services[@]}" inferd-exporter.service)
+# Only what is enabled or running needs retiring (and is worth a line of output).
+systemctl_here() { if [[ -n $root ]]; then systemctl --root="$root" "$@"; else systemctl "$@"; fi; }
+in_use=()
+for unit in "${retire[@]}"; do
+  if systemctl_here --quiet is-enabled "$unit" 2>/dev/null \
+    || { [[ -z $root && -d /run/systemd/system ]] && systemctl --quiet is-active "$unit"; }; then
+    in_use+=("$unit")
+  fi
+done
+retire=("${in_use[@]}")
+
 if [[ -n $root ]]; then
+  [[ ${#retire[@]} -eq 0 ]] || systemctl --root="$root" --quiet disable "${retire[@]}"
   systemctl --root="$root" --quiet enable "${units[@]}"
-  step "enabled in $root (staging: nothing started)"
+  step "enabled ${units[*]} in $root (staging: nothing started)"
 elif [[ ! -d /run/systemd/system ]]; then
+  [[ ${#retire[@]} -eq 0 ]] || systemctl --quiet disable "${retire[@]}"
   systemctl --quiet enable "${units[@]}"
-  step "systemd is not running here: units enabled for the next boot, daemon-reload and start skipped"
+  step "systemd is not running here: ${units[*]} enabled for the next boot, daemon-reload and start skipped"
 else
   systemctl daemon-reload
+  # Stopped before the new layout starts: inferd.service and inferd@0 would share GPU 0.
+  # Their robots must move to the new socket(s).
+  [[ ${#retire[@]} -eq 0 ]] || systemctl --quiet disable --now "${retire[@]}"
   systemctl --quiet enable "${units[@]}"
   if [[ $start -eq 1 ]]; then
-    # The socket is only started, never restarted: it holds the robots' pending connections
+    # The sockets are only started, never restarted: they hold the robots' pending connections
     # while the services restart onto the new binaries.
-    systemctl start inferd.socket
-    systemctl restart inferd.service inferd-exporter.service
+    systemctl start "${sockets[@]}"
+    systemctl restart "${services[@]}" inferd-exporter.service
     step "started: $(systemctl is-active "${units[@]}" | tr '\n' ' ')"
   else
     step "enabled; --no-start: not started"
   fi
 fi
-step "done. Robots need group inferd-clients (usermod -aG inferd-clients USER); metrics on :9470"
+if [[ ${#retire[@]} -gt 0 ]]; then
+  step "the other layout's units are disabled: ${retire[*]}"
+fi
+if [[ $instances -eq 0 ]]; then
+  step "done. Robots connect to /run/inferd/inferd.sock and need group inferd-clients (usermod -aG inferd-clients USER); metrics on :9470"
+else
+  sockets_text="/run/inferd/inferd-K.sock for GPU K = 0 .. $((instances - 1))"
+  [[ $instances -gt 1 ]] || sockets_text="/run/inferd/inferd-0.sock (GPU 0)"
+  step "done. Robots connect to $sockets_text and need group inferd-clients (usermod -aG inferd-clients USER); metrics on :9470, daemon=\"inferd-K\""
+fi

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Undoes scripts/install.sh: stops and disables the units, removes the binaries, units and
-# sysusers/tmpfiles entries.
+# Undoes scripts/install.sh: stops and disables the units (the single inferd.service and every
+# inferd@K instance), removes the binaries, units and sysusers/tmpfiles entries.
 #
 #   sudo scripts/uninstall.sh                   on this host
 #   scripts/uninstall.sh --root DIR             from a staging root made by install.sh --root DIR
 #
 # Options:
 #   --root DIR   act on DIR as if it were /
-#   --purge      also remove /etc/inferd (the configuration), /var/lib/inferd (models),
-#                /run/inferd and inferd's metrics segments /dev/shm/inferd*
+#   --purge      also remove /etc/inferd (the configuration), the units' drop-in directories
+#                (/etc/systemd/system/inferd*.d, what `systemctl edit` made), /var/lib/inferd
+#                (models), /run/inferd and inferd's metrics segments /dev/shm/inferd*
 #
 # Users and groups (inferd, inferd-exporter, inferd-metrics, inferd-clients) are kept, as
 # Debian does for system users: files elsewhere may still carry their ids, and a reused id would
@@ -49,6 +50,20 @@ present=()
 for unit in "${units[@]}"; do
   [[ ! -e $root/etc/systemd/system/$unit ]] || present+=("$unit")
 done
+# inferd@K instances: the enabled ones (their symlinks), and on a live host any started by hand.
+instances=$(
+  for link in "$root"/etc/systemd/system/*.wants/inferd@*.service "$root"/etc/systemd/system/*.wants/inferd@*.socket; do
+    [[ -L $link ]] && basename "$link"
+  done
+  if [[ -z $root && -d /run/systemd/system ]]; then
+    systemctl list-units --all --plain --no-legend 'inferd@*' | awk '{ print $1 }'
+  fi
+)
+if [[ -e $root/etc/systemd/system/inferd@.service ]]; then
+  while read -r unit; do
+    [[ $unit =~ ^inferd@.*\.(service|socket)$ ]] && present+=("$unit")
+  done < <(printf '%s\n' "$instances" | sort -u)
+fi
 if [[ ${#present[@]} -gt 0 ]]; then
   if [[ -n $root ]]; then
     systemctl --root="$root" --quiet disable "${present[@]}"
@@ -68,6 +83,8 @@ files=(
   /usr/local/bin/inferd-exporter
   /etc/systemd/system/inferd.service
   /etc/systemd/system/inferd.socket
+  /etc/systemd/system/inferd@.service
+  /etc/systemd/system/inferd@.socket
   /etc/systemd/system/inferd-exporter.service
   /etc/sysusers.d/inferd.conf
   /etc/tmpfiles.d/inferd.conf
@@ -83,7 +100,8 @@ if [[ -z $root && -d /run/systemd/system ]]; then
 fi
 
 if [[ $purge -eq 1 ]]; then
-  for d in /etc/inferd /var/lib/inferd /run/inferd; do
+  for d in /etc/inferd /var/lib/inferd /run/inferd "$root"/etc/systemd/system/inferd{,@*,-exporter}.{service,socket}.d; do
+    d=${d#"$root"}
     if [[ -e $root$d ]]; then
       rm -rf -- "$root$d"
       step "purged $root$d"
@@ -98,6 +116,6 @@ if [[ $purge -eq 1 ]]; then
     done
   fi
 else
-  step "kept /etc/inferd, /var/lib/inferd and the users (--purge removes the directories)"
+  step "kept /etc/inferd, the units' drop-ins, /var/lib/inferd and the users (--purge removes all but the users)"
 fi
 step "done"
