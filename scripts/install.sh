@@ -33,6 +33,7 @@ build=1
 start=1
 bin_dir="$repo/target/release"
 gpus=""
+gpus_given=0
 die() { echo "install: $*" >&2; exit 1; }
 # --help prints the header comment to stdout; a bad command line gets it on stderr.
 usage() {
@@ -48,8 +49,8 @@ while [[ $# -gt 0 ]]; do
     --bin-dir) [[ $# -ge 2 ]] || usage; bin_dir=$2; shift 2 ;;
     --bin-dir=*) bin_dir=${1#--bin-dir=}; shift ;;
     --no-start) start=0; shift ;;
-    --gpus) [[ $# -ge 2 ]] || usage; gpus=$2; shift 2 ;;
-    --gpus=*) gpus=${1#--gpus=}; shift ;;
+    --gpus) [[ $# -ge 2 ]] || usage; gpus=$2; gpus_given=1; shift 2 ;;
+    --gpus=*) gpus=${1#--gpus=}; gpus_given=1; shift ;;
     -h|--help) usage 0 ;;
     *) echo "install: unknown option $1" >&2; usage ;;
   esac
@@ -79,7 +80,7 @@ if [[ $gpus == all ]]; then
   fi
 elif [[ $gpus =~ ^[1-9][0-9]{0,2}$ ]]; then
   instances=$gpus
-elif [[ -n $gpus ]]; then
+elif [[ $gpus_given -eq 1 ]]; then
   die "--gpus $gpus: give all, or a number of GPUs from 1 to 999 (leave --gpus out for the single inferd.service)"
 fi
 
