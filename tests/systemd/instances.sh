@@ -5,9 +5,11 @@
 #      units with %i expanded (tests/systemd/unit.py: the unit, its drop-ins, Environment=,
 #      ${X} and $X), and checked: socket /run/inferd/inferd-K.sock, segment inferd-K, CUDA
 #      device 0 of the one GPU the instance may open;
-#   3. two drop-ins, as an admin would write them with `systemctl edit`: inferd@.service.d for
-#      both (INFERD_DEVICE=cpu: this machine has no GPU) and inferd@1.service.d for one
-#      (INFERD_ARGS=--workers 2, a per-instance flag over the shared inferd.toml);
+#   3. drop-ins, as an admin would write them with `systemctl edit`: inferd@1.service.d for one
+#      instance (INFERD_ARGS=--workers 2, a per-instance flag over the shared inferd.toml), and
+#      on a machine without a GPU inferd@.service.d for both (INFERD_DEVICE=cpu). Where
+#      `nvidia-smi -L` lists a GPU both run as shipped, on CUDA device 0 (without the units'
+#      device cgroup both get GPU 0, which is all a one-GPU machine can check);
 #   4. both run as their units would, socket-activated by systemd-socket-activate on the
 #      socket path of their .socket unit (under a temp dir instead of /run) with its
 #      FileDescriptorName, and with --segment-dir pointing at a temp dir in /dev/shm instead of
@@ -92,9 +94,16 @@ done
 [[ $failures -eq 0 ]] && ok "inferd@0 and inferd@1: sockets /run/inferd/inferd-{0,1}.sock, segments inferd-{0,1}, CUDA device 0 each"
 
 # --- 3. the admin's drop-ins ------------------------------------------------------------------------
-mkdir -p "$root/etc/systemd/system/inferd@.service.d" "$root/etc/systemd/system/inferd@1.service.d"
-printf '[Service]\n# No GPU on this machine.\nEnvironment=INFERD_DEVICE=cpu\n' \
-  >"$root/etc/systemd/system/inferd@.service.d/cpu.conf"
+if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -qE '^GPU [0-9]+:'; then
+  device='backend="cuda",device="cuda:0"'
+  echo "instances: nvidia-smi lists a GPU: running both instances as shipped, on cuda:0"
+else
+  device='backend="cpu",device="cpu"'
+  mkdir -p "$root/etc/systemd/system/inferd@.service.d"
+  printf '[Service]\n# No GPU on this machine.\nEnvironment=INFERD_DEVICE=cpu\n' \
+    >"$root/etc/systemd/system/inferd@.service.d/cpu.conf"
+fi
+mkdir -p "$root/etc/systemd/system/inferd@1.service.d"
 printf '[Service]\nEnvironment="INFERD_ARGS=--workers 2"\n' \
   >"$root/etc/systemd/system/inferd@1.service.d/workers.conf"
 grep -qx 'workers = 1' "$root/etc/inferd/inferd.toml" || die "the shipped inferd.toml no longer sets workers = 1; this test relies on it"
@@ -178,8 +187,8 @@ for k in 0 1; do
   [[ $(sample inferd_up "$d" .) == 1 ]] || fail "inferd_up{daemon=\"$d\"} is '$(sample inferd_up "$d" .)', want 1"
   got=$(sample inferd_requests_total "$d" 'status="ok"')
   [[ $got == "${sent[$k]}" ]] || fail "inferd_requests_total{daemon=\"$d\",status=\"ok\"} is '$got', want ${sent[$k]}"
-  got=$(sample inferd_model_info "$d" 'device="cpu"')
-  [[ $got == 1 ]] || fail "inferd_model_info{daemon=\"$d\"} has no device=\"cpu\": $(grep "^inferd_model_info{daemon=\"$d\"" "$work/page")"
+  got=$(sample inferd_model_info "$d" "$device")
+  [[ $got == 1 ]] || fail "inferd_model_info{daemon=\"$d\"} has no $device: $(grep "^inferd_model_info{daemon=\"$d\"" "$work/page")"
 done
 # workers = 1 from the shared inferd.toml; inferd@1's drop-in gives it --workers 2.
 workers_of() { grep -E "^inferd_worker_batches_total\{daemon=\"$1\"[^}]*kind=\"worker\"" "$work/page" | grep -oE 'worker="[^"]*"' | sort -u | wc -l; }
@@ -195,5 +204,5 @@ if [[ $failures -gt 0 ]]; then
   echo "instances: $failures check(s) failed" >&2
   exit 1
 fi
-ok "one exporter serves both daemons: daemon=\"inferd-0\" (${sent[0]} request, 1 worker) and daemon=\"inferd-1\" (${sent[1]} requests, 2 workers), both up, on the cpu device their drop-in chose"
+ok "one exporter serves both daemons: daemon=\"inferd-0\" (${sent[0]} request, 1 worker) and daemon=\"inferd-1\" (${sent[1]} requests, 2 workers), both up, on $device"
 echo "instances: all checks passed"
