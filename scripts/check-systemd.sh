@@ -228,7 +228,7 @@ expect_links() {
 run_logged install_gpus --gpus 2 && expect_links "--gpus 2" "$two"
 # Switching back to the single unit retires the instances, and to fewer instances the extra ones.
 run_logged install_gpus && expect_links "no --gpus after --gpus 2" "$single"
-grep -q "disabled: inferd@0.socket inferd@0.service inferd@1.socket inferd@1.service" "$work/log" \
+grep -q "disabled, not in this layout: inferd@0.socket inferd@0.service inferd@1.socket inferd@1.service" "$work/log" \
   || fail "install without --gpus did not say it retired the instances: $(cat "$work/log")"
 run_logged install_gpus --gpus=2 && expect_links "--gpus=2 after the single unit" "$two"
 run_logged install_gpus --gpus 1 \

@@ -155,7 +155,8 @@ else
   retire=(inferd.socket inferd.service)
   while read -r k; do
     [[ -n $k ]] || continue
-    if ! [[ $k =~ ^[0-9]+$ ]] || ((k >= instances)); then
+    # Kept: exactly 0 .. N-1 (not "01", nor a name that is no GPU index).
+    if ! [[ $k =~ ^(0|[1-9][0-9]{0,2})$ ]] || ((k >= instances)); then
       retire+=("inferd@$k.socket" "inferd@$k.service")
     fi
   done < <(enabled_instances | sort -u)
@@ -197,7 +198,7 @@ else
   fi
 fi
 if [[ ${#retire[@]} -gt 0 ]]; then
-  step "the other layout's units are disabled: ${retire[*]}"
+  step "disabled, not in this layout: ${retire[*]}"
 fi
 if [[ $instances -eq 0 ]]; then
   step "done. Robots connect to /run/inferd/inferd.sock and need group inferd-clients (usermod -aG inferd-clients USER); metrics on :9470"
