@@ -41,6 +41,9 @@ INFERD_BIN="$PWD/target/debug/inferd" bash tests/python/run.sh
 step "systemd units: verify, exposure scores, install/uninstall into a staging root"
 bash scripts/check-systemd.sh
 
+step "one inferd per GPU: two inferd@ instances from their installed units, one exporter"
+bash tests/systemd/instances.sh
+
 step "Prometheus rules and the Grafana dashboard: promtool checks and rule unit tests"
 bash scripts/check-rules.sh
 
