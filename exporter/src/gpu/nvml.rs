@@ -361,15 +361,42 @@ mod tests {
     fn each_gpm_metric_asks_for_its_nvml_id() {
         use nvml_wrapper_sys::bindings as b;
         let want = [
-            (GpmMetric::GraphicsEngineActive, b::nvmlGpmMetricId_t_NVML_GPM_METRIC_GRAPHICS_UTIL),
-            (GpmMetric::SmActive, b::nvmlGpmMetricId_t_NVML_GPM_METRIC_SM_UTIL),
-            (GpmMetric::SmOccupancy, b::nvmlGpmMetricId_t_NVML_GPM_METRIC_SM_OCCUPANCY),
-            (GpmMetric::TensorActive, b::nvmlGpmMetricId_t_NVML_GPM_METRIC_ANY_TENSOR_UTIL),
-            (GpmMetric::DramActive, b::nvmlGpmMetricId_t_NVML_GPM_METRIC_DRAM_BW_UTIL),
-            (GpmMetric::PcieTx, b::nvmlGpmMetricId_t_NVML_GPM_METRIC_PCIE_TX_PER_SEC),
-            (GpmMetric::PcieRx, b::nvmlGpmMetricId_t_NVML_GPM_METRIC_PCIE_RX_PER_SEC),
-            (GpmMetric::NvlinkTx, b::nvmlGpmMetricId_t_NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC),
-            (GpmMetric::NvlinkRx, b::nvmlGpmMetricId_t_NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC),
+            (
+                GpmMetric::GraphicsEngineActive,
+                b::nvmlGpmMetricId_t_NVML_GPM_METRIC_GRAPHICS_UTIL,
+            ),
+            (
+                GpmMetric::SmActive,
+                b::nvmlGpmMetricId_t_NVML_GPM_METRIC_SM_UTIL,
+            ),
+            (
+                GpmMetric::SmOccupancy,
+                b::nvmlGpmMetricId_t_NVML_GPM_METRIC_SM_OCCUPANCY,
+            ),
+            (
+                GpmMetric::TensorActive,
+                b::nvmlGpmMetricId_t_NVML_GPM_METRIC_ANY_TENSOR_UTIL,
+            ),
+            (
+                GpmMetric::DramActive,
+                b::nvmlGpmMetricId_t_NVML_GPM_METRIC_DRAM_BW_UTIL,
+            ),
+            (
+                GpmMetric::PcieTx,
+                b::nvmlGpmMetricId_t_NVML_GPM_METRIC_PCIE_TX_PER_SEC,
+            ),
+            (
+                GpmMetric::PcieRx,
+                b::nvmlGpmMetricId_t_NVML_GPM_METRIC_PCIE_RX_PER_SEC,
+            ),
+            (
+                GpmMetric::NvlinkTx,
+                b::nvmlGpmMetricId_t_NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC,
+            ),
+            (
+                GpmMetric::NvlinkRx,
+                b::nvmlGpmMetricId_t_NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC,
+            ),
         ];
         assert_eq!(want.len(), GpmMetric::ALL.len());
         for (metric, id) in want {
@@ -391,7 +418,9 @@ mod tests {
     fn a_gpu_or_driver_without_gpm_is_unsupported_not_an_error() {
         assert!(means_no_gpm(&NvmlError::NotSupported));
         assert!(means_no_gpm(&NvmlError::FunctionNotFound));
-        assert!(means_no_gpm(&NvmlError::FailedToLoadSymbol("nvmlGpmQueryDeviceSupport".into())));
+        assert!(means_no_gpm(&NvmlError::FailedToLoadSymbol(
+            "nvmlGpmQueryDeviceSupport".into()
+        )));
         assert!(!means_no_gpm(&NvmlError::GpuLost));
         assert!(!means_no_gpm(&NvmlError::Unknown));
     }

@@ -424,7 +424,11 @@ mod tests {
     fn gpm_is_absent_on_the_first_pass_and_converted_from_the_second() {
         let mut fake = hopper_and_ampere();
         let s = gpm_passes(&mut fake, &mut Pass::default(), &[Duration::ZERO, SECOND]);
-        assert_eq!(s[0].gpus[0].gpm, GpmStats::default(), "one sample is no window");
+        assert_eq!(
+            s[0].gpus[0].gpm,
+            GpmStats::default(),
+            "one sample is no window"
+        );
         let (h100, a100) = (&s[1].gpus[0].gpm, &s[1].gpus[1].gpm);
         assert_eq!(h100.graphics_engine_active_ratio, Some(0.8));
         assert_eq!(h100.sm_active_ratio, Some(0.625));
@@ -436,7 +440,11 @@ mod tests {
         assert_eq!(h100.nvlink_tx_bytes_per_second, Some(1_073_741_824.0));
         assert_eq!(h100.nvlink_rx_bytes_per_second, Some(536_870_912.0));
         assert_eq!(*a100, GpmStats::default(), "no GPM before Hopper");
-        assert_eq!(s[1].gpus[1].power_watts, Some(350.0), "the A100's other fields");
+        assert_eq!(
+            s[1].gpus[1].power_watts,
+            Some(350.0),
+            "the A100's other fields"
+        );
         assert!(s[1].field_errors.is_empty(), "{:?}", s[1].field_errors);
         assert_eq!(fake.gpm_pairs(), [(0, 1, 2)], "the A100 is never sampled");
     }
@@ -473,7 +481,11 @@ mod tests {
         fake.set_failing("gpm_supported", true);
         let mut pass = Pass::default();
         let s = gpm_passes(&mut fake, &mut pass, &[Duration::ZERO]);
-        assert_eq!(s[0].field_errors.get("gpm_supported"), Some(&2), "both GPUs");
+        assert_eq!(
+            s[0].field_errors.get("gpm_supported"),
+            Some(&2),
+            "both GPUs"
+        );
         fake.set_failing("gpm_supported", false);
         let s = gpm_passes(&mut fake, &mut pass, &[SECOND, 2 * SECOND]);
         assert_eq!(s[1].gpus[0].gpm.sm_active_ratio, Some(0.625));
@@ -511,14 +523,20 @@ mod tests {
         let g = &s[0].gpus[0].gpm;
         assert_eq!(g.nvlink_tx_bytes_per_second, None);
         assert_eq!(g.nvlink_rx_bytes_per_second, Some(536_870_912.0));
-        assert_eq!(s[0].field_errors.get("gpm_nvlink_total_tx_per_sec"), Some(&1));
+        assert_eq!(
+            s[0].field_errors.get("gpm_nvlink_total_tx_per_sec"),
+            Some(&1)
+        );
     }
 
     #[test]
     fn a_gpm_value_that_is_no_rate_is_left_out() {
         let mut fake = hopper_and_ampere();
         fake.update(0, |d| {
-            d.gpm = Some(vec![(GpmMetric::SmActive, f64::NAN), (GpmMetric::PcieTx, -1.0)]);
+            d.gpm = Some(vec![
+                (GpmMetric::SmActive, f64::NAN),
+                (GpmMetric::PcieTx, -1.0),
+            ]);
         });
         let s = gpm_passes(&mut fake, &mut Pass::default(), &[Duration::ZERO, SECOND]);
         assert_eq!(s[1].gpus[0].gpm.sm_active_ratio, None);
@@ -552,7 +570,11 @@ mod tests {
         assert!(pass.gpm.is_empty());
         fake.set_failing("identity", false);
         let s = gpm_passes(&mut fake, &mut pass, &[3 * SECOND]);
-        assert_eq!(s[0].gpus[0].gpm, GpmStats::default(), "a first sample again");
+        assert_eq!(
+            s[0].gpus[0].gpm,
+            GpmStats::default(),
+            "a first sample again"
+        );
     }
 
     #[test]

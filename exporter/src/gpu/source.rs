@@ -145,7 +145,7 @@ pub trait GpuSource: Send {
     fn gpm_supported(&mut self, gpu: u32) -> Result<bool, SourceError>;
     /// A GPM sample of the whole GPU, now.
     fn gpm_sample(&mut self, gpu: u32) -> Result<GpmSnapshot, SourceError>;
-    /// Every [`GpmMetric`] over the time from `earlier` to `later`, two samples this source
+    /// Every `GpmMetric` over the time from `earlier` to `later`, two samples this source
     /// took of one GPU, each in NVML's unit (percent, MiB/s). The call fails as a whole (a
     /// sample not this source's, a driver error) or per metric (one a board lacks: NVLink on a
     /// PCIe card).
