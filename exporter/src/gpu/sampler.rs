@@ -561,6 +561,21 @@ mod tests {
     }
 
     #[test]
+    fn metrics_md_quotes_the_gpm_minimum_interval() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let ms = GPM_MIN_INTERVAL.as_millis();
+        let said = [
+            format!("refresh every {ms} ms"),
+            format!("`--nvml-interval-ms {ms}`"),
+            format!("within {ms} ms of the last GPM sample"),
+        ];
+        for s in said {
+            assert!(doc.contains(&s), "docs/metrics.md no longer says {s:?}");
+        }
+    }
+
+    #[test]
     fn a_gpu_that_disappears_starts_over() {
         let mut fake = hopper_and_ampere();
         let mut pass = Pass::default();
