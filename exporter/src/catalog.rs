@@ -838,6 +838,115 @@ pub(crate) static GPU_PCIE_THROUGHPUT_BYTES_PER_SECOND: MetricDef = MetricDef {
     source: "GpuSource::pcie_kilobytes_per_second",
 };
 
+/// Where the GPM families' HELP says they come from and when they are absent.
+macro_rules! gpm_help {
+    ($what:literal) => {
+        concat!(
+            $what,
+            " From NVML GPM (Hopper and newer), over the time between the last two samples; absent on older GPUs and until a GPU's second sample."
+        )
+    };
+}
+
+/// `gpu_graphics_engine_active_ratio`: Graphics or compute engine busy.
+pub(crate) static GPU_GRAPHICS_ENGINE_ACTIVE_RATIO: MetricDef = MetricDef {
+    name: "gpu_graphics_engine_active_ratio",
+    kind: Kind::Gauge,
+    unit: "ratio",
+    help: Help::Text(gpm_help!(
+        "Fraction of time the graphics or compute engine was busy, 0 to 1."
+    )),
+    labels: GPU,
+    gpu_only: true,
+    collector: "nvml",
+    source: "GpuSource::gpm_metrics (NVML_GPM_METRIC_GRAPHICS_UTIL)",
+};
+
+/// `gpu_sm_active_ratio`: SMs with a warp resident.
+pub(crate) static GPU_SM_ACTIVE_RATIO: MetricDef = MetricDef {
+    name: "gpu_sm_active_ratio",
+    kind: Kind::Gauge,
+    unit: "ratio",
+    help: Help::Text(gpm_help!(
+        "Fraction of time each SM had at least one warp resident, averaged over the SMs, 0 to 1."
+    )),
+    labels: GPU,
+    gpu_only: true,
+    collector: "nvml",
+    source: "GpuSource::gpm_metrics (NVML_GPM_METRIC_SM_UTIL)",
+};
+
+/// `gpu_sm_occupancy_ratio`: Resident warps over the maximum.
+pub(crate) static GPU_SM_OCCUPANCY_RATIO: MetricDef = MetricDef {
+    name: "gpu_sm_occupancy_ratio",
+    kind: Kind::Gauge,
+    unit: "ratio",
+    help: Help::Text(gpm_help!(
+        "Resident warps over the most the SMs can hold, averaged over the SMs, 0 to 1."
+    )),
+    labels: GPU,
+    gpu_only: true,
+    collector: "nvml",
+    source: "GpuSource::gpm_metrics (NVML_GPM_METRIC_SM_OCCUPANCY)",
+};
+
+/// `gpu_tensor_active_ratio`: Tensor pipes busy.
+pub(crate) static GPU_TENSOR_ACTIVE_RATIO: MetricDef = MetricDef {
+    name: "gpu_tensor_active_ratio",
+    kind: Kind::Gauge,
+    unit: "ratio",
+    help: Help::Text(gpm_help!(
+        "Fraction of time the tensor pipes were busy, any precision, 0 to 1."
+    )),
+    labels: GPU,
+    gpu_only: true,
+    collector: "nvml",
+    source: "GpuSource::gpm_metrics (NVML_GPM_METRIC_ANY_TENSOR_UTIL)",
+};
+
+/// `gpu_dram_active_ratio`: DRAM bandwidth used.
+pub(crate) static GPU_DRAM_ACTIVE_RATIO: MetricDef = MetricDef {
+    name: "gpu_dram_active_ratio",
+    kind: Kind::Gauge,
+    unit: "ratio",
+    help: Help::Text(gpm_help!(
+        "Device memory bandwidth used, as a fraction of its peak, 0 to 1."
+    )),
+    labels: GPU,
+    gpu_only: true,
+    collector: "nvml",
+    source: "GpuSource::gpm_metrics (NVML_GPM_METRIC_DRAM_BW_UTIL)",
+};
+
+/// `gpu_pcie_traffic_bytes_per_second`: PCIe traffic, from GPM.
+pub(crate) static GPU_PCIE_TRAFFIC_BYTES_PER_SECOND: MetricDef = MetricDef {
+    name: "gpu_pcie_traffic_bytes_per_second",
+    kind: Kind::Gauge,
+    unit: "bytes per second",
+    help: Help::Text(gpm_help!(
+        "PCIe traffic by direction: tx from the GPU, rx to it."
+    )),
+    labels: &["gpu", "uuid", "direction"],
+    gpu_only: true,
+    collector: "nvml",
+    source:
+        "GpuSource::gpm_metrics (NVML_GPM_METRIC_PCIE_TX_PER_SEC, NVML_GPM_METRIC_PCIE_RX_PER_SEC)",
+};
+
+/// `gpu_nvlink_traffic_bytes_per_second`: NVLink traffic, all links, from GPM.
+pub(crate) static GPU_NVLINK_TRAFFIC_BYTES_PER_SECOND: MetricDef = MetricDef {
+    name: "gpu_nvlink_traffic_bytes_per_second",
+    kind: Kind::Gauge,
+    unit: "bytes per second",
+    help: Help::Text(gpm_help!(
+        "NVLink traffic over all of the GPU's links by direction: tx from the GPU, rx to it."
+    )),
+    labels: &["gpu", "uuid", "direction"],
+    gpu_only: true,
+    collector: "nvml",
+    source: "GpuSource::gpm_metrics (NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC, NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC)",
+};
+
 /// `gpu_process_memory_bytes`: GPU memory per inferd process.
 pub(crate) static GPU_PROCESS_MEMORY_BYTES: MetricDef = MetricDef {
     name: "gpu_process_memory_bytes",
@@ -971,7 +1080,7 @@ pub(crate) static EXPORTER_PROCESS_OPEN_FDS: MetricDef = MetricDef {
 };
 
 /// Every family the exporter serves, in the order a page has them.
-pub static CATALOG: [&MetricDef; 72] = [
+pub static CATALOG: [&MetricDef; 79] = [
     &UP,
     &HEARTBEAT_AGE_SECONDS,
     &GENERATION,
@@ -1033,6 +1142,13 @@ pub static CATALOG: [&MetricDef; 72] = [
     &GPU_THROTTLE_REASONS,
     &GPU_FAN_SPEED_RATIO,
     &GPU_PCIE_THROUGHPUT_BYTES_PER_SECOND,
+    &GPU_GRAPHICS_ENGINE_ACTIVE_RATIO,
+    &GPU_SM_ACTIVE_RATIO,
+    &GPU_SM_OCCUPANCY_RATIO,
+    &GPU_TENSOR_ACTIVE_RATIO,
+    &GPU_DRAM_ACTIVE_RATIO,
+    &GPU_PCIE_TRAFFIC_BYTES_PER_SECOND,
+    &GPU_NVLINK_TRAFFIC_BYTES_PER_SECOND,
     &GPU_PROCESS_MEMORY_BYTES,
     &SCRAPE_COLLECTOR_DURATION_SECONDS,
     &SCRAPE_COLLECTOR_SUCCESS,

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use exporter::{FakeGpuSource, Kind, MetricDef, Options, Server, CATALOG};
+use exporter::{FakeDevice, FakeGpuSource, Kind, MetricDef, Options, Server, CATALOG};
 
 use crate::common::*;
 
@@ -178,8 +178,9 @@ fn sample_labels(line: &str) -> (&str, Vec<String>) {
     (name, labels)
 }
 
-/// Every source busy: a populated segment, a refused one, a GPU with PCIe sampling.
-fn full_page(gpu: FakeGpuSource, pcie: bool) -> String {
+/// Every source busy: a populated segment, a refused one, a GPU with PCIe sampling; with
+/// `gpm`, a page once the GPU's GPM values are in.
+fn full_page(gpu: FakeGpuSource, pcie: bool, gpm: bool) -> String {
     let dir = shm_dir();
     let w = writer(dir.path(), "inferd-cat");
     populate(&w, 3, 1);
@@ -198,7 +199,10 @@ fn full_page(gpu: FakeGpuSource, pcie: bool) -> String {
     failing.set_failing("performance_state", false);
     if pcie {
         assert!(eventually(std::time::Duration::from_secs(10), || {
-            metrics(server.addr()).contains("inferd_gpu_performance_state{")
+            let page = metrics(server.addr());
+            // GPM needs a second sample, one interval after the first.
+            page.contains("inferd_gpu_performance_state{")
+                && (!gpm || page.contains("inferd_gpu_nvlink_traffic_bytes_per_second{"))
         }));
     }
     w.heartbeat();
@@ -207,7 +211,7 @@ fn full_page(gpu: FakeGpuSource, pcie: bool) -> String {
 
 #[test]
 fn every_served_family_matches_its_definition() {
-    let page = full_page(fake_gpu(), true);
+    let page = full_page(fake_gpu(), true, true);
     let found = served(&page);
     for (name, family) in &found {
         let def = definition(name).unwrap_or_else(|| panic!("{name} is not in the catalog"));
@@ -238,13 +242,46 @@ fn every_served_family_matches_its_definition() {
 
 #[test]
 fn without_a_gpu_every_other_metric_still_has_samples() {
-    let page = full_page(FakeGpuSource::missing(), false);
+    let page = full_page(FakeGpuSource::missing(), false, false);
     let found = served(&page);
     for def in CATALOG.iter().filter(|d| !d.gpu_only) {
         let name = full_name(def);
         let has = found.get(&name).is_some_and(|f| f.samples > 0);
         assert!(has, "{name} (not GPU-only) has no samples without a GPU");
     }
+}
+
+/// The GPM families (Hopper and newer), by the catalog's source.
+fn gpm_families() -> Vec<String> {
+    let gpm: Vec<String> = CATALOG
+        .iter()
+        .filter(|d| d.source.starts_with("GpuSource::gpm_metrics"))
+        .map(|d| full_name(d))
+        .collect();
+    assert_eq!(gpm.len(), 7, "{gpm:?}");
+    gpm
+}
+
+#[test]
+fn a_gpu_without_gpm_serves_no_gpm_series_and_the_others_in_full() {
+    let mut a100 = FakeDevice::a100(0);
+    a100.compute_processes = vec![(std::process::id(), Some(1 << 30))];
+    let page = full_page(FakeGpuSource::with_devices(vec![a100]), true, false);
+    let found = served(&page);
+    for name in gpm_families() {
+        let family = found
+            .get(&name)
+            .unwrap_or_else(|| panic!("{name} not declared"));
+        assert_eq!(family.samples, 0, "{name} has series on an A100");
+    }
+    for def in CATALOG.iter().filter(|d| d.gpu_only) {
+        let name = full_name(def);
+        if !gpm_families().contains(&name) {
+            assert!(found[&name].samples > 0, "{name} has no samples on an A100");
+        }
+    }
+    // An A100 is "no GPM", not a failing read.
+    assert!(!page.contains("field=\"gpm_"), "{page}");
 }
 
 #[test]

@@ -73,11 +73,12 @@ fn fixed_daemon(d: &Daemon) -> Daemon {
 
 /// A scrape of `exporter` with every per-run value fixed.
 fn fixed_scrape(exporter: &Exporter) -> Scrape {
-    // The sampler's first pass runs at start; wait until it is published.
+    // The sampler's first pass runs at start; wait until one is published with GPM values,
+    // which need a second pass.
     let mut real = exporter.scrape();
     assert!(eventually(Duration::from_secs(10), || {
         real = exporter.scrape();
-        real.gpu.nvml_up
+        real.gpu.nvml_up && real.gpu.gpus[0].gpm.sm_active_ratio.is_some()
     }));
     let mut gpu = (*real.gpu).clone();
     gpu.taken_at = Some(at() - Duration::from_millis(250));
@@ -135,7 +136,8 @@ fn fixed_scrape(exporter: &Exporter) -> Scrape {
     scrape
 }
 
-/// The golden page: one populated segment, one refused file, one GPU with PCIe sampling.
+/// The golden page: one populated segment, one refused file, one GPU with PCIe sampling and
+/// GPM.
 fn golden_page() -> String {
     let dir = shm_dir();
     let w = writer(dir.path(), "inferd-golden");
@@ -143,6 +145,8 @@ fn golden_page() -> String {
     std::fs::write(dir.path().join("inferd-junk"), vec![0u8; 4096]).unwrap();
     let mut opts = Options::local(dir.path(), &["inferd*"]);
     opts.nvml_pcie = true;
+    // GPM's second sample, one interval after the first: as short as GPM allows.
+    opts.nvml_interval_ms = 100;
     let exporter = Exporter::new(&opts, Box::new(gpu())).unwrap();
     String::from_utf8(exporter.render(&fixed_scrape(&exporter), Format::Prometheus))
         .expect("text is UTF-8")

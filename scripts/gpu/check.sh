@@ -9,7 +9,11 @@
 #      two workers at once, a batch over capacity refused;
 #   2. torch on CUDA gives the same (inferd-torch-tests, from build-kit.sh --torch);
 #   3. inferd --backend cuda over its socket, and the exporter's one page (--once) with real
-#      NVML values and the GPU memory the inferd process holds;
+#      NVML values and the GPU memory the inferd process holds; and, read from a running
+#      exporter while inferctl bench loads the GPU, its GPM families (docs/metrics.md): on
+#      compute capability 9.0 and up SM activity above 0, every ratio within 0..1, PCIe traffic
+#      both ways in bytes per second, NVLink served or its refusal counted; below 9.0 none of
+#      them has a series;
 #   4. scripts/bench/vla.sh on CUDA (from the kit's vla/ and wheels/, build-kit.sh --torch): the
 #      tiny VLA to 16 robots, inferd batching against one-at-a-time eager; goal ratio >= 4.
 #      VLA_SECONDS (default here 12) sets its length;
@@ -51,9 +55,51 @@ check() {
   fi
 }
 
-# 3: the daemon on the GPU, load on it, and one page of the exporter.
+# The port of the exporter read under load in check 3.
+GPM_PORT=${GPM_PORT:-19479}
+
+# 3a: load from inferctl bench and, meanwhile, a page of a running exporter sampling every
+# 500 ms: GPM's values average over one sampling interval and come from a GPU's second sample,
+# so they are read under load from a server (--once waits for one pass, not two).
+under_load() {
+  local work=$1 seg=$2 bench exporter rc=0
+  "$kit/inferctl" --socket "$work/s.sock" bench --connections 8 --duration-seconds 6 \
+    --warmup-seconds 0.5 --json >"$work/bench.json" &
+  bench=$!
+  "$kit/exporter" --listen "127.0.0.1:$GPM_PORT" --segment "$seg" --nvml-interval-ms 500 \
+    --nvml-pcie 2>"$work/exporter.log" &
+  exporter=$!
+  sleep 1
+  # The first page with GPU 0's SM activity (a GPU with GPM, from its second sample on), or
+  # the last one by 4 s, several passes in (a GPU without).
+  python3 - "http://127.0.0.1:$GPM_PORT/metrics" >"$work/load.txt" <<'PY' || rc=1
+import sys, time, urllib.request
+deadline = time.time() + 4
+page = ""
+while True:
+    try:
+        page = urllib.request.urlopen(sys.argv[1], timeout=2).read().decode()
+    except OSError:
+        pass
+    if 'inferd_gpu_sm_active_ratio{gpu="0"' in page or time.time() > deadline:
+        break
+    time.sleep(0.25)
+sys.stdout.write(page)
+sys.exit(0 if page else 1)
+PY
+  kill -TERM "$exporter" 2>/dev/null
+  wait "$exporter" 2>/dev/null
+  wait "$bench" || rc=1
+  if ((rc)); then
+    echo "exporter's log:"
+    tail -n 20 "$work/exporter.log"
+  fi
+  return $rc
+}
+
+# 3: the daemon on the GPU, load on it, and pages of the exporter.
 daemon_and_exporter() {
-  local work seg pid ok=0
+  local work seg pid cap ok=0
   work=$(mktemp -d /tmp/inferd-gpu-check.XXXXXX)
   seg=inferd-gpu-check-$$
   "$kit/inferd" --backend cuda --socket "$work/s.sock" --segment-name "$seg" --log-level info \
@@ -64,25 +110,60 @@ daemon_and_exporter() {
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
+  # GPU 0's compute capability: GPM (check 3's second page) is there from 9.0 (Hopper) on.
+  cap=$(nvidia-smi -i 0 --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d ' ')
   if [[ -S $work/s.sock ]] &&
     "$kit/inferctl" --socket "$work/s.sock" info --json >"$work/info.json" &&
-    "$kit/inferctl" --socket "$work/s.sock" bench --connections 8 --duration-seconds 3 \
-      --warmup-seconds 0.5 --json >"$work/bench.json" &&
+    under_load "$work" "$seg" &&
     "$kit/exporter" --once --segment "$seg" >"$work/metrics.txt"; then
-    python3 - "$work" "$pid" "$seg" <<'PY' || ok=1
+    python3 - "$work" "$pid" "$seg" "${cap:-0}" <<'PY' || ok=1
 import json, re, sys
-work, pid, seg = sys.argv[1:]
+work, pid, seg, cap = sys.argv[1:]
 info = json.load(open(f"{work}/info.json"))
 bench = json.load(open(f"{work}/bench.json"))
-samples = []
-for line in open(f"{work}/metrics.txt"):
-    m = re.match(r'^(\w+)(?:\{(.*)\})? (\S+)$', line.strip())
-    if m:
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        samples.append((m.group(1), labels, float(m.group(3))))
-def values(name, **want):
-    return [v for n, l, v in samples if n == name and all(l.get(k) == w for k, w in want.items())]
-checks = [
+def parse(path):
+    out = []
+    for line in open(path):
+        m = re.match(r'^(\w+)(?:\{(.*)\})? (\S+)$', line.strip())
+        if m:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+            out.append((m.group(1), labels, float(m.group(3))))
+    return out
+samples = parse(f"{work}/metrics.txt")
+loaded = parse(f"{work}/load.txt")
+def values(name, page=samples, **want):
+    return [v for n, l, v in page if n == name and all(l.get(k) == w for k, w in want.items())]
+gpm_ratios = ["graphics_engine_active_ratio", "sm_active_ratio", "sm_occupancy_ratio",
+              "tensor_active_ratio", "dram_active_ratio"]
+gpm_rates = ["pcie_traffic_bytes_per_second", "nvlink_traffic_bytes_per_second"]
+gpm = {f"inferd_gpu_{n}": values(f"inferd_gpu_{n}", loaded) for n in gpm_ratios + gpm_rates}
+field_errors = {l["field"]: v for n, l, v in loaded if n == "inferd_nvml_field_errors_total"}
+print(f"compute capability of GPU 0: {cap}")
+for name, vs in gpm.items():
+    print(f"under load: {name}: {vs}")
+for d in ("tx", "rx"):
+    print(f"under load: inferd_gpu_pcie_throughput_bytes_per_second{{direction={d}}} (20 ms window): "
+          f"{values('inferd_gpu_pcie_throughput_bytes_per_second', loaded, direction=d)}")
+print(f"under load: field errors: {field_errors}")
+if float(cap) >= 9.0:
+    pcie = {d: values("inferd_gpu_pcie_traffic_bytes_per_second", loaded, direction=d) for d in ("tx", "rx")}
+    nvlink = {d: values("inferd_gpu_nvlink_traffic_bytes_per_second", loaded, direction=d) for d in ("tx", "rx")}
+    gpm_checks = [
+        ("GPM: every ratio served", all(gpm[f"inferd_gpu_{n}"] for n in gpm_ratios)),
+        ("GPM: every ratio within 0..1", all(0 <= v <= 1.0 + 1e-6 for n in gpm_ratios for v in gpm[f"inferd_gpu_{n}"])),
+        ("GPM: SM active under load", any(v > 0 for v in gpm["inferd_gpu_sm_active_ratio"])),
+        ("GPM: graphics engine active under load", any(v > 0 for v in gpm["inferd_gpu_graphics_engine_active_ratio"])),
+        # Requests go in and actions come out over PCIe; a rate below 128 GB/s (PCIe 6 x16) is
+        # bytes per second, where an unconverted MiB/s would read a millionth of it.
+        ("GPM: PCIe traffic both ways, bytes per second",
+         all(any(v > 0 for v in pcie[d]) and all(v < 128e9 for v in pcie[d]) for d in pcie)),
+        ("GPM: NVLink served both ways, or its refusal counted",
+         all(nvlink[d] for d in nvlink) or "gpm_nvlink_total_tx_per_sec" in field_errors),
+        ("GPM: no GPM call failed", not any(k in field_errors for k in ("gpm_supported", "gpm_sample", "gpm_metrics"))),
+    ]
+else:
+    gpm_checks = [("GPM: no series before compute capability 9.0", not any(gpm.values()))]
+checks = gpm_checks + [
     ("inferd serves on cuda:0", (info["model"]["backend"], info["model"]["device"]) == ("cuda", "cuda:0")),
     ("requests answered", bench["ok"] > 0 and not any(bench["errors"].values())),
     ("NVML: GPU memory total", any(v > 0 for v in values("inferd_gpu_memory_total_bytes"))),

@@ -147,6 +147,62 @@ fn render_gauges(s: &GpuSample, out: &mut MetricsWriter) {
             }
         }
     }
+    render_gpm(s, &ids, out);
+}
+
+/// Every GPM family with one value per GPU.
+const GPM_PER_GPU: [(&MetricDef, Field); 5] = [
+    (&catalog::GPU_GRAPHICS_ENGINE_ACTIVE_RATIO, |g| {
+        g.gpm.graphics_engine_active_ratio
+    }),
+    (&catalog::GPU_SM_ACTIVE_RATIO, |g| g.gpm.sm_active_ratio),
+    (&catalog::GPU_SM_OCCUPANCY_RATIO, |g| {
+        g.gpm.sm_occupancy_ratio
+    }),
+    (&catalog::GPU_TENSOR_ACTIVE_RATIO, |g| {
+        g.gpm.tensor_active_ratio
+    }),
+    (&catalog::GPU_DRAM_ACTIVE_RATIO, |g| g.gpm.dram_active_ratio),
+];
+
+/// Every GPM family by direction: its definition and how to read `tx` and `rx`.
+const GPM_BY_DIRECTION: [(&MetricDef, Field, Field); 2] = [
+    (
+        &catalog::GPU_PCIE_TRAFFIC_BYTES_PER_SECOND,
+        |g| g.gpm.pcie_tx_bytes_per_second,
+        |g| g.gpm.pcie_rx_bytes_per_second,
+    ),
+    (
+        &catalog::GPU_NVLINK_TRAFFIC_BYTES_PER_SECOND,
+        |g| g.gpm.nvlink_tx_bytes_per_second,
+        |g| g.gpm.nvlink_rx_bytes_per_second,
+    ),
+];
+
+/// The GPM families: a GPU without a value (before Hopper, before its second sample, a read
+/// that failed) has no series, never a zero.
+fn render_gpm(s: &GpuSample, ids: &[String], out: &mut MetricsWriter) {
+    for (def, field) in GPM_PER_GPU {
+        out.family_def(def);
+        for (g, id) in s.gpus.iter().zip(ids) {
+            if let Some(v) = field(g) {
+                out.sample(&[("gpu", id), ("uuid", &g.identity.uuid)], v);
+            }
+        }
+    }
+    for (def, tx, rx) in GPM_BY_DIRECTION {
+        out.family_def(def);
+        for (g, id) in s.gpus.iter().zip(ids) {
+            for (dir, v) in [("tx", tx(g)), ("rx", rx(g))] {
+                if let Some(v) = v {
+                    out.sample(
+                        &[("gpu", id), ("uuid", &g.identity.uuid), ("direction", dir)],
+                        v,
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn render_processes(scrape: &Scrape, out: &mut MetricsWriter) {
@@ -171,5 +227,52 @@ fn render_processes(scrape: &Scrape, out: &mut MetricsWriter) {
             ];
             out.sample(&labels, bytes);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{GpmMetric, GpuIdentity};
+    use crate::text::Format;
+
+    fn gpu(index: u32, uuid: &str) -> GpuStats {
+        GpuStats {
+            index,
+            identity: GpuIdentity {
+                uuid: uuid.into(),
+                ..GpuIdentity::default()
+            },
+            ..GpuStats::default()
+        }
+    }
+
+    #[test]
+    fn a_gpu_without_gpm_has_no_gpm_series_not_zeros() {
+        let mut hopper = gpu(0, "GPU-h");
+        for m in GpmMetric::ALL {
+            hopper.gpm.set(m, 50.0);
+        }
+        let sample = GpuSample {
+            gpus: vec![hopper, gpu(1, "GPU-a")],
+            ..GpuSample::default()
+        };
+        let ids = ["0".to_owned(), "1".to_owned()];
+        let mut out = MetricsWriter::new(Format::Prometheus, "ns", 0);
+        render_gpm(&sample, &ids, &mut out);
+        let page = String::from_utf8(out.finish()).unwrap();
+        let samples: Vec<&str> = page.lines().filter(|l| !l.starts_with('#')).collect();
+        assert!(
+            samples.iter().all(|l| l.contains("uuid=\"GPU-h\"")),
+            "{page}"
+        );
+        // Five ratios, and tx and rx of PCIe and NVLink.
+        assert_eq!(samples.len(), 5 + 4, "{page}");
+        assert!(page.contains("ns_gpu_sm_active_ratio{gpu=\"0\",uuid=\"GPU-h\"} 0.5\n"));
+        assert!(page.contains(
+            "ns_gpu_nvlink_traffic_bytes_per_second{gpu=\"0\",uuid=\"GPU-h\",direction=\"rx\"} 52428800\n"
+        ));
+        // Every family is still declared, so a page keeps its shape.
+        assert_eq!(page.matches("# TYPE ").count(), 7, "{page}");
     }
 }

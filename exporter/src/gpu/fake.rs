@@ -1,10 +1,15 @@
 //! A [`GpuSource`] with fixed values, for tests on machines without a GPU. Any field can be
 //! made to fail, and NVML can be made missing altogether.
+//!
+//! GPM is faked as NVML does it: [`GpuSource::gpm_sample`] captures the device's GPM values and
+//! a sequence number, and [`GpuSource::gpm_metrics`] answers the later sample's values, refusing
+//! two samples out of order or of different GPUs; [`FakeGpuSource::gpm_pairs`] lists which
+//! samples each call was given.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{GpuIdentity, GpuSource, SourceError};
+use super::{GpmMetric, GpmReadings, GpmSnapshot, GpuIdentity, GpuSource, SourceError};
 
 /// One fake GPU's values, in NVML's units.
 #[derive(Clone, Debug)]
@@ -39,6 +44,9 @@ pub struct FakeDevice {
     pub performance_state: u32,
     /// Pid and bytes.
     pub compute_processes: Vec<(u32, Option<u64>)>,
+    /// GPM metrics in NVML's units (percent, MiB/s), or `None` for a GPU without GPM (before
+    /// Hopper). A metric left out fails with "Not Supported", as NVLink does on a PCIe card.
+    pub gpm: Option<Vec<(GpmMetric, f64)>>,
 }
 
 impl FakeDevice {
@@ -64,8 +72,36 @@ impl FakeDevice {
             ecc_errors: (2, 0),
             performance_state: 0,
             compute_processes: Vec::new(),
+            gpm: Some(vec![
+                (GpmMetric::GraphicsEngineActive, 80.0),
+                (GpmMetric::SmActive, 62.5),
+                (GpmMetric::SmOccupancy, 25.0),
+                (GpmMetric::TensorActive, 12.5),
+                (GpmMetric::DramActive, 40.0),
+                (GpmMetric::PcieTx, 100.0),
+                (GpmMetric::PcieRx, 250.0),
+                (GpmMetric::NvlinkTx, 1_024.0),
+                (GpmMetric::NvlinkRx, 512.0),
+            ]),
         }
     }
+
+    /// A plausible A100 numbered `index`: an Ampere GPU, which has no GPM.
+    pub fn a100(index: u32) -> FakeDevice {
+        let mut d = FakeDevice::h100(index);
+        d.identity.uuid = format!("GPU-a1000000-0000-0000-0000-00000000000{index}");
+        d.identity.name = "NVIDIA A100-SXM4-80GB".into();
+        d.gpm = None;
+        d
+    }
+}
+
+/// A fake GPM sample: whose, when (in sample order) and the values it saw.
+#[derive(Debug)]
+struct FakeGpmSample {
+    gpu: u32,
+    seq: u64,
+    values: Vec<(GpmMetric, f64)>,
 }
 
 #[derive(Debug, Default)]
@@ -73,6 +109,10 @@ struct State {
     missing: bool,
     failing: BTreeSet<&'static str>,
     devices: Vec<FakeDevice>,
+    /// GPM samples taken so far.
+    gpm_samples: u64,
+    /// Each `gpm_metrics` call's GPU and samples' sequence numbers.
+    gpm_pairs: Vec<(u32, u64, u64)>,
 }
 
 /// A fake NVML. Clones share their state, so a test keeps one clone to change the values
@@ -112,6 +152,12 @@ impl FakeGpuSource {
         if let Some(d) = self.lock().devices.get_mut(gpu) {
             f(d);
         }
+    }
+
+    /// For each `gpm_metrics` call so far: the GPU and the sequence numbers (1, 2, ... in the
+    /// order they were taken, over all GPUs) of the earlier and the later sample.
+    pub fn gpm_pairs(&self) -> Vec<(u32, u64, u64)> {
+        self.lock().gpm_pairs.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -220,5 +266,54 @@ impl GpuSource for FakeGpuSource {
 
     fn compute_processes(&mut self, gpu: u32) -> Result<Vec<(u32, Option<u64>)>, SourceError> {
         self.read("compute_processes", gpu, |d| d.compute_processes.clone())
+    }
+
+    fn gpm_supported(&mut self, gpu: u32) -> Result<bool, SourceError> {
+        self.read("gpm_supported", gpu, |d| d.gpm.is_some())
+    }
+
+    fn gpm_sample(&mut self, gpu: u32) -> Result<GpmSnapshot, SourceError> {
+        let values = self
+            .read("gpm_sample", gpu, |d| d.gpm.clone())?
+            .ok_or_else(|| SourceError("gpm_sample: Not Supported".into()))?;
+        let mut s = self.lock();
+        s.gpm_samples += 1;
+        let seq = s.gpm_samples;
+        Ok(GpmSnapshot::new(FakeGpmSample { gpu, seq, values }))
+    }
+
+    fn gpm_metrics(
+        &mut self,
+        earlier: &GpmSnapshot,
+        later: &GpmSnapshot,
+    ) -> Result<GpmReadings, SourceError> {
+        let mut s = self.lock();
+        if s.failing.contains("gpm_metrics") {
+            return Err(SourceError("gpm_metrics: Unknown Error".into()));
+        }
+        let (Some(a), Some(b)) = (earlier.get::<FakeGpmSample>(), later.get::<FakeGpmSample>())
+        else {
+            return Err(SourceError("gpm_metrics: not this source's samples".into()));
+        };
+        if a.gpu != b.gpu || a.seq >= b.seq {
+            return Err(SourceError(format!(
+                "gpm_metrics: samples {} (GPU {}) and {} (GPU {}) are not one GPU's, in order",
+                a.seq, a.gpu, b.seq, b.gpu
+            )));
+        }
+        s.gpm_pairs.push((b.gpu, a.seq, b.seq));
+        Ok(GpmMetric::ALL
+            .into_iter()
+            .map(|m| {
+                let value = if s.failing.contains(m.field()) {
+                    None
+                } else {
+                    b.values.iter().find(|(id, _)| *id == m).map(|(_, v)| *v)
+                };
+                let value =
+                    value.ok_or_else(|| SourceError(format!("{}: Not Supported", m.field())));
+                (m, value)
+            })
+            .collect())
     }
 }

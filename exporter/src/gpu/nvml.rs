@@ -6,21 +6,61 @@
 //! `nvmlDeviceGetCurrentClocksEventReasons`, which older drivers lack. Those two reads call the
 //! newer symbol through nvml-wrapper-sys and fall back to the wrapper's older call, so that both
 //! old and new drivers report them; where neither works, the sampler drops and counts the field.
+//!
+//! GPM samples (`nvmlGpmSampleGet`) borrow the [`Nvml`] they came from, and the sampler keeps
+//! one per GPU from one pass to the next; so the one `Nvml` is leaked once loaded, which gives
+//! the samples a `'static` borrow instead of a struct that refers to itself. It would live as
+//! long as the sampler thread anyway, which lives as long as the process; the driver releases
+//! what NVML held when the process exits. GPM is sampled per whole GPU, not per MIG instance
+//! (`nvmlGpmMigSampleGet`): the exporter has no MIG devices.
 
 use nvml_wrapper::enum_wrappers::device::{
     Clock, EccCounter, MemoryError, PcieUtilCounter, PerformanceState, TemperatureSensor,
 };
 use nvml_wrapper::enums::device::UsedGpuMemory;
+use nvml_wrapper::enums::gpm::GpmMetricId;
 use nvml_wrapper::error::{nvml_sym, nvml_try, NvmlError};
-use nvml_wrapper::{Device, Nvml};
+use nvml_wrapper::gpm::gpm_metrics_get;
+use nvml_wrapper::{Device, GpmSample, Nvml};
 use nvml_wrapper_sys::bindings::nvmlTemperature_t;
 
-use super::{GpuIdentity, GpuSource, SourceError};
+use super::{GpmMetric, GpmReadings, GpmSnapshot, GpuIdentity, GpuSource, SourceError};
 
 /// NVML through nvml-wrapper.
 #[derive(Default)]
 pub struct NvmlSource {
-    nvml: Option<Nvml>,
+    /// Leaked once loaded, so that GPM samples can outlive a pass (see the module docs).
+    nvml: Option<&'static Nvml>,
+}
+
+/// One GPU's GPM sample, as this source keeps it inside a [`GpmSnapshot`].
+struct NvmlGpmSample {
+    gpu: u32,
+    sample: GpmSample<'static>,
+}
+
+/// NVML's id for each metric the exporter reads.
+fn gpm_id(metric: GpmMetric) -> GpmMetricId {
+    match metric {
+        GpmMetric::GraphicsEngineActive => GpmMetricId::GraphicsUtil,
+        GpmMetric::SmActive => GpmMetricId::SmUtil,
+        GpmMetric::SmOccupancy => GpmMetricId::SmOccupancy,
+        GpmMetric::TensorActive => GpmMetricId::AnyTensorUtil,
+        GpmMetric::DramActive => GpmMetricId::DramBwUtil,
+        GpmMetric::PcieTx => GpmMetricId::PcieTxPerSec,
+        GpmMetric::PcieRx => GpmMetricId::PcieRxPerSec,
+        GpmMetric::NvlinkTx => GpmMetricId::NvlinkTotalTxPerSec,
+        GpmMetric::NvlinkRx => GpmMetricId::NvlinkTotalRxPerSec,
+    }
+}
+
+/// Whether an error means "this GPU or driver has no GPM" rather than a failed read: a driver
+/// older than R520 lacks the symbols, and a GPU older than Hopper answers Not Supported.
+fn means_no_gpm(e: &NvmlError) -> bool {
+    matches!(
+        e,
+        NvmlError::FailedToLoadSymbol(_) | NvmlError::FunctionNotFound | NvmlError::NotSupported
+    )
 }
 
 impl NvmlSource {
@@ -29,12 +69,12 @@ impl NvmlSource {
         NvmlSource::default()
     }
 
-    fn device(&self, gpu: u32) -> Result<Device<'_>, SourceError> {
-        let nvml = self
-            .nvml
-            .as_ref()
-            .ok_or_else(|| SourceError("not connected".into()))?;
-        nvml.device_by_index(gpu).map_err(err)
+    fn nvml(&self) -> Result<&'static Nvml, SourceError> {
+        self.nvml.ok_or_else(|| SourceError("not connected".into()))
+    }
+
+    fn device(&self, gpu: u32) -> Result<Device<'static>, SourceError> {
+        self.nvml()?.device_by_index(gpu).map_err(err)
     }
 }
 
@@ -95,25 +135,18 @@ fn clocks_event_reasons(d: &Device<'_>) -> Result<u64, NvmlError> {
 impl GpuSource for NvmlSource {
     fn connect(&mut self) -> Result<(), SourceError> {
         if self.nvml.is_none() {
-            self.nvml = Some(Nvml::init().map_err(err)?);
+            let nvml = Nvml::init().map_err(err)?;
+            self.nvml = Some(Box::leak(Box::new(nvml)));
         }
         Ok(())
     }
 
     fn driver_version(&mut self) -> Result<String, SourceError> {
-        let nvml = self
-            .nvml
-            .as_ref()
-            .ok_or_else(|| SourceError("not connected".into()))?;
-        nvml.sys_driver_version().map_err(err)
+        self.nvml()?.sys_driver_version().map_err(err)
     }
 
     fn device_count(&mut self) -> Result<u32, SourceError> {
-        let nvml = self
-            .nvml
-            .as_ref()
-            .ok_or_else(|| SourceError("not connected".into()))?;
-        nvml.device_count().map_err(err)
+        self.nvml()?.device_count().map_err(err)
     }
 
     fn identity(&mut self, gpu: u32) -> Result<GpuIdentity, SourceError> {
@@ -235,6 +268,46 @@ impl GpuSource for NvmlSource {
             })
             .collect())
     }
+
+    fn gpm_supported(&mut self, gpu: u32) -> Result<bool, SourceError> {
+        match self.device(gpu)?.gpm_support() {
+            Ok(supported) => Ok(supported),
+            Err(e) if means_no_gpm(&e) => Ok(false),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    fn gpm_sample(&mut self, gpu: u32) -> Result<GpmSnapshot, SourceError> {
+        let sample = self.device(gpu)?.gpm_sample().map_err(err)?;
+        Ok(GpmSnapshot::new(NvmlGpmSample { gpu, sample }))
+    }
+
+    fn gpm_metrics(
+        &mut self,
+        earlier: &GpmSnapshot,
+        later: &GpmSnapshot,
+    ) -> Result<GpmReadings, SourceError> {
+        let nvml = self.nvml()?;
+        let (Some(a), Some(b)) = (earlier.get::<NvmlGpmSample>(), later.get::<NvmlGpmSample>())
+        else {
+            return Err(SourceError("not samples of this NVML source".into()));
+        };
+        if a.gpu != b.gpu {
+            return Err(SourceError(format!(
+                "samples of GPU {} and GPU {}",
+                a.gpu, b.gpu
+            )));
+        }
+        let ids = GpmMetric::ALL.map(gpm_id);
+        let results = gpm_metrics_get(nvml, &a.sample, &b.sample, &ids).map_err(err)?;
+        // One result per id asked for, in order; zip stops short rather than misattribute if
+        // the wrapper ever answered fewer.
+        Ok(GpmMetric::ALL
+            .into_iter()
+            .zip(results)
+            .map(|(metric, r)| (metric, r.map(|m| m.value).map_err(err)))
+            .collect())
+    }
 }
 
 #[cfg(test)]
@@ -278,5 +351,77 @@ mod tests {
         assert!(s.device_count().is_err());
         assert!(s.temperature_celsius(0).is_err());
         assert!(s.throttle_reasons(0).is_err());
+        assert!(s.gpm_supported(0).is_err());
+        assert!(s.gpm_sample(0).is_err());
+        let foreign = GpmSnapshot::new(7u8);
+        assert!(s.gpm_metrics(&foreign, &foreign).is_err());
+    }
+
+    #[test]
+    fn each_gpm_metric_asks_for_its_nvml_id() {
+        use nvml_wrapper_sys::bindings as b;
+        let want = [
+            (
+                GpmMetric::GraphicsEngineActive,
+                b::nvmlGpmMetricId_t_NVML_GPM_METRIC_GRAPHICS_UTIL,
+            ),
+            (
+                GpmMetric::SmActive,
+                b::nvmlGpmMetricId_t_NVML_GPM_METRIC_SM_UTIL,
+            ),
+            (
+                GpmMetric::SmOccupancy,
+                b::nvmlGpmMetricId_t_NVML_GPM_METRIC_SM_OCCUPANCY,
+            ),
+            (
+                GpmMetric::TensorActive,
+                b::nvmlGpmMetricId_t_NVML_GPM_METRIC_ANY_TENSOR_UTIL,
+            ),
+            (
+                GpmMetric::DramActive,
+                b::nvmlGpmMetricId_t_NVML_GPM_METRIC_DRAM_BW_UTIL,
+            ),
+            (
+                GpmMetric::PcieTx,
+                b::nvmlGpmMetricId_t_NVML_GPM_METRIC_PCIE_TX_PER_SEC,
+            ),
+            (
+                GpmMetric::PcieRx,
+                b::nvmlGpmMetricId_t_NVML_GPM_METRIC_PCIE_RX_PER_SEC,
+            ),
+            (
+                GpmMetric::NvlinkTx,
+                b::nvmlGpmMetricId_t_NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC,
+            ),
+            (
+                GpmMetric::NvlinkRx,
+                b::nvmlGpmMetricId_t_NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC,
+            ),
+        ];
+        assert_eq!(want.len(), GpmMetric::ALL.len());
+        for (metric, id) in want {
+            assert_eq!(gpm_id(metric).as_c(), id, "{metric:?}");
+            // The field its errors are counted under is NVML's own name for the id:
+            // `SmUtil` (NVML_GPM_METRIC_SM_UTIL) is `gpm_sm_util`.
+            let mut snake = String::from("gpm");
+            for c in format!("{:?}", gpm_id(metric)).chars() {
+                if c.is_ascii_uppercase() {
+                    snake.push('_');
+                }
+                snake.push(c.to_ascii_lowercase());
+            }
+            assert_eq!(metric.field(), snake, "{metric:?}");
+        }
+    }
+
+    #[test]
+    fn a_gpu_or_driver_without_gpm_is_unsupported_not_an_error() {
+        assert!(means_no_gpm(&NvmlError::NotSupported));
+        assert!(means_no_gpm(&NvmlError::FunctionNotFound));
+        assert!(means_no_gpm(&NvmlError::FailedToLoadSymbol(
+            "nvmlGpmQueryDeviceSupport".into()
+        )));
+        assert!(!means_no_gpm(&NvmlError::GpuLost));
+        assert!(!means_no_gpm(&NvmlError::Unknown));
     }
 }

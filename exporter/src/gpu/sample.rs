@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::GpuIdentity;
+use super::{GpmMetric, GpuIdentity};
 
 /// NVML's clock-limit reason bits and their label names (`nvmlClocksEventReason*`).
 pub const THROTTLE_REASONS: [(u64, &str); 9] = [
@@ -63,7 +63,58 @@ pub struct GpuStats {
     pub ecc_uncorrected_errors: Option<u64>,
     /// Performance state, 0 (P0) to 15.
     pub performance_state: Option<u32>,
+    /// What GPM measured since the previous pass (Hopper and newer).
+    pub gpm: GpmStats,
 }
+
+/// A GPU's GPM metrics, in base units, each averaged over the time between the sampler's last
+/// two GPM samples of it. All `None` on a GPU without GPM, before its second sample, and after
+/// a failed sample; one is `None` alone when NVML refused that metric.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct GpmStats {
+    /// Time the graphics or compute engine was busy, 0 to 1.
+    pub graphics_engine_active_ratio: Option<f64>,
+    /// Time each SM had at least one warp resident, averaged over the SMs, 0 to 1.
+    pub sm_active_ratio: Option<f64>,
+    /// Resident warps over the SMs' maximum, averaged over the SMs, 0 to 1.
+    pub sm_occupancy_ratio: Option<f64>,
+    /// Time the tensor pipes were busy (any type), 0 to 1.
+    pub tensor_active_ratio: Option<f64>,
+    /// DRAM bandwidth used over its peak, 0 to 1.
+    pub dram_active_ratio: Option<f64>,
+    /// PCIe traffic from the GPU, bytes per second.
+    pub pcie_tx_bytes_per_second: Option<f64>,
+    /// PCIe traffic to the GPU, bytes per second.
+    pub pcie_rx_bytes_per_second: Option<f64>,
+    /// NVLink traffic from the GPU over all its links, bytes per second.
+    pub nvlink_tx_bytes_per_second: Option<f64>,
+    /// NVLink traffic to the GPU over all its links, bytes per second.
+    pub nvlink_rx_bytes_per_second: Option<f64>,
+}
+
+impl GpmStats {
+    /// Sets one metric from NVML's value: percent becomes a ratio, MiB/s bytes per second.
+    pub fn set(&mut self, metric: GpmMetric, nvml_value: f64) {
+        let ratio = nvml_value / 100.0;
+        let bytes_per_second = nvml_value * MIB;
+        let (slot, value) = match metric {
+            GpmMetric::GraphicsEngineActive => (&mut self.graphics_engine_active_ratio, ratio),
+            GpmMetric::SmActive => (&mut self.sm_active_ratio, ratio),
+            GpmMetric::SmOccupancy => (&mut self.sm_occupancy_ratio, ratio),
+            GpmMetric::TensorActive => (&mut self.tensor_active_ratio, ratio),
+            GpmMetric::DramActive => (&mut self.dram_active_ratio, ratio),
+            GpmMetric::PcieTx => (&mut self.pcie_tx_bytes_per_second, bytes_per_second),
+            GpmMetric::PcieRx => (&mut self.pcie_rx_bytes_per_second, bytes_per_second),
+            GpmMetric::NvlinkTx => (&mut self.nvlink_tx_bytes_per_second, bytes_per_second),
+            GpmMetric::NvlinkRx => (&mut self.nvlink_rx_bytes_per_second, bytes_per_second),
+        };
+        *slot = Some(value);
+    }
+}
+
+/// Bytes in a MiB: NVML's GPM rates are MiB/s (`nvml.h`: "PCIe traffic from this GPU in
+/// MiB/sec").
+const MIB: f64 = 1_048_576.0;
 
 /// A compute process on a GPU.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -136,6 +187,27 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(future.age_seconds(now), Some(0.0));
+    }
+
+    #[test]
+    fn gpm_percent_becomes_a_ratio_and_mib_per_second_bytes() {
+        let mut g = GpmStats::default();
+        g.set(GpmMetric::SmActive, 62.5);
+        g.set(GpmMetric::PcieRx, 3.0);
+        g.set(GpmMetric::NvlinkTx, 0.5);
+        assert_eq!(g.sm_active_ratio, Some(0.625));
+        assert_eq!(g.pcie_rx_bytes_per_second, Some(3.0 * 1024.0 * 1024.0));
+        assert_eq!(g.nvlink_tx_bytes_per_second, Some(524_288.0));
+        assert_eq!(g.tensor_active_ratio, None, "only what was set");
+        // Every metric lands in a field of its own.
+        let mut all = GpmStats::default();
+        for (i, m) in GpmMetric::ALL.into_iter().enumerate() {
+            all.set(m, i as f64 + 1.0);
+        }
+        let json = serde_json::to_value(&all).unwrap();
+        let set: Vec<_> = json.as_object().unwrap().values().collect();
+        assert!(set.iter().all(|v| v.is_number()), "{json}");
+        assert_eq!(set.len(), GpmMetric::ALL.len());
     }
 
     #[test]
