@@ -10,6 +10,7 @@
 #                     of scripts/prometheus/remote-write.yml, writing to store
 #   test-site-agent   site; --enable-feature=agent,native-histograms: scrapes and forwards only
 #                     (no rules), with send_native_histograms: true, writing to ruler
+#   test-site-unsent  the same agent without send_native_histograms, writing to store
 # The site configs are derived from the shipped files by tests/remote_write/rw.py (1 s scrapes
 # and evaluations, the exporter as target, `site` added to the external labels, a 1 s
 # batch_send_deadline). It sends a known number of requests with `inferctl bench`, then rw.py
@@ -116,16 +117,19 @@ start_prometheus ruler tests/remote_write/global-rules.yml $tsdb --web.enable-re
 rw site-config --out "$work/site.yml" --site test-site --exporter "$exporter" \
   --write-url "$url_store/api/v1/write"
 rw site-config --out "$work/agent.yml" --site test-site-agent --exporter "$exporter" \
-  --write-url "$url_ruler/api/v1/write" --agent
-for config in tests/remote_write/global.yml tests/remote_write/global-rules.yml "$work/site.yml" "$work/agent.yml"; do
+  --write-url "$url_ruler/api/v1/write" --agent --send-native-histograms
+rw site-config --out "$work/agent-unsent.yml" --site test-site-unsent --exporter "$exporter" \
+  --write-url "$url_store/api/v1/write" --agent
+for config in tests/remote_write/global.yml tests/remote_write/global-rules.yml "$work"/{site,agent,agent-unsent}.yml; do
   promtool check config "$config" >"$work/promtool.log" 2>&1 || { cat "$work/promtool.log" >&2; die "$config is invalid"; }
 done
 start_prometheus site "$work/site.yml" $tsdb
 start_prometheus agent "$work/agent.yml" --storage.agent.path --enable-feature=agent,native-histograms
-for url in "$url_store" "$url_ruler" "$url_site" "$url_agent"; do
+start_prometheus agent_unsent "$work/agent-unsent.yml" --storage.agent.path --enable-feature=agent,native-histograms
+for url in "$url_store" "$url_ruler" "$url_site" "$url_agent" "$url_agent_unsent"; do
   rw wait "$url/-/ready" --timeout 60
 done
-say "prometheus store ${url_store#http://}, ruler ${url_ruler#http://}, site ${url_site#http://}, agent ${url_agent#http://}"
+say "prometheus store ${url_store#http://}, ruler ${url_ruler#http://}, site ${url_site#http://}, agents ${url_agent#http://} ${url_agent_unsent#http://}"
 
 # Both global servers hold a scrape of the host (the agent has no query API of its own), so the
 # load lands between scrapes that both paths see.
@@ -151,6 +155,6 @@ requests=$(python3 -c 'import json, sys; b = json.load(open(sys.argv[1])); print
 [[ $requests -gt 0 ]] || die "inferctl bench got no answers: $(cat "$work/bench.json")"
 say "sent $requests requests as robot type $robot_type: $(cat "$work/bench.json")"
 
-rw check --store "$url_store" --ruler "$url_ruler" --site "$url_site" --agent "$url_agent" \
+rw check --store "$url_store" --ruler "$url_ruler" --site "$url_site" --agent "$url_agent" --agent-unsent "$url_agent_unsent" \
   --exporter "$exporter" --daemon "$segment" --robot-type "$robot_type" --requests "$requests"
 say "done"

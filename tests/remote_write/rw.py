@@ -3,15 +3,15 @@
 
 Subcommands:
   wait URL [--timeout S]        wait until URL answers 200
-  site-config --out F --site NAME --exporter ADDR --write-url URL [--agent]
+  site-config --out F --site NAME --exporter ADDR --write-url URL [--agent] [--send-native-histograms]
                                 write a site Prometheus config: scripts/prometheus/prometheus.yml
                                 (its external labels, job, rule_files: rules.yml) with 1 s scrapes
                                 and rule evaluations, the exporter at ADDR as its only target,
                                 `site: NAME` added to the external labels, and the remote_write
                                 block of scripts/prometheus/remote-write.yml pointed at URL (with
-                                a 1 s batch_send_deadline). --agent: for a server in agent mode
-                                with native histograms: no rule_files, send_native_histograms on
-  check --store URL --ruler URL --site URL --agent URL --exporter ADDR
+                                a 1 s batch_send_deadline). --agent: for a server in agent mode,
+                                no rule_files. --send-native-histograms: send_native_histograms on
+  check --store URL --ruler URL --site URL --agent URL --agent-unsent URL --exporter ADDR
         --daemon NAME --robot-type RT --requests N
                                 wait until both global servers hold what the host served, then
                                 assert it (below); prints one line per check and a summary
@@ -26,6 +26,8 @@ The topology run.sh starts: one host (inferd and its exporter), scraped by two s
     Mimir's ruler) would. The agent evaluates no rules: had it evaluated rules.yml as well, its
     ALERTS series and the ruler's own would be one series written twice, and the ruler (a
     Prometheus receiver) answers "out of order sample" and drops each whole batch holding one.
+  * site "test-site-unsent", an agent like the one above but with remote-write.yml's
+    send_native_histograms left commented out, remote-writes to store.
 
 What `check` asserts:
   * on each global server, the host's request counter for robot type RT sums to exactly N, the
@@ -35,6 +37,9 @@ What `check` asserts:
     rules reached the global server with their external labels. Rates and the p99 are above 0;
   * on store, `up` of the host is 1, and no series other than what remote-write.yml keeps arrived
     (the site itself has scrape_* series, so the filter did drop something);
+  * on store, from test-site-unsent, the request counter arrived but the duration histogram did
+    not, neither native nor as classic buckets: what README's warning about
+    send_native_histograms says;
   * on ruler, the duration histogram arrived as a native histogram (no _bucket series) whose
     count is the exporter's; and rules.yml, evaluated there over the remote-written series,
     answers with the host's instance and daemon: the request rate above 0 and a finite p99 from
@@ -121,7 +126,7 @@ class Prometheus:
         return float(result[0]["value"][1])
 
     def own_metrics(self):
-        """The server's own /metrics page as {name: summed value}."""
+        """The server's own /metrics page as {name: summed value}, and {name{labels}: value}."""
         _, body = http_get(f"{self.base}/metrics")
         sums = {}
         for line in body.decode().splitlines():
@@ -130,6 +135,8 @@ class Prometheus:
             m = re.match(r"([A-Za-z_:][A-Za-z0-9_:]*)(\{.*\})?\s+(\S+)", line)
             if m:
                 sums[m.group(1)] = sums.get(m.group(1), 0.0) + float(m.group(3))
+                if m.group(2):
+                    sums[m.group(1) + m.group(2)] = float(m.group(3))
         return sums
 
 
@@ -165,7 +172,7 @@ def site_config(args):
     entry["url"] = args.write_url
     # The shipped 5 s would make the test wait for up to 5 s per hop; the rest is as shipped.
     entry["queue_config"]["batch_send_deadline"] = "1s"
-    if args.agent:
+    if args.send_native_histograms:
         entry["send_native_histograms"] = True
     config["remote_write"] = [entry]
     Path(args.out).write_text(yaml.safe_dump(config, sort_keys=False))
@@ -243,6 +250,7 @@ def check(args):
     ruler = Prometheus("ruler", args.ruler)
     site = Prometheus("site test-site", args.site)
     agent = Prometheus("agent test-site-agent", args.agent)
+    unsent = Prometheus("agent test-site-unsent", args.agent_unsent)
     rt = args.robot_type
     n = args.requests
     c = Checks()
@@ -254,6 +262,7 @@ def check(args):
     def arrived():
         return (store.scalar(counter.format(site="test-site", rt=rt)) == n
                 and ruler.scalar(counter.format(site="test-site-agent", rt=rt)) == n
+                and store.scalar(counter.format(site="test-site-unsent", rt=rt)) == n
                 and all(store.query(f'{r}{{site="test-site"}}') for r in rules)
                 and ruler.query(f'instance_daemon_model:inferd_request_duration_seconds:quantile_rate5m{{site="",quantile="0.99"}} > 0'))
     took = settle("every sample and rule on both global servers", arrived)
@@ -261,7 +270,7 @@ def check(args):
           else "remote_write: checking what arrived so far")
 
     # --- store: raw series and the site's recording rules -----------------------------------
-    for name, server in (("test-site", store), ("test-site-agent", ruler)):
+    for name, server in (("test-site", store), ("test-site-agent", ruler), ("test-site-unsent", store)):
         got = server.scalar(counter.format(site=name, rt=rt))
         c.check(f"{server.name}: sum(inferd_requests_total{{site=\"{name}\",robot_type=\"{rt}\"}}) == {n} requests sent",
                 got == n, f"got {got}")
@@ -292,6 +301,16 @@ def check(args):
     c.check("site test-site: has scrape_* series of its own, which the filter kept at the site",
             bool(site.query('scrape_samples_scraped{job="inferd"}')))
 
+    # --- store, from the agent without send_native_histograms: no latency at all -----------
+    lost = store.query(f'{{__name__=~"{DURATION}(_bucket|_count|_sum)?",site="test-site-unsent"}}')
+    c.check(f"store: without send_native_histograms, no {DURATION} series arrived from the native agent",
+            not lost, f"{len(lost)} series")
+    m = unsent.own_metrics()
+    appended = m.get('prometheus_agent_samples_appended_total{type="histogram"}', 0.0)
+    hsent = m.get("prometheus_remote_storage_histograms_total")
+    c.check(f"{unsent.name}: scraped native histograms ({appended:.0f}) and sent none",
+            appended > 0 and hsent == 0, f"sent {hsent}")
+
     # --- ruler: native histograms and rules evaluated on the global side ---------------------
     native = ruler.query(f'{DURATION}{{site="test-site-agent",daemon="{args.daemon}"}}')
     c.check(f"ruler: {DURATION} arrived as native histograms",
@@ -317,12 +336,13 @@ def check(args):
     c.check(f"ruler: all {loaded} rules of rules.yml loaded and healthy", loaded > 0 and not unhealthy, f"{unhealthy[:3]}")
 
     # --- the sites' own view of their remote-write queue ---------------------------------------
-    for server in (site, agent):
+    for server in (site, agent, unsent):
         m = server.own_metrics()
         sent = m.get("prometheus_remote_storage_samples_total", 0.0)
         failed = m.get("prometheus_remote_storage_samples_failed_total")
         c.check(f"{server.name}: remote-write sent samples ({sent:.0f}) and failed none",
                 sent > 0 and failed == 0, f"failed {failed}")
+    m = agent.own_metrics()
     hsent = m.get("prometheus_remote_storage_histograms_total", 0.0)
     hfailed = m.get("prometheus_remote_storage_histograms_failed_total")
     c.check(f"{agent.name}: remote-write sent native histograms ({hsent:.0f}) and failed none",
@@ -349,8 +369,9 @@ def main():
     s.add_argument("--exporter", required=True)
     s.add_argument("--write-url", required=True)
     s.add_argument("--agent", action="store_true")
+    s.add_argument("--send-native-histograms", action="store_true")
     k = sub.add_parser("check")
-    for flag in ("--store", "--ruler", "--site", "--agent", "--exporter", "--daemon", "--robot-type"):
+    for flag in ("--store", "--ruler", "--site", "--agent", "--agent-unsent", "--exporter", "--daemon", "--robot-type"):
         k.add_argument(flag, required=True)
     k.add_argument("--requests", type=int, required=True)
     args = p.parse_args()
