@@ -2,7 +2,7 @@
 # Scale-out, shown: site Prometheus servers remote_write a host's metrics to global ones.
 #
 # Starts inferd (its own socket and segment directory in /dev/shm), the exporter on a free port
-# reading it, and four real `prometheus` servers on free ports with temporary storage:
+# reading it, and five real `prometheus` servers on free ports with temporary storage:
 #   store             global; --web.enable-remote-write-receiver; no rules (tests/remote_write/global.yml)
 #   ruler             global; the receiver and --enable-feature=native-histograms; loads the shipped
 #                     scripts/prometheus/rules.yml (tests/remote_write/global-rules.yml)
@@ -14,9 +14,10 @@
 # The site configs are derived from the shipped files by tests/remote_write/rw.py (1 s scrapes
 # and evaluations, the exporter as target, `site` added to the external labels, a 1 s
 # batch_send_deadline). It sends a known number of requests with `inferctl bench`, then rw.py
-# checks that both global servers hold exactly that count under the site's label, that the
+# checks that both global servers hold exactly that count under each site's label, that the
 # site's recording rules arrived with the host's labels, that rules.yml evaluated on the global
-# side answers too, and that remote-write failed nothing; it prints
+# side answers too, that native histograms arrive with send_native_histograms and not without,
+# and that remote-write failed nothing; it prints
 # `remote_write: N passed, F failed`. Exits non-zero on any failure.
 #
 # Builds nothing: uses target/debug/{inferd,inferctl,exporter} (or $INFERD_BIN_DIR). Needs

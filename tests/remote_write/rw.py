@@ -44,8 +44,8 @@ What `check` asserts:
     count is the exporter's; and rules.yml, evaluated there over the remote-written series,
     answers with the host's instance and daemon: the request rate above 0 and a finite p99 from
     the native half of the quantile rule. Every rule ruler loaded is healthy;
-  * each site's own /metrics: remote-write sent samples (and, from the agent, native histograms)
-    and failed none;
+  * each site's own /metrics: remote-write sent samples (and, from the agent, native histograms),
+    failed none, and its newest sample sent is at most MAX_LAG_S behind its newest scraped;
   * the full site's /federate, with README's match[] for the recording rules, answers them with
     the site label (the federation alternative README offers).
 Only the Python standard library and PyYAML (run.sh installs it if missing).
@@ -72,6 +72,8 @@ REMOTE_WRITE_YML = REPO / "scripts/prometheus/remote-write.yml"
 FEDERATE_MATCH = '{__name__=~".+:inferd_.+"}'
 DURATION = "inferd_request_duration_seconds"
 SETTLE_TIMEOUT_S = 45.0
+# A few batch_send_deadlines (1 s here); a queue that falls behind grows without bound.
+MAX_LAG_S = 5.0
 
 
 def http_get(url, timeout=10.0):
@@ -342,6 +344,10 @@ def check(args):
         failed = m.get("prometheus_remote_storage_samples_failed_total")
         c.check(f"{server.name}: remote-write sent samples ({sent:.0f}) and failed none",
                 sent > 0 and failed == 0, f"failed {failed}")
+        # README's lag: newest sample in the WAL minus newest sample sent.
+        lag = (m.get("prometheus_remote_storage_highest_timestamp_in_seconds", math.inf)
+               - m.get("prometheus_remote_storage_queue_highest_sent_timestamp_seconds", 0.0))
+        c.check(f"{server.name}: remote-write keeps up (lag {lag:.0f} s <= {MAX_LAG_S:.0f} s)", 0 <= lag <= MAX_LAG_S)
     m = agent.own_metrics()
     hsent = m.get("prometheus_remote_storage_histograms_total", 0.0)
     hfailed = m.get("prometheus_remote_storage_histograms_failed_total")
