@@ -173,7 +173,7 @@ def site_config(args):
     entry = snippet["remote_write"][0]
     entry["url"] = args.write_url
     # The shipped 5 s would make the test wait for up to 5 s per hop; the rest is as shipped.
-    entry["queue_config"]["batch_send_deadline"] = "1s"
+    entry.setdefault("queue_config", {})["batch_send_deadline"] = "1s"
     if args.send_native_histograms:
         entry["send_native_histograms"] = True
     config["remote_write"] = [entry]
