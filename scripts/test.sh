@@ -50,6 +50,9 @@ bash scripts/check-rules.sh
 step "every PromQL expression of the rules and dashboard against a real Prometheus"
 bash tests/promql/run.sh
 
+step "remote_write scale-out: a site Prometheus and agents write a real host to global Prometheus servers"
+bash tests/remote_write/run.sh
+
 step "README's run command: the demo serves /metrics with inference counts"
 DEMO_PROFILE=debug DEMO_PORT=19470 bash scripts/demo.sh --seconds 8 --check
 
