@@ -10,6 +10,11 @@
 # answers on a Prometheus with native histograms as well as on one without (README, "Native
 # histograms"). tests/promql/run.sh evaluates every expression against both kinds of real
 # Prometheus.
+# Every alert has a runbook_url whose anchor is its own section of docs/runbook.md, each section
+# says what the alert means, how to confirm it and what to do, and the runbook's PromQL parses
+# (promtool) and names only metrics of docs/metrics.md and recording rules of rules.yml.
+# Then scripts/alertmanager/check.sh: amtool check-config, the routing tests and the inhibition
+# checks of scripts/alertmanager/alertmanager.yml.
 set -euo pipefail
 cd "$(dirname "$0")/prometheus"
 command -v promtool >/dev/null || { echo "check-rules: promtool is missing: run scripts/setup-prometheus.sh" >&2; exit 1; }
@@ -55,6 +60,57 @@ for name, rule in alerts.items():
             failures.append(f"alert {name}: no {key} annotation")
     if "for" not in rule:
         failures.append(f"alert {name}: no for: (write `for: 0m` with a comment if it should fire at once)")
+
+# Runbook links: the project's doc base (Cargo.toml's repository, as in the systemd units'
+# Documentation=) + docs/runbook.md#anchor, the anchor being GitHub's for the alert's heading.
+repository = re.search(r'^repository\s*=\s*"([^"]+)"', open("../../Cargo.toml").read(), re.M).group(1)
+runbook_base = f"{repository.rstrip('/')}/docs/runbook.md#"
+def anchor(heading):
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+runbook = open("../../docs/runbook.md").read()
+sections = {}
+for m in re.finditer(r"^## ([^\n]+)\n(.*?)(?=^## |\Z)", runbook, re.M | re.S):
+    sections[anchor(m.group(1))] = m.group(2)
+for name, rule in alerts.items():
+    url = rule.get("annotations", {}).get("runbook_url", "")
+    if not url.startswith(runbook_base):
+        failures.append(f"alert {name}: runbook_url {url!r} does not start with {runbook_base}")
+        continue
+    target = url[len(runbook_base):]
+    if target != anchor(name):
+        failures.append(f"alert {name}: runbook_url points at #{target}, not at its own section #{anchor(name)}")
+    body = sections.get(target)
+    if body is None:
+        failures.append(f"alert {name}: docs/runbook.md has no section with anchor #{target} (a heading `## {name}`)")
+        continue
+    for part in ("**Means.**", "**Confirm.**", "**Act"):
+        if part not in body:
+            failures.append(f"alert {name}: its runbook section has no {part}")
+    confirm = body[body.find("**Confirm.**"):body.find("**Act")]
+    if "```promql" not in confirm and "shmdump" not in confirm:
+        failures.append(f"alert {name}: its runbook section confirms it with neither PromQL nor shmdump")
+
+# The runbook's PromQL: it must parse (promtool checks it as recording rules) and name only
+# metrics the exporter serves (docs/metrics.md) and series rules.yml records.
+runbook_exprs = re.findall(r"^```promql\n(.*?)^```", runbook, re.M | re.S)
+catalog = set(re.findall(r"^\| `(inferd_[a-z0-9_]+)` \|", open("../../docs/metrics.md").read(), re.M))
+for expr in runbook_exprs:
+    for metric in re.findall(r"(?<![\w:])(inferd_[a-z0-9_]+)", expr):
+        base = re.sub(r"_(bucket|sum|count)$", "", metric)
+        if metric not in catalog and base not in catalog:
+            failures.append(f"docs/runbook.md: {metric} is not a metric of docs/metrics.md: {expr.strip()[:80]}")
+    for recorded in re.findall(r"(?<![\w:])([a-z_]+:[a-z0-9_:]+)", expr):
+        if recorded not in records:
+            failures.append(f"docs/runbook.md: {recorded} is not recorded by rules.yml")
+import subprocess, tempfile
+with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as tmp:
+    yaml.safe_dump({"groups": [{"name": "runbook", "rules": [
+        {"record": f"runbook:expr_{i}", "expr": e} for i, e in enumerate(runbook_exprs)]}]}, tmp)
+check = subprocess.run(["promtool", "check", "rules", tmp.name], capture_output=True, text=True)
+if check.returncode != 0:
+    failures.append(f"docs/runbook.md: PromQL that does not parse: {check.stdout}{check.stderr}")
+import os
+os.unlink(tmp.name)
 
 fires, silent, tested_exprs = set(), set(), []
 for test in tests["tests"]:
@@ -132,7 +188,10 @@ for f in failures:
     print(f"check-rules: FAIL: {f}", file=sys.stderr)
 if failures:
     sys.exit(1)
-print(f"check-rules: {len(alerts)} alerts and {len(records)} recording rules tested; "
+print(f"check-rules: {len(alerts)} alerts with a runbook section; {len(runbook_exprs)} runbook queries parse; "
+      f"{len(alerts)} alerts and {len(records)} recording rules tested; "
       f"dashboard: {len(ids)} panels, all on ${{datasource}}; {both_ways} duration-histogram queries read "
       f"native and classic histograms")
 EOF
+
+bash ../alertmanager/check.sh
