@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test run: README's test command, and what CI runs (.ci/run calls this).
-# It installs what the tests need (promtool and Prometheus, cargo-fuzz, numpy and msgpack, the real
+# It installs what the tests need (promtool, Prometheus and Alertmanager, cargo-fuzz, numpy and msgpack, the real
 # openpi-client in its own venv (scripts/setup-openpi.sh), PyTorch for
 # libtorch) only when missing.
 set -euo pipefail
@@ -44,11 +44,14 @@ bash scripts/check-systemd.sh
 step "one inferd per GPU: two inferd@ instances from their installed units, one exporter"
 bash tests/systemd/instances.sh
 
-step "Prometheus rules and the Grafana dashboard: promtool checks and rule unit tests"
+step "Prometheus rules, Alertmanager config and the Grafana dashboard: promtool and amtool checks, rule and routing tests, runbook links"
 bash scripts/check-rules.sh
 
 step "every PromQL expression of the rules and dashboard against a real Prometheus"
 bash tests/promql/run.sh
+
+step "alerting end to end: a killed inferd reaches Alertmanager and the pager within for: + one evaluation, and resolves"
+bash tests/alertmanager/run.sh
 
 step "remote_write scale-out: a site Prometheus and agents write a real host to global Prometheus servers"
 bash tests/remote_write/run.sh
