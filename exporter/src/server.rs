@@ -824,6 +824,60 @@ mod tests {
     }
 
     #[test]
+    fn a_client_that_never_says_hello_is_cut_off_and_holds_up_no_scrape() {
+        use crate::test_certs::{tls_get, write_pair};
+        use std::io::Read as _;
+        let dir = tempfile::tempdir().unwrap();
+        let pair = write_pair(dir.path(), "server");
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let web = dir.path().join("web.yml");
+        std::fs::write(
+            &web,
+            format!(
+                "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n\
+                 basic_auth_users:\n  alice: '{hash}'\nhttp_server_config:\n  headers:\n    \
+                 X-Content-Type-Options: nosniff\n"
+            ),
+        )
+        .unwrap();
+        let segments = tempfile::tempdir_in("/dev/shm").unwrap();
+        let mut options = Options::local(segments.path(), &["inferd*"]);
+        options.web_config_file = Some(web);
+        let limits = HttpLimits {
+            max_connections: 8,
+            idle_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_millis(500),
+        };
+        let gpu = Box::new(crate::FakeGpuSource::missing());
+        let server = Server::start_with(&options, gpu, limits).unwrap();
+
+        let mut silent = std::net::TcpStream::connect(server.addr()).unwrap();
+        let opened = Instant::now();
+        let (status, page) =
+            tls_get(server.addr(), &pair.cert, "/metrics", Some(("alice", "pw"))).unwrap();
+        assert_eq!(status, 200, "{page}");
+        assert!(page.contains("# TYPE inferd_exporter_build_info"), "{page}");
+        assert!(page.contains("x-content-type-options: nosniff"), "{page}");
+        let (status, page) = tls_get(server.addr(), &pair.cert, "/metrics", None).unwrap();
+        assert_eq!(status, 401, "{page}");
+        assert!(page.contains("www-authenticate: Basic"), "{page}");
+        assert!(!page.contains("inferd_"), "{page}");
+
+        silent
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let read = silent.read(&mut byte);
+        assert!(matches!(read, Ok(0)), "closed without a byte: {read:?}");
+        let waited = opened.elapsed();
+        assert!(
+            waited >= limits.header_read_timeout && waited < Duration::from_secs(5),
+            "closed after {waited:?}"
+        );
+        server.stop().unwrap();
+    }
+
+    #[test]
     fn gzip_negotiation() {
         assert!(!accepts_gzip(None));
         assert!(accepts_gzip(Some("gzip")));
