@@ -44,10 +44,8 @@ impl BasicAuth {
                 // The key names the user; the message must not echo the (maybe secret) value.
                 return Err(Fault::new(
                     format!("basic_auth_users.{user}"),
-                    format!(
-                        "not a bcrypt hash (\"$2y$10$...\", as \
-                         `htpasswd -nBC 10 \"\" | tr -d ':\\n'` prints)"
-                    ),
+                    "not a bcrypt hash (\"$2y$10$...\", as \
+                     `htpasswd -nBC 10 \"\" | tr -d ':\\n'` prints)",
                 ));
             }
         }
