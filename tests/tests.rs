@@ -18,3 +18,5 @@ mod faults;
 mod quantile;
 /// Segment and socket permissions, read-only mapping, no payloads exposed.
 mod security;
+/// `--web.config.file`: Prometheus over TLS with basic auth, 401s, plain HTTP refused, renewal.
+mod tls;

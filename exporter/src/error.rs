@@ -71,6 +71,14 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// The `--web.config.file` cannot be read, or a key in it is wrong or not supported.
+    #[error("--web.config.file {}: {message}", .path.display())]
+    WebConfig {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong, starting with the key (`tls_server_config.key_file: ...`).
+        message: String,
+    },
     /// NVML failed (not installed, no driver, or a call failed).
     #[error("nvml: {0}")]
     Nvml(String),
@@ -89,6 +97,7 @@ impl Error {
                 | Error::PatternPath(_)
                 | Error::Namespace(_)
                 | Error::ClassicBuckets(_)
+                | Error::WebConfig { .. }
         )
     }
 }

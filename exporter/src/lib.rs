@@ -14,6 +14,8 @@
 //! - [`serve`] serves it all over hyper: `/metrics`, `/health`, `/gpu/stats`,
 //!   `/queue/stats`, `/models/stats`; [`Server`] runs it on its own thread. The threads of
 //!   its [`runtime`] run under `SCHED_IDLE`, so that a scrape never holds a core inferd wants.
+//! - [`WebConfigFile`] is `--web.config.file`, exporter-toolkit's format: TLS (rustls), basic
+//!   auth ([`BasicAuth`], bcrypt) and response headers, re-read when a file changes.
 //!
 //! Every metric family is defined once, in [`CATALOG`]; `docs/metrics.md` describes them for
 //! people, and a test keeps the two and a real page in agreement.
@@ -31,6 +33,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod basic_auth;
 mod catalog;
 mod collector;
 mod discovery;
@@ -46,8 +49,13 @@ mod priority;
 mod protobuf;
 mod scrape;
 mod server;
+#[cfg(test)]
+mod test_certs;
 mod text;
+mod tls;
+mod web_config;
 
+pub use crate::basic_auth::BasicAuth;
 pub use crate::catalog::{Help, MetricDef, CATALOG};
 pub use crate::discovery::{
     Discovery, Refusal, SegmentView, FORGET_DELETED_AFTER, MAX_TRACKED_SEGMENTS,
@@ -71,3 +79,4 @@ pub use crate::server::{
     IDLE_TIMEOUT,
 };
 pub use crate::text::{Format, Kind, Labels, MetricsWriter, Value};
+pub use crate::web_config::{WebConfig, WebConfigFile, RELOAD_CHECK_INTERVAL};

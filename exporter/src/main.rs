@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser as _;
-use exporter::{Exporter, Format, HttpLimits, NvmlSource, Options};
+use exporter::{Exporter, Format, HttpLimits, NvmlSource, Options, WebConfigFile};
 
 /// `EX_CONFIG`: the configuration is wrong; restarting with it cannot help.
 const EX_CONFIG: u8 = 78;
@@ -71,18 +71,41 @@ fn run(options: &Options) -> Result<(), Failure> {
             .write_all(&page)
             .map_err(|e| Failure::Runtime(format!("writing to stdout: {e}")));
     }
-    // Bound before anything starts, so that a bad address fails alone, with nothing logged.
+    // Read and bound before anything starts, so that a bad web config or address fails alone,
+    // with nothing logged.
+    let web = options
+        .web_config_file
+        .as_ref()
+        .map(|path| WebConfigFile::load(path).map(Arc::new))
+        .transpose()?;
     let listener = exporter::bind(&options.listen)?;
     let exporter = Exporter::new(options, Box::new(NvmlSource::new()))?;
     let addr = listener
         .local_addr()
         .map_err(|e| Failure::Runtime(format!("reading the bound address: {e}")))?;
-    log::info!("listening on http://{addr}/metrics");
+    let scheme = match &web {
+        Some(web) if web.serves_tls() => "https",
+        _ => "http",
+    };
+    log::info!("listening on {scheme}://{addr}/metrics");
+    if let Some(web) = &web {
+        let users = !web.current().auth().is_empty();
+        log::info!(
+            "web config {}: TLS {}, basic auth {}",
+            web.path().display(),
+            if web.serves_tls() { "on" } else { "off" },
+            if users { "on" } else { "off" }
+        );
+        if users && !web.serves_tls() {
+            log::warn!("basic auth without tls_server_config sends passwords in clear text");
+        }
+    }
     let rt = exporter::runtime()?;
     rt.block_on(exporter::serve(
         listener,
         Arc::new(exporter),
         HttpLimits::new(options),
+        web,
         shutdown_signal(),
     ))?;
     log::info!("stopped");

@@ -19,7 +19,8 @@ pub const DEFAULT_PORT: u16 = 9470;
     version,
     about = "Prometheus exporter for inferd and its GPUs",
     after_help = "Exit status: 0 on SIGTERM or after --once; 78 (EX_CONFIG) for a configuration \
-                  error (a bad flag or value, an address in use or that does not resolve), \
+                  error (a bad flag or value, a --web.config.file that does not load, an \
+                  address in use or that does not resolve), \
                   printed as one line; 1 for any other failure."
 )]
 pub struct Options {
@@ -29,6 +30,18 @@ pub struct Options {
     /// IPv4.
     #[arg(long, env = "EXPORTER_LISTEN", value_name = "ADDR", default_value_t = Listen::any_ipv4(DEFAULT_PORT))]
     pub listen: Listen,
+
+    /// TLS, basic auth and response headers, in the Prometheus exporter-toolkit's web config
+    /// format (tls_server_config, basic_auth_users, http_server_config). The file, and the
+    /// certificate and key files it names, are re-read when they change, so a renewed
+    /// certificate is served without a restart. Without it the exporter serves plain HTTP to
+    /// anyone who can reach --listen.
+    #[arg(
+        long = "web.config.file",
+        env = "EXPORTER_WEB_CONFIG_FILE",
+        value_name = "FILE"
+    )]
+    pub web_config_file: Option<PathBuf>,
 
     /// HTTP connections open at once. A new one past the limit takes the place of the
     /// connection that has waited longest for a request; when every one is answering a
@@ -121,6 +134,7 @@ mod tests {
         assert!(!o.nvml_pcie && !o.once);
         assert_eq!(o.max_connections, 64);
         assert_eq!(o.classic_buckets_per_doubling, 1);
+        assert_eq!(o.web_config_file, None);
         let o = Options::parse_from(["exporter", "--classic-buckets-per-doubling", "8"]);
         assert_eq!(o.classic_buckets_per_doubling, 8);
         let e = Options::try_parse_from(["exporter", "--classic-buckets-per-doubling", "3"]);
@@ -139,6 +153,14 @@ mod tests {
         assert!(o.listen.is_any());
         let e = Options::try_parse_from(["exporter", "--listen", "nonsense"]).unwrap_err();
         assert!(e.to_string().contains("'nonsense'"), "{e}");
+    }
+
+    #[test]
+    fn the_web_config_flag_is_spelled_as_exporters_spell_it() {
+        let o = Options::parse_from(["exporter", "--web.config.file", "/etc/web.yml"]);
+        assert_eq!(o.web_config_file, Some(PathBuf::from("/etc/web.yml")));
+        let o = Options::parse_from(["exporter", "--web.config.file=web.yml"]);
+        assert_eq!(o.web_config_file, Some(PathBuf::from("web.yml")));
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! connect and send nothing (or trickle a header) cannot lock a scrape out; when every open
 //! connection is answering a request, the new one is closed at once. An idle connection is kept
 //! for [`IDLE_TIMEOUT`], longer than any common scrape interval, so each scrape reuses it.
+//!
+//! With a `--web.config.file` ([`WebConfigFile`]), a connection first completes its TLS
+//! handshake, within [`HEADER_READ_TIMEOUT`] as a request's headers must, and each request
+//! passes basic auth before it is answered.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -35,7 +39,8 @@ use crate::gpu::GpuSource;
 use crate::listen::Listen;
 use crate::scrape::HttpConnections;
 use crate::text::{quality, Format};
-use crate::{json, Error, Exporter, Options, Result};
+use crate::web_config::WebConfigFile;
+use crate::{json, tls, Error, Exporter, Options, Result};
 
 /// How long an open connection may wait for its next request (or its first): longer than
 /// common scrape intervals (15 s to 1 min, Prometheus's default) so that every scrape reuses
@@ -135,11 +140,13 @@ fn listen_on(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Serves `listener` until `shutdown` completes, then lets responses in progress finish.
+/// Serves `listener` until `shutdown` completes, then lets responses in progress finish; over
+/// TLS and behind basic auth where `web` says so.
 pub async fn serve(
     listener: std::net::TcpListener,
     exporter: Arc<Exporter>,
     limits: HttpLimits,
+    web: Option<Arc<WebConfigFile>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let addr = listener.local_addr().map_err(|source| Error::Start {
@@ -184,7 +191,8 @@ pub async fn serve(
                 }
                 let registered = registry.register();
                 let exporter = Arc::clone(&exporter);
-                connections.spawn(serve_connection(stream, registered, exporter, limits));
+                let web = web.clone();
+                connections.spawn(serve_connection(stream, registered, exporter, limits, web));
                 // Lets the connections asked to close run before the next accept.
                 tokio::task::yield_now().await;
             }
@@ -208,7 +216,43 @@ async fn serve_connection(
     registered: Registered,
     exporter: Arc<Exporter>,
     limits: HttpLimits,
+    web: Option<Arc<WebConfigFile>>,
 ) {
+    // The certificate in force when the connection came: a renewed one serves the next.
+    let Some(tls) = web.as_ref().and_then(|w| w.current().tls().cloned()) else {
+        return serve_http(stream, &registered, exporter, limits, web).await;
+    };
+    // Timed as a request's headers are, so that a client that connects and sends nothing (or
+    // trickles its hello) is cut off; meanwhile it waits for a request, as far as the accept
+    // loop is concerned, and may be asked to make room.
+    let handshake = tokio::time::timeout(limits.header_read_timeout, tls::accept(stream, tls));
+    let stream = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(refused)) => {
+                log::debug!("connection refused: {refused}");
+                return;
+            }
+            Err(_) => {
+                log::debug!("connection refused: no TLS handshake within {:?}", limits.header_read_timeout);
+                return;
+            }
+        },
+        () = registered.conn.close.notified() => return,
+    };
+    serve_http(stream, &registered, exporter, limits, web).await;
+}
+
+/// Serves HTTP/1 on `stream` (plain TCP, or TLS once its handshake is done).
+async fn serve_http<S>(
+    stream: S,
+    registered: &Registered,
+    exporter: Arc<Exporter>,
+    limits: HttpLimits,
+    web: Option<Arc<WebConfigFile>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let conn = Arc::clone(&registered.conn);
     let io = HeaderDeadline {
         stream,
@@ -218,11 +262,24 @@ async fn serve_connection(
         armed: None,
     };
     let requests = Arc::clone(&conn);
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: Request<Incoming>| {
         let busy = Answering::start(&requests);
         let exporter = Arc::clone(&exporter);
+        let web = web.as_ref().map(|w| w.current());
         async move {
-            let response = handle(&exporter, &req);
+            let response = match web {
+                None => handle(&exporter, &req),
+                Some(web) => {
+                    let authorization = req.headers().get(header::AUTHORIZATION);
+                    let mut r = if web.auth().allows(authorization).await {
+                        handle(&exporter, &req)
+                    } else {
+                        unauthorized()
+                    };
+                    r.headers_mut().extend(web.headers().clone());
+                    r
+                }
+            };
             drop(busy);
             Ok::<_, Infallible>(response)
         }
@@ -426,8 +483,8 @@ impl HttpStats {
 /// A connection's stream, which fails a read once a request's headers have taken longer than
 /// `timeout` since their first byte. hyper's own header timer cannot do this: it starts when
 /// hyper waits for a request, so it cannot tell a slow header from an idle keep-alive wait.
-struct HeaderDeadline {
-    stream: TcpStream,
+struct HeaderDeadline<S> {
+    stream: S,
     conn: Arc<Conn>,
     timeout: Duration,
     stats: Arc<HttpStats>,
@@ -436,7 +493,7 @@ struct HeaderDeadline {
     armed: Option<(Pin<Box<Sleep>>, u64)>,
 }
 
-impl AsyncRead for HeaderDeadline {
+impl<S: AsyncRead + Unpin> AsyncRead for HeaderDeadline<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -469,7 +526,7 @@ impl AsyncRead for HeaderDeadline {
     }
 }
 
-impl AsyncWrite for HeaderDeadline {
+impl<S: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -545,6 +602,14 @@ pub fn handle(exporter: &Exporter, req: &Request<Incoming>) -> Response<Full<Byt
     };
     let mut r = respond(content_type, body, gzip);
     *r.status_mut() = status;
+    r
+}
+
+/// 401 with the challenge that makes a browser ask, as exporter-toolkit answers.
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
     r
 }
 
@@ -645,7 +710,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `options.listen`, builds the exporter over `gpu`, and serves until stopped.
+    /// Binds `options.listen`, builds the exporter over `gpu`, and serves until stopped (with
+    /// `options.web_config_file`'s TLS and basic auth, if it names one).
     pub fn start(options: &Options, gpu: Box<dyn GpuSource>) -> Result<Server> {
         Server::start_with(options, gpu, HttpLimits::new(options))
     }
@@ -656,6 +722,11 @@ impl Server {
         gpu: Box<dyn GpuSource>,
         limits: HttpLimits,
     ) -> Result<Server> {
+        let web = options
+            .web_config_file
+            .as_ref()
+            .map(|path| WebConfigFile::load(path).map(Arc::new))
+            .transpose()?;
         let listener = bind(&options.listen)?;
         let addr = listener.local_addr().map_err(|source| Error::Start {
             what: "the listener",
@@ -667,7 +738,7 @@ impl Server {
         let thread = std::thread::Builder::new()
             .name("exporter-server".into())
             .spawn(move || {
-                rt.block_on(serve(listener, exporter, limits, async {
+                rt.block_on(serve(listener, exporter, limits, web, async {
                     let _ = stopped.await;
                 }))
             })
@@ -750,6 +821,60 @@ mod tests {
         drop(b);
         assert_eq!(stats.read().open, 1);
         drop(busy.0);
+    }
+
+    #[test]
+    fn a_client_that_never_says_hello_is_cut_off_and_holds_up_no_scrape() {
+        use crate::test_certs::{tls_get, write_pair};
+        use std::io::Read as _;
+        let dir = tempfile::tempdir().unwrap();
+        let pair = write_pair(dir.path(), "server");
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let web = dir.path().join("web.yml");
+        std::fs::write(
+            &web,
+            format!(
+                "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n\
+                 basic_auth_users:\n  alice: '{hash}'\nhttp_server_config:\n  headers:\n    \
+                 X-Content-Type-Options: nosniff\n"
+            ),
+        )
+        .unwrap();
+        let segments = tempfile::tempdir_in("/dev/shm").unwrap();
+        let mut options = Options::local(segments.path(), &["inferd*"]);
+        options.web_config_file = Some(web);
+        let limits = HttpLimits {
+            max_connections: 8,
+            idle_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_millis(500),
+        };
+        let gpu = Box::new(crate::FakeGpuSource::missing());
+        let server = Server::start_with(&options, gpu, limits).unwrap();
+
+        let mut silent = std::net::TcpStream::connect(server.addr()).unwrap();
+        let opened = Instant::now();
+        let (status, page) =
+            tls_get(server.addr(), &pair.cert, "/metrics", Some(("alice", "pw"))).unwrap();
+        assert_eq!(status, 200, "{page}");
+        assert!(page.contains("# TYPE inferd_exporter_build_info"), "{page}");
+        assert!(page.contains("x-content-type-options: nosniff"), "{page}");
+        let (status, page) = tls_get(server.addr(), &pair.cert, "/metrics", None).unwrap();
+        assert_eq!(status, 401, "{page}");
+        assert!(page.contains("www-authenticate: Basic"), "{page}");
+        assert!(!page.contains("inferd_"), "{page}");
+
+        silent
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let read = silent.read(&mut byte);
+        assert!(matches!(read, Ok(0)), "closed without a byte: {read:?}");
+        let waited = opened.elapsed();
+        assert!(
+            waited >= limits.header_read_timeout && waited < Duration::from_secs(5),
+            "closed after {waited:?}"
+        );
+        server.stop().unwrap();
     }
 
     #[test]
