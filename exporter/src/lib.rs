@@ -63,8 +63,9 @@ pub use crate::discovery::{
 pub use crate::error::{Error, Result};
 pub use crate::exporter::Exporter;
 pub use crate::gpu::{
-    FakeDevice, FakeGpuSource, GpuIdentity, GpuProcess, GpuSample, GpuSampler, GpuSource, GpuStats,
-    NvmlSource, SourceError, THROTTLE_REASONS,
+    FakeDevice, FakeGpuSource, GpmMetric, GpmReadings, GpmSnapshot, GpmStats, GpuIdentity,
+    GpuProcess, GpuSample, GpuSampler, GpuSource, GpuStats, NvmlSource, SourceError,
+    THROTTLE_REASONS,
 };
 pub use crate::histogram::{BucketBounds, ClassicBuckets, NativeHistogram, CLASSIC_PER_DOUBLING};
 pub use crate::listen::{BadListen, Listen};

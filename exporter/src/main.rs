@@ -64,8 +64,9 @@ fn usage_error(e: clap::Error) -> Failure {
 fn run(options: &Options) -> Result<(), Failure> {
     if options.once {
         let exporter = Exporter::new(options, Box::new(NvmlSource::new()))?;
-        // Give the sampler one interval so the page carries a GPU sample.
-        std::thread::sleep(options.nvml_interval() + std::time::Duration::from_millis(200));
+        // Two intervals: GPM's figures need a second sample one interval after the first, and
+        // loading NVML delays the first pass by an unknown amount.
+        std::thread::sleep(2 * options.nvml_interval() + std::time::Duration::from_millis(200));
         let page = exporter.metrics(Format::Prometheus);
         return std::io::stdout()
             .write_all(&page)
