@@ -21,28 +21,21 @@
 #      its /metrics must show both daemons, labelled daemon="inferd-0" and "inferd-1" and
 #      no other, up, each with its own request count and its own worker count.
 #
-#   tests/systemd/instances.sh [--bin-dir DIR]   (default: target/release, else target/debug)
+#   tests/systemd/instances.sh [--bin-dir DIR]   (default: target/debug, or $INFERD_BIN_DIR, as the
+#   other end-to-end scripts; never a target/release that may be older than the tree)
 #
 # Needs python3, systemd-socket-activate (package systemd) and the built inferd, inferctl and
 # exporter. Takes about 5 s.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-bins=""
+bins=${INFERD_BIN_DIR:-target/debug}
 while [[ $# -gt 0 ]]; do
   case $1 in
     --bin-dir) [[ $# -ge 2 ]] || { echo "instances: --bin-dir needs a directory" >&2; exit 2; }; bins=$2; shift 2 ;;
     *) echo "instances: unknown option $1 (usage: $0 [--bin-dir DIR])" >&2; exit 2 ;;
   esac
 done
-if [[ -z $bins ]]; then
-  for dir in target/release target/debug; do
-    if [[ -x $dir/inferd && -x $dir/inferctl && -x $dir/exporter ]]; then
-      bins=$dir
-      break
-    fi
-  done
-fi
 [[ -n $bins && -x $bins/inferd && -x $bins/inferctl && -x $bins/exporter ]] \
   || { echo "instances: no built inferd, inferctl and exporter (cargo build -p inferd -p exporter, or --bin-dir DIR)" >&2; exit 1; }
 for tool in python3 systemd-socket-activate; do
