@@ -8,6 +8,8 @@
 #   scripts/build-deb.sh --no-build       package the binaries already built
 #   scripts/build-deb.sh --profile dev    package the debug build (CI: the binaries its tests
 #                                         built already; the same files, larger and slower)
+#   --no-dbgsym                           no inferd-dbgsym .ddeb (CI: compressing a debug
+#                                         build's DWARF into it takes minutes)
 #
 # The metadata is [package.metadata.deb] in inferd/Cargo.toml. Installs cargo-deb and lintian
 # when missing (scripts/setup-deb.sh).
@@ -16,10 +18,12 @@ cd "$(dirname "$0")/.."
 
 build=1
 profile=release
+debug=(--dbgsym)
 die() { echo "build-deb: $*" >&2; exit 1; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     --no-build) build=0; shift ;;
+    --no-dbgsym) debug=(--no-dbgsym --strip); shift ;;
     --profile) [[ $# -ge 2 ]] || die "--profile needs a value"; profile=$2; shift 2 ;;
     --profile=*) profile=${1#--profile=}; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -68,7 +72,8 @@ fi
 # Stripped binaries (Debian policy; lintian errors otherwise), their line tables (the release
 # profile's debug = "line-tables-only") moved to inferd-dbgsym, a .ddeb beside the .deb: with it
 # installed, a panic's backtrace has file and line again (found by build id in /usr/lib/debug).
-cargo deb -p inferd --no-build --profile "$profile" --dbgsym \
+rm -f "$target_dir"/debian/inferd*_"$(dpkg --print-architecture)".*deb
+cargo deb -p inferd --no-build --profile "$profile" "${debug[@]}" \
   --output "$target_dir/debian/" --quiet >"$target_dir/debian.path"
 deb=$(grep '\.deb$' "$target_dir/debian.path" | tail -1)
 [[ -f $deb ]] || die "cargo deb reported no package (got: $deb)"
