@@ -75,7 +75,7 @@ inferd is serving the demo policy on $socket
   JSON:     http://127.0.0.1:$port/health  /queue/stats  /models/stats  /gpu/stats
   segment:  $bin/shmdump --name $segment
   a robot:  $bin/inferctl --socket $socket infer
-  python:   python3 scripts/inferd_client.py --socket $socket infer
+  python:   python3 -m inferd_client --socket $socket infer   (pip install ./inferd/python)
   logs:     $run_dir/
 Press Ctrl-C to stop.
 MSG

@@ -51,7 +51,7 @@ def serve(args: argparse.Namespace) -> None:
     import websockets.frames
 
     import vla_baseline  # scripts/bench/, beside this file
-    from inferd_client import pack_array, unpack_array  # scripts/, which vla_baseline adds
+    from inferd_client import pack_array, unpack_array  # inferd/python/src, which vla_baseline adds
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

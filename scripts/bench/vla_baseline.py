@@ -37,8 +37,11 @@ import torch
 
 SCRIPTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(SCRIPTS))
+# The client's codec from its source tree: the torch venv (and an offline GPU machine) need not
+# have the package installed for a baseline.
+sys.path.insert(0, str(SCRIPTS.parent / "inferd/python/src"))
 
-from inferd_client import pack_array, unpack_array  # noqa: E402  (scripts/, above)
+from inferd_client import pack_array, unpack_array  # noqa: E402  (inferd/python/src, above)
 import tiny_vla  # noqa: E402
 
 HEADER = struct.Struct("<I")

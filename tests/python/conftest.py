@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# For export_policy.py. The client, inferd_client, is not here: it is the package installed
+# from inferd/python (tests/python/run.sh), tested as robots get it.
 sys.path.insert(0, str(ROOT / "scripts"))
 
 PATIENCE_SECONDS = 20

@@ -206,6 +206,45 @@ def test_openpi_multi_input_chunk_matches_numpy(start_inferd, tmp_path):
         np.testing.assert_allclose(actions, reference(sd, image, state), rtol=1e-5, atol=1e-5)
 
 
+def test_inferd_client_drops_into_openpis_action_chunk_broker(start_inferd, tmp_path):
+    """openpi robot code, unchanged, around the installed inferd_client instead of
+    WebsocketClientPolicy: ActionChunkBroker hands out a chunk's rows one per step and asks its
+    policy again only when the chunk is spent (or after reset()), over the Unix socket. Each
+    chunk is the one the listener gives openpi's own client for the same observation."""
+    from openpi_client.action_chunk_broker import ActionChunkBroker
+    from openpi_client.base_policy import BasePolicy
+
+    import inferd_client
+
+    assert not Path(inferd_client.__file__).resolve().is_relative_to(ROOT), inferd_client.__file__
+    sd, d, port = chunk_policy(start_inferd, tmp_path)
+    policy = inferd_client.InferdClient(d.socket, robot_type="broker")
+    assert isinstance(policy, BasePolicy)
+    assert policy.get_server_metadata()["outputs"][0]["shape"] == [H, A]
+    broker = ActionChunkBroker(policy, action_horizon=H)
+    websocket = client(port)
+    rng = np.random.default_rng(9)
+    chunks = 0
+    for steps in (H, H, 3):  # two whole chunks, then a reset three steps into the third
+        obs = dict(zip(("image", "state"), observation(rng)))
+        want = websocket.infer(obs)["actions"]
+        np.testing.assert_allclose(want, reference(sd, obs["image"], obs["state"]), rtol=1e-5, atol=1e-5)
+        chunks += 1
+        for step in range(steps):
+            # Only a chunk's first step is this observation's: later ones must not be sent.
+            seen = obs if step == 0 else dict(zip(("image", "state"), observation(rng)))
+            row = broker.infer(seen)["actions"]
+            assert row.shape == (A,) and row.dtype == np.float32
+            np.testing.assert_array_equal(row, want[step], err_msg=f"chunk {chunks}, step {step}")
+    broker.reset()
+    obs = dict(zip(("image", "state"), observation(rng)))
+    np.testing.assert_array_equal(broker.infer(obs)["actions"], websocket.infer(obs)["actions"][0])
+    chunks += 1
+    policy.close()
+    want = {("broker", "ok"): chunks, ("openpi", "ok"): chunks}
+    assert settled(lambda: requests_total(d), want) == want
+
+
 ROBOTS = 8
 ROUNDS = 5
 

@@ -23,7 +23,10 @@ def test_readme_robot_example_runs(start_inferd):
     env = dict(os.environ, XDG_RUNTIME_DIR=str(Path(daemon.socket).parent))
     env.pop("RUNTIME_DIRECTORY", None)
     env.pop("INVOCATION_ID", None)
-    env["PYTHONPATH"] = str(ROOT / "scripts")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    # The client is the installed package (pip install ./inferd/python), as README says:
+    # nothing on the path, and run from a directory with no inferd_client of its own.
+    env.pop("PYTHONPATH", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(daemon.socket).parent,
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "obs" in out.stdout and "48" in out.stdout, out.stdout

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A Python client for inferd. It needs only numpy and msgpack.
 
 The protocol (docs/protocol.md) is frames of a u32 little-endian length and a msgpack map.
@@ -28,37 +27,58 @@ Any model takes an openpi-style observation dict, input name to a numpy array (`
 
 A batch gives every array a leading ``n`` and every text input a list of ``n`` str.
 
-Run ``python3 scripts/inferd_client.py info`` or ``... infer`` for a quick check.
+``InferdClient`` offers what openpi's ``BasePolicy`` does (``infer(obs) -> dict``, ``reset()``,
+and ``get_server_metadata()`` as ``WebsocketClientPolicy``), so it drops into openpi robot code
+such as ``ActionChunkBroker``; where openpi-client is installed it is a registered
+``openpi_client.base_policy.BasePolicy``, without this package depending on it.
+
+Run ``python3 -m inferd_client info`` or ``... infer`` for a quick check.
 """
 
 import os
 import socket
 import struct
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union, overload
 
 import msgpack
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "DTYPES",
+    "TEXT_DTYPE",
+    "Array",
     "InferdClient",
     "InferdError",
+    "InputValue",
+    "Observation",
+    "Outputs",
+    "__version__",
     "default_socket_path",
     "encode_infer",
     "pack_array",
     "pack_inputs",
     "unpack_array",
+    "zeros_observation",
 ]
+
+#: The package's version: the workspace version of inferd's Cargo.toml (a test checks they agree).
+__version__ = "0.1.0"
 
 #: The array dtypes inferd takes, as numpy spells them (docs/protocol.md).
 DTYPES = ("<f4", "<f2", "|u1", "|i1", "<i4", "<i8", "|b1")
 #: The dtype a text input declares in the metadata.
 TEXT_DTYPE = "str"
 
+#: A numpy array of any dtype.
+Array = npt.NDArray[Any]
 #: What ``infer`` takes for one input: an array (or anything ``np.asarray`` takes), a str, or
 #: for a batch's text a list of str.
-InputValue = Union[np.ndarray, str, Sequence[str], Any]
+InputValue = Union[npt.ArrayLike, str, Sequence[str]]
+#: An openpi-style observation: input name to its value.
 Observation = Mapping[str, InputValue]
+#: An answer's outputs: output name to its array.
+Outputs = Dict[str, Array]
 
 _HEADER = struct.Struct("<I")
 _MAX_FRAME_BYTES = 64 << 20
@@ -112,6 +132,14 @@ class InferdError(Exception):
         self.code = code
         self.message = message
         self.request_id = request_id
+
+
+def _error_of(answer: Mapping[str, Any], request_id: Optional[int] = None) -> InferdError:
+    """The InferdError an ``error`` answer carries; a malformed one is a protocol error."""
+    error = answer.get("error")
+    if isinstance(error, Mapping) and isinstance(error.get("code"), str):
+        return InferdError(error["code"], str(error.get("message", "")), request_id)
+    return InferdError("protocol_error", f"an error answer without a code: {answer!r}", request_id)
 
 
 def _naming_path(error: OSError, path: str) -> OSError:
@@ -171,8 +199,23 @@ def encode_infer(request_id: int, inputs: Mapping[str, Any], deadline_us: Option
     message: Dict[str, Any] = {"type": "infer", "id": int(request_id), "inputs": dict(inputs)}
     if deadline_us is not None:
         message["deadline_us"] = int(deadline_us)
-    body = msgpack.packb(message, default=pack_array, use_bin_type=True)
+    body: bytes = msgpack.packb(message, default=pack_array, use_bin_type=True)
     return _HEADER.pack(len(body)) + body
+
+
+def _first_input_and_action(metadata: Mapping[str, Any]) -> Tuple[List[Dict[str, Any]], str]:
+    """The metadata's input specs and the output ``infer(array)`` answers, or a protocol error
+    naming what the server's metadata frame lacks."""
+    inputs = metadata.get("inputs")
+    outputs = metadata.get("outputs")
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in inputs):
+        raise InferdError("protocol_error", f"metadata without named inputs: {inputs!r}")
+    action = metadata.get("action_output")
+    if not isinstance(action, str) or not action:
+        if not isinstance(outputs, list) or not outputs or not isinstance(outputs[0], dict) or not isinstance(outputs[0].get("name"), str):
+            raise InferdError("protocol_error", f"metadata without named outputs: {outputs!r}")
+        action = outputs[0]["name"]
+    return inputs, action
 
 
 class InferdClient:
@@ -181,6 +224,10 @@ class InferdClient:
     ``metadata`` (also ``get_server_metadata()``) is the server's metadata frame: the model's
     ``inputs`` and ``outputs`` (name, dtype, shape; ``max_bytes`` for text), ``action_output``,
     ``action_limits``, ``max_batch_size``...
+
+    It is an openpi ``BasePolicy``: ``infer(obs)`` of an observation dict answers the outputs
+    dict, ``reset()`` does nothing (inferd keeps no state between requests), and
+    ``get_server_metadata()`` is ``WebsocketClientPolicy``'s.
     """
 
     def __init__(
@@ -190,7 +237,7 @@ class InferdClient:
         robot_id: Optional[Union[str, int]] = None,
         timeout_seconds: Optional[float] = 10.0,
     ) -> None:
-        self.path = path or default_socket_path()
+        self.path: str = path or default_socket_path()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # Whatever fails before the client is returned closes the socket: no caller holds it.
         try:
@@ -202,15 +249,16 @@ class InferdClient:
             self._next_id = 0
             first = self.recv()
             if first.get("type") == "error":
-                error = first["error"]
-                raise InferdError(error["code"], error["message"])
+                raise _error_of(first)
             if first.get("type") != "metadata":
                 raise InferdError("protocol_error", f"expected metadata first, got {first.get('type')!r}")
             self.metadata: Dict[str, Any] = first
+            inputs, action = _first_input_and_action(first)
+            self._input_specs: List[Dict[str, Any]] = inputs
             #: The first input's name: what ``infer(array)`` sends its array as.
-            self.input_name: str = first["inputs"][0]["name"]
+            self.input_name: str = inputs[0]["name"]
             #: The output ``infer(array)`` answers: the action the safety filter acts on.
-            self.action_output: str = first.get("action_output") or first["outputs"][0]["name"]
+            self.action_output: str = action
             if robot_type is not None:
                 hello = {"type": "hello", "robot_type": robot_type}
                 if robot_id is not None:
@@ -223,19 +271,23 @@ class InferdClient:
     def __enter__(self) -> "InferdClient":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
+        """Closes the connection; inferd drops whatever it still had queued for it."""
         self._sock.close()
 
     def get_server_metadata(self) -> Dict[str, Any]:
-        """The server's metadata frame, as openpi's ``BasePolicy`` clients offer it."""
+        """The server's metadata frame, as openpi's ``WebsocketClientPolicy`` offers it."""
         return self.metadata
+
+    def reset(self) -> None:
+        """openpi's ``BasePolicy.reset``: nothing to do, inferd keeps no state between requests."""
 
     def send(self, message: Mapping[str, Any]) -> None:
         """Sends one message (a dict; numpy arrays are packed as msgpack-numpy)."""
-        body = msgpack.packb(message, default=pack_array, use_bin_type=True)
+        body: bytes = msgpack.packb(message, default=pack_array, use_bin_type=True)
         self._sock.sendall(_HEADER.pack(len(body)) + body)
 
     def _read_exactly(self, n: int) -> bytes:
@@ -253,16 +305,19 @@ class InferdClient:
         (length,) = _HEADER.unpack(self._read_exactly(_HEADER.size))
         if length > _MAX_FRAME_BYTES:
             raise InferdError("frame_too_large", f"server frame of {length} bytes")
-        return msgpack.unpackb(self._read_exactly(length), object_hook=unpack_array, raw=False)
+        message = msgpack.unpackb(self._read_exactly(length), object_hook=unpack_array, raw=False)
+        if not isinstance(message, dict):
+            raise InferdError("protocol_error", f"a frame that is not a map: {type(message).__name__}")
+        return message
 
-    def _inputs(self, obs: Union[Observation, Any]) -> Dict[str, Any]:
+    def _inputs(self, obs: Union[Observation, npt.ArrayLike]) -> Dict[str, Any]:
         if isinstance(obs, Mapping):
-            return pack_inputs(obs, self.metadata["inputs"])
+            return pack_inputs(obs, self._input_specs)
         # One array for a one-input model, converted to its declared dtype as before.
-        dtype = self.metadata["inputs"][0].get("dtype", "<f4")
+        dtype = self._input_specs[0].get("dtype", "<f4")
         return {self.input_name: np.ascontiguousarray(obs, dtype=dtype if dtype in DTYPES else "<f4")}
 
-    def submit(self, obs: Union[Observation, Any], deadline_us: Optional[int] = None) -> int:
+    def submit(self, obs: Union[Observation, npt.ArrayLike], deadline_us: Optional[int] = None) -> int:
         """Sends one request without waiting and returns its id: for pipelining. ``obs`` is an
         observation dict, or one array for a one-input model."""
         request_id = self._next_id
@@ -270,26 +325,32 @@ class InferdClient:
         self._sock.sendall(encode_infer(request_id, self._inputs(obs), deadline_us))
         return request_id
 
-    def infer_full(self, obs: Union[Observation, Any], deadline_us: Optional[int] = None) -> Dict[str, Any]:
+    def infer_full(self, obs: Union[Observation, npt.ArrayLike], deadline_us: Optional[int] = None) -> Dict[str, Any]:
         """Sends one request and returns its whole answer: ``id``, ``outputs``, ``timing``."""
         request_id = self.submit(obs, deadline_us)
         answer = self.recv()
         if answer.get("id") != request_id:
             raise InferdError("protocol_error", f"answer for id {answer.get('id')}, expected {request_id}")
-        if answer["type"] == "error":
-            raise InferdError(answer["error"]["code"], answer["error"]["message"], request_id)
+        if answer.get("type") == "error":
+            raise _error_of(answer, request_id)
+        if not isinstance(answer.get("outputs"), dict) or not answer["outputs"]:
+            raise InferdError("protocol_error", f"an answer without outputs: {answer.get('type')!r}", request_id)
         return answer
 
-    def infer(
-        self, obs: Union[Observation, Any], deadline_us: Optional[int] = None
-    ) -> Union[Dict[str, np.ndarray], np.ndarray]:
+    @overload
+    def infer(self, obs: Observation, deadline_us: Optional[int] = None) -> Outputs: ...
+
+    @overload
+    def infer(self, obs: npt.ArrayLike, deadline_us: Optional[int] = None) -> Array: ...
+
+    def infer(self, obs: Union[Observation, npt.ArrayLike], deadline_us: Optional[int] = None) -> Union[Outputs, Array]:
         """Sends one observation (or a batch) and waits for its answer.
 
         An observation dict (input name to array or str) gets the outputs dict, name to array,
         as openpi's ``policy.infer(obs)`` does. One array (a one-input model's observation, or
-        an ``[n, width]`` batch) gets the action output's array alone, as before.
+        an ``[n, width]`` batch) gets the action output's array alone.
         """
-        outputs: Dict[str, np.ndarray] = self.infer_full(obs, deadline_us)["outputs"]
+        outputs: Outputs = self.infer_full(obs, deadline_us)["outputs"]
         if isinstance(obs, Mapping):
             return outputs
         if self.action_output in outputs:
@@ -305,24 +366,15 @@ def zeros_observation(metadata: Mapping[str, Any], prompt: str = "") -> Dict[str
     }
 
 
-def _main() -> None:
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--socket", default=None, help="inferd's socket (default: as inferd)")
-    parser.add_argument("--prompt", default="", help="the text of every text input (infer)")
-    parser.add_argument("command", choices=["info", "infer"])
-    args = parser.parse_args()
-    with InferdClient(args.socket) as client:
-        if args.command == "info":
-            print(json.dumps(client.metadata, indent=2))
-        else:
-            answer = client.infer_full(zeros_observation(client.metadata, args.prompt))
-            for name, value in answer["outputs"].items():
-                print(name, value.tolist())
-            print("timing", answer["timing"])
+def _register_with_openpi() -> None:
+    """Makes InferdClient an ``openpi_client.base_policy.BasePolicy`` where openpi-client is
+    installed: ``register`` (not a base class) keeps this package free of the dependency and its
+    import order, while ``isinstance(client, BasePolicy)`` holds for openpi code that checks."""
+    try:
+        from openpi_client import base_policy  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return
+    base_policy.BasePolicy.register(InferdClient)
 
 
-if __name__ == "__main__":
-    _main()
+_register_with_openpi()
