@@ -51,7 +51,7 @@ for unit in systemd/*.service systemd/*.socket; do units+=("${unit##*/}"); done
   printf '%s\n' /usr/bin/inferd /usr/bin/inferctl /usr/bin/inferd-exporter
   printf '/usr/lib/systemd/system/%s\n' "${units[@]}"
   printf '%s\n' /usr/lib/sysusers.d/inferd.conf /usr/lib/tmpfiles.d/inferd.conf /etc/inferd/inferd.toml \
-    /usr/share/doc/inferd/README.md /usr/share/doc/inferd/copyright /usr/share/doc/inferd/changelog.Debian.gz
+    /usr/share/doc/inferd/README.md /usr/share/doc/inferd/copyright /usr/share/doc/inferd/changelog.Debian.gz /usr/share/lintian/overrides/inferd
 } | sort >"$work/want"
 dpkg-deb -c "$deb" | awk '$1 !~ /^d/ { sub(/^\./, "", $6); print $6 }' | sort >"$work/got"
 diff -u "$work/want" "$work/got" >&2 || fail "the package's files are not the expected list (- expected, + packaged)"
@@ -119,6 +119,10 @@ if [[ $(id -u) -eq 0 ]]; then
     [[ -L $root/etc/systemd/system/$link ]] || fail "postinst did not enable $link"
   done
   maint postinst configure "$version-1"  # an upgrade's configure: idempotent
+  # Two instances enabled the way install.sh --gpus 2 does: purge must remove their links too.
+  for k in 0 1; do
+    ln -sf /usr/lib/systemd/system/inferd@.socket "$root/etc/systemd/system/sockets.target.wants/inferd@$k.socket"
+  done
   maint prerm remove
   maint postrm remove
   maint postrm purge

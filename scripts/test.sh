@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test run: README's test command, and what CI runs (.ci/run calls this).
-# It installs what the tests need (promtool, Prometheus and Alertmanager, cargo-fuzz, numpy and msgpack, the real
+# It installs what the tests need (promtool, Prometheus and Alertmanager, cargo-fuzz, cargo-deb and lintian, numpy and msgpack, the real
 # openpi-client in its own venv (scripts/setup-openpi.sh), PyTorch for
 # libtorch) only when missing.
 set -euo pipefail
@@ -11,6 +11,7 @@ step() { printf '\n==> %s\n' "$*"; }
 step "tools the tests need"
 bash scripts/setup-prometheus.sh
 bash scripts/setup-fuzz.sh
+bash scripts/setup-deb.sh
 
 step "format, lints and API docs"
 cargo fmt --all -- --check
@@ -43,6 +44,10 @@ bash scripts/check-systemd.sh
 
 step "one inferd per GPU: two inferd@ instances from their installed units, one exporter"
 bash tests/systemd/instances.sh
+
+step "the .deb: packaged from the debug build, checked (files, control data, maintainer scripts, lintian)"
+bash scripts/build-deb.sh --profile dev --no-build --no-dbgsym
+bash scripts/check-deb.sh
 
 step "Prometheus rules, Alertmanager config and the Grafana dashboard: promtool and amtool checks, rule and routing tests, runbook links"
 bash scripts/check-rules.sh

@@ -45,6 +45,9 @@ VOLATILE = {
     "inferd_exporter_scrape_duration_seconds",
     "inferd_exporter_http_connections",
     "inferd_process_resident_memory_bytes",
+    # The exporter's own memory and descriptors move with the scrapes themselves.
+    "inferd_exporter_process_resident_memory_bytes",
+    "inferd_exporter_process_open_fds",
 }
 
 OK_REQUESTS = 40
