@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the .deb of inferd: inferd, inferctl and inferd-exporter in /usr/bin, every unit of
+# Builds the .deb of inferd: inferd, inferctl, inferd-exporter and shmdump in /usr/bin, every unit of
 # systemd/ in /usr/lib/systemd/system, sysusers.d and tmpfiles.d in /usr/lib, and
 # /etc/inferd/inferd.toml as a conffile; the maintainer scripts (scripts/deb/) do what
 # scripts/install.sh does. Prints the .deb's path (in target/debian/) on stdout.
@@ -44,10 +44,10 @@ target_dir=$(cargo metadata --format-version 1 --no-deps --locked |
 bin_dir=$target_dir/$out
 
 if ((build)); then
-  echo "build-deb: cargo build --profile $profile -p inferd -p exporter --bins" >&2
-  cargo build --profile "$profile" --locked -p inferd -p exporter --bins
+  echo "build-deb: cargo build --profile $profile -p inferd -p exporter -p shm-layout --bins" >&2
+  cargo build --profile "$profile" --locked -p inferd -p exporter -p shm-layout --bins
 fi
-for binary in inferd inferctl exporter; do
+for binary in inferd inferctl exporter shmdump; do
   [[ -x $bin_dir/$binary ]] || die "$bin_dir/$binary is missing: build it, or drop --no-build"
 done
 

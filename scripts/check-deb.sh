@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the .deb that scripts/build-deb.sh made (the newest target/debian/inferd_*.deb, or the
 # one given):
-#   1. its files are exactly: inferd, inferctl and inferd-exporter in /usr/bin (0755, each
+#   1. its files are exactly: inferd, inferctl, inferd-exporter and shmdump in /usr/bin (0755, each
 #      answering --version with its name and the workspace version), every unit of systemd/
 #      (inferd@ templates too) in /usr/lib/systemd/system as systemd/ has it but for /usr/bin
 #      in place of /usr/local/bin, sysusers.d and tmpfiles.d in /usr/lib, /etc/inferd/inferd.toml,
@@ -48,17 +48,17 @@ units=()
 for unit in systemd/*.service systemd/*.socket; do units+=("${unit##*/}"); done
 ((${#units[@]})) || fail "no units in systemd/"
 {
-  printf '%s\n' /usr/bin/inferd /usr/bin/inferctl /usr/bin/inferd-exporter
+  printf '%s\n' /usr/bin/inferd /usr/bin/inferctl /usr/bin/inferd-exporter /usr/bin/shmdump
   printf '/usr/lib/systemd/system/%s\n' "${units[@]}"
   printf '%s\n' /usr/lib/sysusers.d/inferd.conf /usr/lib/tmpfiles.d/inferd.conf /etc/inferd/inferd.toml \
     /usr/share/doc/inferd/README.md /usr/share/doc/inferd/copyright /usr/share/doc/inferd/changelog.Debian.gz /usr/share/lintian/overrides/inferd
 } | sort >"$work/want"
 dpkg-deb -c "$deb" | awk '$1 !~ /^d/ { sub(/^\./, "", $6); print $6 }' | sort >"$work/got"
 diff -u "$work/want" "$work/got" >&2 || fail "the package's files are not the expected list (- expected, + packaged)"
-say "files: the ${#units[@]} units of systemd/ (${units[*]}), 3 binaries, sysusers.d, tmpfiles.d, conffile, docs"
+say "files: the ${#units[@]} units of systemd/ (${units[*]}), 4 binaries, sysusers.d, tmpfiles.d, conffile, docs"
 
 dpkg-deb -c "$deb" | awk '$1 !~ /^d/ && $2 != "0/0" { print }' | grep . >&2 && fail "files not owned by root:root"
-for binary in inferd:inferd inferctl:inferctl inferd-exporter:exporter; do
+for binary in inferd:inferd inferctl:inferctl inferd-exporter:exporter shmdump:shmdump; do
   path=$root/usr/bin/${binary%%:*}
   [[ $(stat -c %a "$path") == 755 ]] || fail "/usr/bin/${binary%%:*} is not mode 0755"
   got=$("$path" --version) || fail "/usr/bin/${binary%%:*} --version failed"

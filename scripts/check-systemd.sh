@@ -35,14 +35,14 @@ ok() { echo "check-systemd: ok: $*"; }
 
 bins=""
 for dir in target/release target/debug; do
-  if [[ -x $dir/inferd && -x $dir/inferctl && -x $dir/exporter ]]; then
+  if [[ -x $dir/inferd && -x $dir/inferctl && -x $dir/exporter && -x $dir/shmdump ]]; then
     bins=$dir
     break
   fi
 done
 placeholders=$work/placeholder-bin
 mkdir -p "$placeholders"
-for b in inferd inferctl exporter; do
+for b in inferd inferctl exporter shmdump; do
   printf '#!/bin/sh\necho "placeholder for %s" >&2\nexit 1\n' "$b" >"$placeholders/$b"
   chmod 0755 "$placeholders/$b"
 done
@@ -67,7 +67,7 @@ grep -q "keeping $root/etc/inferd/inferd.toml" "$work/log" && grep -q "edited by
   && ok "a second install keeps the edited configuration" || fail "a second install replaced /etc/inferd/inferd.toml"
 
 mode_of() { stat -c %a "$1"; }
-for f in usr/local/bin/inferd usr/local/bin/inferctl usr/local/bin/inferd-exporter; do
+for f in usr/local/bin/inferd usr/local/bin/inferctl usr/local/bin/inferd-exporter usr/local/bin/shmdump; do
   [[ -x $root/$f && $(mode_of "$root/$f") == 755 ]] || fail "/$f missing or not mode 0755"
 done
 cmp -s "$bins/exporter" "$root/usr/local/bin/inferd-exporter" || fail "/usr/local/bin/inferd-exporter is not the exporter binary"
@@ -195,7 +195,7 @@ must_not 'inferd@.service' "DeviceAllow=char-nvidia(\*| )"
 
 # --- 5. uninstall ------------------------------------------------------------------------------
 run_logged bash scripts/uninstall.sh --root "$root" || exit 1
-for f in usr/local/bin/inferd usr/local/bin/inferctl usr/local/bin/inferd-exporter \
+for f in usr/local/bin/inferd usr/local/bin/inferctl usr/local/bin/inferd-exporter usr/local/bin/shmdump \
          etc/systemd/system/{inferd.service,inferd.socket,inferd-exporter.service} \
          etc/systemd/system/sockets.target.wants/inferd.socket \
          etc/systemd/system/multi-user.target.wants/{inferd.service,inferd-exporter.service} \

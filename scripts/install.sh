@@ -11,7 +11,7 @@
 #   --root DIR     install under DIR; systemd-sysusers, systemd-tmpfiles and `systemctl enable`
 #                  act on DIR's /etc, and nothing is started (scripts/check-systemd.sh uses this)
 #   --no-build     do not run cargo; use the binaries already in --bin-dir
-#   --bin-dir DIR  where the built inferd, inferctl and exporter are (default: target/release)
+#   --bin-dir DIR  where the built inferd, inferctl, exporter and shmdump are (default: target/release)
 #   --no-start     enable the units but do not (re)start them
 #   --gpus all|N   one inferd per GPU, inferd@K for K = 0 .. N-1 (socket /run/inferd/inferd-K.sock,
 #                  segment /dev/shm/inferd-K, GPU /dev/nvidiaK; see systemd/inferd@.service).
@@ -21,7 +21,8 @@
 #                  units are stopped and disabled, so running install again switches layouts.
 #
 # What goes where (scripts/uninstall.sh removes the same list):
-#   /usr/local/bin/inferd, /usr/local/bin/inferctl, /usr/local/bin/inferd-exporter (built as `exporter`)
+#   /usr/local/bin/inferd, /usr/local/bin/inferctl, /usr/local/bin/inferd-exporter (built as `exporter`),
+#   /usr/local/bin/shmdump (prints a live segment: docs/runbook.md's commands use it)
 #   /etc/systemd/system/{inferd.service,inferd.socket,inferd@.service,inferd@.socket,inferd-exporter.service}
 #   /etc/sysusers.d/inferd.conf, /etc/tmpfiles.d/inferd.conf
 #   /etc/inferd/inferd.toml (only if there is none: it is the admin's file once installed)
@@ -86,10 +87,10 @@ fi
 
 if [[ $build -eq 1 ]]; then
   echo "install: cargo build --release"
-  (cd "$repo" && cargo build --release --locked -p inferd -p exporter --bins)
+  (cd "$repo" && cargo build --release --locked -p inferd -p exporter -p shm-layout --bins)
 fi
 # name in --bin-dir : installed name
-binaries=(inferd:inferd inferctl:inferctl exporter:inferd-exporter)
+binaries=(inferd:inferd inferctl:inferctl exporter:inferd-exporter shmdump:shmdump)
 for pair in "${binaries[@]}"; do
   [[ -x $bin_dir/${pair%%:*} ]] || die "$bin_dir/${pair%%:*} is missing; build it (cargo build --release) or pass --bin-dir"
 done

@@ -81,6 +81,7 @@ files=(
   /usr/local/bin/inferd
   /usr/local/bin/inferctl
   /usr/local/bin/inferd-exporter
+  /usr/local/bin/shmdump
   /etc/systemd/system/inferd.service
   /etc/systemd/system/inferd.socket
   /etc/systemd/system/inferd@.service

@@ -22,7 +22,7 @@ use shm_layout::{
 
 /// Print an inferd metrics segment.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "shmdump", version, about)]
 struct Args {
     /// Segment name in --dir.
     #[arg(long, default_value = shm_layout::DEFAULT_NAME)]
