@@ -9,7 +9,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{count_series, Ask, KeepAlive};
+use common::{count_series, settled_page, Ask, KeepAlive};
 use exporter::{FakeDevice, FakeGpuSource, Options, Server};
 
 fn main() {
@@ -26,19 +26,7 @@ fn main() {
     let server = Server::start(&opts, Box::new(gpu)).expect("server");
     let addr = server.addr();
     let mut client = KeepAlive::new(addr);
-    // The GPUs' GPM series appear from the sampler's second pass (one interval in): count the
-    // page once they are there, so that it is the same page at the end.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !String::from_utf8_lossy(&client.scrape(Ask::Plain))
-        .contains("inferd_gpu_sm_active_ratio{")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no GPM series after 10 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let series = count_series(&client.scrape(Ask::Plain));
+    let series = count_series(&settled_page(&mut client));
     for _ in 0..50 {
         client.scrape(Ask::AsPrometheus);
     }

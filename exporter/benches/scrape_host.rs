@@ -191,7 +191,7 @@ fn run(segments: usize, rounds: usize) -> Measured {
     let server = Server::start(&opts, Box::new(gpu)).expect("server");
     let addr = server.addr();
     let mut client = KeepAlive::new(addr);
-    let page = client.scrape(Ask::Plain);
+    let page = common::settled_page(&mut client);
     let text = String::from_utf8_lossy(&page);
     let up = text
         .lines()

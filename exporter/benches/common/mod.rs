@@ -178,6 +178,24 @@ pub fn time_scrapes(client: &mut KeepAlive, ask: Ask, rounds: usize) -> Vec<f64>
     t
 }
 
+/// A plain page once the fake GPUs' GPM series are on it: they appear from the sampler's second
+/// pass, one interval after the start, and a page counted before would lack them.
+#[allow(dead_code)] // Only the benchmarks with GPUs wait for them.
+pub fn settled_page(client: &mut KeepAlive) -> Vec<u8> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let page = client.scrape(Ask::Plain);
+        if String::from_utf8_lossy(&page).contains("inferd_gpu_sm_active_ratio{") {
+            return page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no GPM series after 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The number of series on an uncompressed text page: its sample lines.
 #[allow(dead_code)] // Not every benchmark scrapes over HTTP.
 pub fn count_series(page: &[u8]) -> usize {
