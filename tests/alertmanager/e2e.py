@@ -51,6 +51,10 @@ from pathlib import Path
 
 import yaml
 
+# The HTTP helpers the Prometheus-driven test scripts share, in tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from prometheus_api import http_get, wait  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "scripts/prometheus/rules.yml"
 PROMETHEUS_YML = REPO / "scripts/prometheus/prometheus.yml"
@@ -73,27 +77,6 @@ def say(msg):
 
 class Failure(Exception):
     pass
-
-
-def http_get(url, timeout=10.0):
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return resp.status, resp.read()
-
-
-def wait(url, timeout):
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            status, _ = http_get(url, timeout=2.0)
-            if status == 200:
-                return 0
-            last = f"HTTP {status}"
-        except (urllib.error.URLError, OSError) as e:
-            last = str(e)
-        time.sleep(0.2)
-    print(f"alertmanager: {url} did not answer within {timeout:.0f} s ({last})", file=sys.stderr)
-    return 1
 
 
 def duration_seconds(text):
@@ -400,7 +383,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         if args.command == "wait":
-            return wait(args.url, args.timeout)
+            return wait(args.url, args.timeout, "alertmanager")
         if args.command == "webhook":
             return webhook(args.port_file, args.log)
         if args.command == "configs":

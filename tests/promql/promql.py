@@ -51,6 +51,10 @@ from pathlib import Path
 
 import yaml
 
+# The HTTP helpers the Prometheus-driven test scripts share, in tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from prometheus_api import PrometheusAPI, QueryError, wait  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "scripts/prometheus/rules.yml"
 PROMETHEUS_YML = REPO / "scripts/prometheus/prometheus.yml"
@@ -72,53 +76,12 @@ NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$|^[+-]?(Inf|NaN)$
 
 # --- helpers for HTTP -------------------------------------------------------------------------
 
-def http_get(url, timeout=10.0):
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return resp.status, resp.read()
-
-
-def wait(url, timeout):
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            status, _ = http_get(url, timeout=2.0)
-            if status == 200:
-                return 0
-            last = f"HTTP {status}"
-        except (urllib.error.URLError, OSError) as e:
-            last = str(e)
-        time.sleep(0.2)
-    print(f"promql: {url} did not answer within {timeout:.0f} s ({last})", file=sys.stderr)
-    return 1
-
-
-class Prometheus:
-    def __init__(self, base):
-        self.base = base.rstrip("/")
-
-    def api(self, path, **params):
-        url = f"{self.base}/api/v1/{path}"
-        if params:
-            url += "?" + urllib.parse.urlencode(params)
-        try:
-            _, body = http_get(url, timeout=30.0)
-        except urllib.error.HTTPError as e:
-            body = e.read()
-        reply = json.loads(body)
-        if reply.get("status") != "success":
-            raise QueryError(f"{reply.get('errorType', 'error')}: {reply.get('error', body[:200])}")
-        return reply["data"]
-
+class Prometheus(PrometheusAPI):
     def query(self, expr, at):
         data = self.api("query", query=expr, time=f"{at:.3f}")
         if data["resultType"] in ("scalar", "string"):
             return [data["result"]]
         return data["result"]
-
-
-class QueryError(Exception):
-    pass
 
 
 # --- the catalog ------------------------------------------------------------------------------
@@ -533,7 +496,7 @@ def main():
     p.add_argument("--exporter", required=True, help="the exporter's host:port, probed for protobuf")
     args = parser.parse_args()
     if args.command == "wait":
-        return wait(args.url, args.timeout)
+        return wait(args.url, args.timeout, "promql")
     if args.command == "config":
         return make_config(args.out, args.targets, args.exporter)
     return check(args.classic, args.native, args.exporter)

@@ -64,6 +64,10 @@ from pathlib import Path
 
 import yaml
 
+# The HTTP helpers the Prometheus-driven test scripts share, in tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from prometheus_api import PrometheusAPI, QueryError, http_get, wait  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_YML = REPO / "scripts/prometheus/prometheus.yml"
 RULES = REPO / "scripts/prometheus/rules.yml"
@@ -76,44 +80,9 @@ SETTLE_TIMEOUT_S = 45.0
 MAX_LAG_S = 5.0
 
 
-def http_get(url, timeout=10.0):
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return resp.status, resp.read()
-
-
-def wait(url, timeout):
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            status, _ = http_get(url, timeout=2.0)
-            if status == 200:
-                return 0
-            last = f"HTTP {status}"
-        except (urllib.error.URLError, OSError) as e:
-            last = str(e)
-        time.sleep(0.2)
-    print(f"remote_write: {url} did not answer within {timeout:.0f} s ({last})", file=sys.stderr)
-    return 1
-
-
-class Prometheus:
+class Prometheus(PrometheusAPI):
     def __init__(self, name, base):
-        self.name = name
-        self.base = base.rstrip("/")
-
-    def api(self, path, **params):
-        url = f"{self.base}/api/v1/{path}"
-        if params:
-            url += "?" + urllib.parse.urlencode(params)
-        try:
-            _, body = http_get(url, timeout=30.0)
-        except urllib.error.HTTPError as e:
-            body = e.read()
-        reply = json.loads(body)
-        if reply.get("status") != "success":
-            raise RuntimeError(f"{self.name}: {reply.get('errorType', 'error')}: {reply.get('error', body[:200])}")
-        return reply["data"]
+        super().__init__(base, name)
 
     def query(self, expr):
         return self.api("query", query=expr)["result"]
@@ -124,7 +93,7 @@ class Prometheus:
         if not result:
             return None
         if len(result) != 1:
-            raise RuntimeError(f"{self.name}: {expr} returned {len(result)} series, expected one")
+            raise QueryError(f"{self.name}: {expr} returned {len(result)} series, expected one")
         return float(result[0]["value"][1])
 
     def own_metrics(self):
@@ -385,7 +354,7 @@ def main():
     k.add_argument("--requests", type=int, required=True)
     args = p.parse_args()
     if args.cmd == "wait":
-        return wait(args.url, args.timeout)
+        return wait(args.url, args.timeout, "remote_write")
     if args.cmd == "site-config":
         return site_config(args)
     return check(args)
