@@ -19,6 +19,8 @@ cd "$(dirname "$0")/../.."
 repo=$PWD
 bin_dir=${INFERD_BIN_DIR:-$repo/target/debug}
 say() { echo "promql: $*"; }
+# shellcheck source=tests/lib.sh
+source "$repo/tests/lib.sh"
 die() { echo "promql: $*" >&2; exit 1; }
 
 for b in inferd inferctl exporter; do
@@ -39,25 +41,8 @@ pids=()
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  for pid in "${pids[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  # Give each one 15 s to drain and exit, then kill what is left.
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 150); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ $rc -ne 0 ]]; then
-    for log in "$work"/*.log; do
-      [[ -s $log ]] || continue
-      echo "---- last lines of $(basename "$log")" >&2
-      tail -n 20 "$log" >&2
-    done
-  fi
+  stop_pids "${pids[@]}"
+  [[ $rc -eq 0 ]] || show_logs "$work"
   rm -f -- "/dev/shm/$segment" /dev/shm/."$segment".*.tmp
   rm -rf -- "$work"
   exit "$rc"

@@ -30,6 +30,8 @@ bin_dir=${INFERD_BIN_DIR:-$repo/target/debug}
 export RUST_BACKTRACE=0
 t0=$EPOCHREALTIME
 say() { printf 'remote_write: [%5.1fs] %s\n' "$(awk -v a="$EPOCHREALTIME" -v b="$t0" 'BEGIN { print a - b }')" "$*"; }
+# shellcheck source=tests/lib.sh
+source "$repo/tests/lib.sh"
 die() { echo "remote_write: $*" >&2; exit 1; }
 
 for b in inferd inferctl exporter; do
@@ -53,24 +55,10 @@ cleanup() {
   trap - EXIT INT TERM
   # Last started first: a site flushes its remote-write queue on SIGTERM (up to 1 min), which is
   # quick while its global server still answers. Each gets 15 s, then it is killed.
-  local i pid
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    pid=${pids[i]}
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 150); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ $rc -ne 0 ]]; then
-    for log in "$work"/*.log; do
-      [[ -s $log ]] || continue
-      echo "---- last lines of $(basename "$log")" >&2
-      tail -n 20 "$log" >&2
-    done
-  fi
+  local i reversed=()
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do reversed+=("${pids[i]}"); done
+  stop_pids_in_turn "${reversed[@]}"
+  [[ $rc -eq 0 ]] || show_logs "$work"
   rm -rf -- "$work" "$segment_dir"
   exit "$rc"
 }
